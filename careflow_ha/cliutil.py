@@ -1,0 +1,84 @@
+"""Shared CLI plumbing: option decorators, output formats, confirmation, settings.
+
+Every command module builds on these so that flags look and behave the same
+everywhere (patronictl is the model).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable
+from typing import Any
+
+import click
+
+from careflow_ha.errors import UsageError
+from careflow_ha.settings import Settings, load_settings
+
+format_option = click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["pretty", "json"]),
+    default="pretty",
+    show_default=True,
+    help="Human table or machine-readable JSON.",
+)
+
+force_option = click.option("--force", is_flag=True, help="Do not ask for confirmation.")
+
+dsn_option = click.option(
+    "--dsn",
+    envvar="CAREFLOW_DSN",
+    default=None,
+    help="libpq URI of the target database. Default: the lab cluster through HAProxy port 5000 "
+    "as careflow_app (env CAREFLOW_DSN).",
+)
+
+
+def get_settings(ctx: click.Context | None = None) -> Settings:
+    """Settings for this invocation, resolved once (flags stored in ctx.obj override)."""
+    ctx = ctx or click.get_current_context()
+    root = ctx.find_root()
+    root.ensure_object(dict)
+    if "settings" not in root.obj:
+        root.obj["settings"] = load_settings(overrides=root.obj.get("overrides"))
+    return root.obj["settings"]
+
+
+def resolve_dsn(dsn: str | None, endpoint: str = "rw", role: str = "app") -> str:
+    """The explicit ``--dsn`` if given, else the lab cluster's URI."""
+    if dsn:
+        if not dsn.startswith(("postgresql://", "postgres://")) and "=" not in dsn:
+            raise UsageError(f"--dsn {dsn!r} is not a libpq URI; use postgresql://user:pass@host:port/db")
+        return dsn
+    return get_settings().dsn(endpoint=endpoint, role=role)  # type: ignore[arg-type]
+
+
+def emit(data: Any, fmt: str, pretty: Callable[[Any], str]) -> None:
+    """Print ``data`` as JSON or through the ``pretty`` renderer."""
+    if fmt == "json":
+        click.echo(json.dumps(data, indent=2, default=str))
+    else:
+        click.echo(pretty(data))
+
+
+def confirm_or_force(question: str, force: bool) -> None:
+    """Ask before a destructive step; refuse (not hang) when stdin is not a terminal."""
+    if force:
+        return
+    if not sys.stdin.isatty():
+        raise UsageError(f"{question} Refusing without a terminal to ask; add --force to proceed.")
+    if not click.confirm(question, default=False):
+        raise click.Abort()
+
+
+def table(rows: list[dict[str, Any]], columns: list[str]) -> str:
+    """A plain aligned text table (no dependency: it must work in any terminal and log)."""
+    cells = [[str(col) for col in columns]] + [["" if r.get(c) is None else str(r.get(c)) for c in columns] for r in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(columns))]
+    sep = "+-" + "-+-".join("-" * w for w in widths) + "-+"
+    lines = [sep, "| " + " | ".join(h.ljust(w) for h, w in zip(cells[0], widths)) + " |", sep]
+    lines += ["| " + " | ".join(c.ljust(w) for c, w in zip(row, widths)) + " |" for row in cells[1:]]
+    lines.append(sep)
+    return "\n".join(lines)

@@ -1,0 +1,204 @@
+"""Lab settings: flags, then the environment, then ``.env``, then defaults.
+
+Secrets are generated on first use into ``.env`` (mode 0600, gitignored) and
+are never printed unless the user asks (``--show-secrets``).
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import stat
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import MappingProxyType
+from typing import Literal, Mapping
+from urllib.parse import quote
+
+from dotenv import dotenv_values
+
+from careflow_ha.errors import UsageError
+
+PROJECT_DIR = Path(__file__).resolve().parent.parent
+
+#: The lab hosts, in start order. The compose file, the lab inventory and the
+#: Vagrantfile must agree with this (tests/unit/test_topology.py checks it).
+PG_NODES: tuple[str, ...] = ("pg1", "pg2", "pg3")
+LB_NODES: tuple[str, ...] = ("lb1",)
+LAB_NODES: tuple[str, ...] = PG_NODES + LB_NODES
+
+#: Compose project name: also the label that marks containers as ours, so a
+#: stale lab left by an earlier run can be found and removed safely.
+COMPOSE_PROJECT = "careflow-ha-lab"
+
+#: Every port the lab publishes on 127.0.0.1, with its default.
+PORT_DEFAULTS: Mapping[str, int] = MappingProxyType(
+    {
+        "CAREFLOW_RW_PORT": 5000,  # HAProxy -> Patroni primary
+        "CAREFLOW_RO_PORT": 5001,  # HAProxy -> Patroni replicas
+        "CAREFLOW_STATS_PORT": 7000,  # HAProxy stats page
+        "CAREFLOW_LB1_SSH_PORT": 2220,
+        "CAREFLOW_PG1_SSH_PORT": 2221,
+        "CAREFLOW_PG2_SSH_PORT": 2222,
+        "CAREFLOW_PG3_SSH_PORT": 2223,
+        # Direct access to each node, used by drills to detect two primaries.
+        "CAREFLOW_PG1_PG_PORT": 5441,
+        "CAREFLOW_PG2_PG_PORT": 5442,
+        "CAREFLOW_PG3_PG_PORT": 5443,
+        "CAREFLOW_PG1_API_PORT": 8011,
+        "CAREFLOW_PG2_API_PORT": 8012,
+        "CAREFLOW_PG3_API_PORT": 8013,
+    }
+)
+
+#: Secrets generated on first run. Role names are fixed; passwords are random.
+SECRET_KEYS: tuple[str, ...] = (
+    "CAREFLOW_SUPERUSER_PASSWORD",  # postgres
+    "CAREFLOW_REPLICATION_PASSWORD",  # replicator
+    "CAREFLOW_REWIND_PASSWORD",  # rewind_user
+    "CAREFLOW_APP_PASSWORD",  # careflow_app: read-write, owns the EMR schema
+    "CAREFLOW_RO_PASSWORD",  # careflow_ro: read-only
+    "CAREFLOW_PATRONI_API_PASSWORD",  # Patroni REST basic auth (user: patroni)
+    "CAREFLOW_HAPROXY_STATS_PASSWORD",  # HAProxy stats basic auth (user: admin)
+)
+
+DB_NAME = "careflow"
+ROLE_NAMES: Mapping[str, str] = MappingProxyType(
+    {
+        "superuser": "postgres",
+        "replication": "replicator",
+        "rewind": "rewind_user",
+        "app": "careflow_app",
+        "ro": "careflow_ro",
+    }
+)
+SECRET_FOR_ROLE: Mapping[str, str] = MappingProxyType(
+    {
+        "superuser": "CAREFLOW_SUPERUSER_PASSWORD",
+        "replication": "CAREFLOW_REPLICATION_PASSWORD",
+        "rewind": "CAREFLOW_REWIND_PASSWORD",
+        "app": "CAREFLOW_APP_PASSWORD",
+        "ro": "CAREFLOW_RO_PASSWORD",
+    }
+)
+PATRONI_API_USER = "patroni"
+HAPROXY_STATS_USER = "admin"
+
+Endpoint = Literal["rw", "ro"]
+Role = Literal["superuser", "app", "ro"]
+
+
+def _parse_port(name: str, raw: str | int) -> int:
+    try:
+        port = int(raw)
+    except (TypeError, ValueError):
+        raise UsageError(f"{name}={raw!r} is not a port number; set it to an integer 1024-65535 in .env") from None
+    if not 1024 <= port <= 65535:
+        raise UsageError(f"{name}={port} is outside 1024-65535; pick a free unprivileged port in .env")
+    return port
+
+
+def ensure_env_file(env_file: Path) -> dict[str, str]:
+    """Create or complete ``env_file`` with any missing secret; return its values.
+
+    Existing values are never changed: a cluster provisioned with a password
+    keeps it. The file is (re)set to mode 0600 on every call.
+    """
+    values = {k: v for k, v in dotenv_values(env_file).items() if v is not None} if env_file.exists() else {}
+    missing = [key for key in SECRET_KEYS if not values.get(key)]
+    if missing or not env_file.exists():
+        # Create with 0600 from the first byte: never a window where it is readable.
+        fd = os.open(env_file, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        with os.fdopen(fd, "a", encoding="utf-8") as fh:
+            if not values:
+                fh.write("# CareFlow HA Lab secrets and settings. Generated; keep private (mode 0600).\n")
+            for key in missing:
+                # token_urlsafe: no characters that need quoting in a DSN, YAML or shell.
+                value = secrets.token_urlsafe(24)
+                fh.write(f"{key}={value}\n")
+                values[key] = value
+    os.chmod(env_file, stat.S_IRUSR | stat.S_IWUSR)
+    return values
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Resolved lab settings. Build with :func:`load_settings`."""
+
+    project_dir: Path
+    ports: Mapping[str, int]
+    secrets: Mapping[str, str] = field(repr=False)
+    host: str = "127.0.0.1"
+
+    @property
+    def env_file(self) -> Path:
+        return self.project_dir / ".env"
+
+    @property
+    def state_dir(self) -> Path:
+        """Generated, gitignored lab state: SSH keys, ssh_config, wheelhouse, image stamps."""
+        return self.project_dir / ".lab"
+
+    @property
+    def reports_dir(self) -> Path:
+        return self.project_dir / "reports"
+
+    def port(self, key: str) -> int:
+        return self.ports[key]
+
+    def node_port(self, node: str, kind: Literal["SSH", "PG", "API"]) -> int:
+        return self.ports[f"CAREFLOW_{node.upper()}_{kind}_PORT"]
+
+    def password(self, role: str) -> str:
+        return self.secrets[SECRET_FOR_ROLE[role]]
+
+    def dsn(self, endpoint: Endpoint = "rw", role: Role = "app", dbname: str = DB_NAME) -> str:
+        """A libpq URI through HAProxy: ``rw`` is port 5000, ``ro`` is 5001."""
+        port = self.ports["CAREFLOW_RW_PORT" if endpoint == "rw" else "CAREFLOW_RO_PORT"]
+        return self._uri(port, role, dbname)
+
+    def node_dsn(self, node: str, role: Role = "superuser", dbname: str = "postgres") -> str:
+        """A libpq URI straight to one node's PostgreSQL, bypassing HAProxy."""
+        return self._uri(self.node_port(node, "PG"), role, dbname)
+
+    def redacted_dsn(self, endpoint: Endpoint = "rw", role: Role = "app", dbname: str = DB_NAME) -> str:
+        port = self.ports["CAREFLOW_RW_PORT" if endpoint == "rw" else "CAREFLOW_RO_PORT"]
+        return f"postgresql://{ROLE_NAMES[role]}:***@{self.host}:{port}/{dbname}"
+
+    def _uri(self, port: int, role: str, dbname: str) -> str:
+        user = ROLE_NAMES[role]
+        pw = quote(self.password(role), safe="")
+        return f"postgresql://{user}:{pw}@{self.host}:{port}/{dbname}?connect_timeout=5&application_name=careflow-ha"
+
+    def compose_env(self) -> dict[str, str]:
+        """Variables for ``docker-compose.yml`` interpolation (ports only, no secrets)."""
+        return {key: str(value) for key, value in self.ports.items()}
+
+
+def load_settings(
+    project_dir: Path = PROJECT_DIR,
+    overrides: Mapping[str, int | str] | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> Settings:
+    """Resolve settings: ``overrides`` (flags) > ``environ`` > ``.env`` > defaults."""
+    environ = os.environ if environ is None else environ
+    file_values = ensure_env_file(project_dir / ".env")
+    ports: dict[str, int] = {}
+    for key, default in PORT_DEFAULTS.items():
+        raw: str | int = default
+        if key in file_values:
+            raw = file_values[key]
+        if environ.get(key):
+            raw = environ[key]
+        if overrides and overrides.get(key) is not None:
+            raw = overrides[key]
+        ports[key] = _parse_port(key, raw)
+    clashes: dict[int, list[str]] = {}
+    for key, port in ports.items():
+        clashes.setdefault(port, []).append(key)
+    dupes = {p: keys for p, keys in clashes.items() if len(keys) > 1}
+    if dupes:
+        port, keys = next(iter(dupes.items()))
+        raise UsageError(f"port {port} is assigned to {', '.join(keys)}; give each a different port in .env")
+    secret_values = {key: environ.get(key) or file_values[key] for key in SECRET_KEYS}
+    return Settings(project_dir=project_dir, ports=MappingProxyType(ports), secrets=MappingProxyType(secret_values))
