@@ -1,0 +1,14 @@
+"""Failover drills: break the cluster on purpose and measure, from the client's side, how it recovers.
+
+One job per module:
+
+- ``model``: the immutable records a drill collects (acks, samples, cluster snapshots, results).
+- ``probes``: bounded background clients (writer via 5000, reader via 5001, per-node sampler).
+- ``patroni``: a tiny client for Patroni's REST API (GET /cluster, /history, /config; PATCH, POST).
+- ``control``: the ``ClusterControl`` interface a drill needs from the cluster, and its REST implementation.
+- ``events``: a bounded poller of ``GET /cluster`` and the role changes derived from it.
+- ``faults``: the fault catalogue (inject, heal, description) for every row of the failure model.
+- ``analysis``: pure functions from recorded timelines to outages, lost writes, split brain, phases.
+- ``report``: Markdown + JSON + timeline PNG per run, and the index.
+- ``runner``: one drill run end to end: prepare, probe, inject, heal, converge, verify, report.
+"""
