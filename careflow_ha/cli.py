@@ -23,8 +23,14 @@ def cli(ctx: click.Context) -> None:
     ctx.ensure_object(dict)
 
 
+@cli.group()
+def bench() -> None:
+    """Benchmarks: print figures and ratios measured side by side in one run."""
+
+
 def _register_commands() -> None:
-    # Each area owns its commands in its own module; this is the one list of them.
+    # Each area owns its commands in its own module (a ``register(cli)``
+    # function that may also add to the ``bench`` group); this is the one list.
     from careflow_ha.lab_cli import register as register_lab
 
     register_lab(cli)

@@ -241,7 +241,9 @@ def first_ack_from(acks: Iterable[Ack], after: float, server: str) -> float | No
 def promotion_from_history(history: Iterable[HistoryEntry], after: float, leader: str | None) -> float | None:
     """Patroni's own timestamp of the timeline switch to ``leader`` after ``after``, if it recorded one."""
     times = [
-        h.at for h in history if h.at is not None and h.at >= after and (leader is None or h.new_leader in (None, leader))
+        h.at
+        for h in history
+        if h.at is not None and h.at >= after and (leader is None or h.new_leader in (None, leader))
     ]
     return min(times) if times else None
 

@@ -34,11 +34,27 @@ def ticks(start: float, stop: float, step: float = STEP) -> list[float]:
         ("no outage: acks keep flowing", ticks(0, 10), 5.0, STEP, False, True, 5.0),
         ("classic failover gap", ticks(0, 5.0) + ticks(12.0, 14.0), 5.0, 12.0 - 4.95, True, True, 4.95),
         ("ack exactly at the fault starts the outage", ticks(0, 5.05) + ticks(9.0, 10.0), 5.0, 4.0, True, True, 5.0),
-        ("ack just after the fault, then the gap", [*ticks(0, 5.0), 5.01, *ticks(8.0, 9.0)], 5.0, 2.99, True, True, 5.01),
+        (
+            "ack just after the fault, then the gap",
+            [*ticks(0, 5.0), 5.01, *ticks(8.0, 9.0)],
+            5.0,
+            2.99,
+            True,
+            True,
+            5.01,
+        ),
         ("never recovered", ticks(0, 5.0), 5.0, None, True, False, 4.95),
         ("duplicate ack times count once", [1.0, 1.0, 2.0, 2.0, 6.0, 6.0, 6.05], 2.0, 4.0, True, True, 2.0),
         ("no ack before the fault: outage starts at the fault", ticks(7.0, 8.0), 5.0, 2.0, True, True, 5.0),
-        ("longest of two gaps is the headline", [*ticks(0, 5.0), 6.0, 6.05, *ticks(9.0, 10.0)], 5.0, 2.95, True, True, 6.05),
+        (
+            "longest of two gaps is the headline",
+            [*ticks(0, 5.0), 6.0, 6.05, *ticks(9.0, 10.0)],
+            5.0,
+            2.95,
+            True,
+            True,
+            6.05,
+        ),
         ("no fault: whole recording is the window", ticks(0, 3.0), None, STEP, False, True, 0.0),
     ],
 )
@@ -176,8 +192,10 @@ def test_phases_with_failover_cover_the_whole_outage():
 
 def test_phases_when_leaderless_not_observed():
     phases = recovery_phases(10.0, None, 11.0, 12.5, 12.5)
-    assert phases == (Phase("leader change (expiry + promotion)", 10.0, 11.0), Phase(
-        "HAProxy detection + client reconnect", 11.0, 12.5))
+    assert phases == (
+        Phase("leader change (expiry + promotion)", 10.0, 11.0),
+        Phase("HAProxy detection + client reconnect", 11.0, 12.5),
+    )
 
 
 def test_phases_without_leader_change():
