@@ -1,0 +1,391 @@
+"""Bounded background clients that observe the cluster the way an application does.
+
+- :class:`ProbeWriter` inserts ``(seq, client timestamp)`` through HAProxy's RW
+  port at a fixed rate and records every acknowledgement.
+- :class:`ProbeReader` reads through the RO port.
+- :class:`NodeSampler` asks one node directly whether it accepts writes, to
+  catch two writable primaries (falling back to the node's unix socket when
+  the host cannot reach it, e.g. during a network partition).
+
+Every probe is a thread bounded in operations and wall time, uses short
+connect timeouts (so an outage shows as errors, not as a hang) and stops by
+itself. Timestamps are ``time.time()``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import threading
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import psycopg
+
+from careflow_ha.drills.model import Ack, NodeSample, ProbeError
+
+PROBE_TABLE = "drill_probe"
+
+#: libpq options for every probe connection. Keepalives and tcp_user_timeout
+#: make a dead or partitioned server show up as an error within seconds
+#: instead of a hang on a half-open socket.
+CONNECT_KW: Mapping[str, Any] = {
+    "connect_timeout": 2,
+    "keepalives": 1,
+    "keepalives_idle": 1,
+    "keepalives_interval": 1,
+    "keepalives_count": 2,
+    "tcp_user_timeout": 3000,
+    "application_name": "careflow-ha-drill",
+}
+
+
+def connect(dsn: str, statement_timeout_ms: int, **extra: Any) -> psycopg.Connection:
+    """An autocommit connection with the probe timeouts (statement_timeout applies server-side)."""
+    return psycopg.connect(
+        dsn, autocommit=True, options=f"-c statement_timeout={statement_timeout_ms}", **{**CONNECT_KW, **extra}
+    )
+
+
+class Watchdog:
+    """Bound one blocking call on ``conn``: cancel it after ``seconds``, cut its socket ``grace`` later.
+
+    Why both: a commit waiting for a lost sync standby ignores statement_timeout
+    (it is disabled before the commit waits), so only a cancel request frees
+    it; a frozen server (container paused) answers TCP keepalives but never
+    the query or the cancel, so only shutting the socket down frees the client.
+    """
+
+    def __init__(self, conn: psycopg.Connection, seconds: float, grace: float = 2.0) -> None:
+        self._conn = conn
+        self._seconds = seconds
+        self._grace = grace
+        self._done = threading.Event()
+        self._timer = threading.Timer(seconds, self._fire)
+        self._timer.daemon = True
+        self.fired = False
+
+    def __enter__(self) -> Watchdog:
+        self._timer.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._done.set()
+        self._timer.cancel()
+
+    def _fire(self) -> None:
+        if self._done.is_set():
+            return
+        self.fired = True
+        # Best effort: the socket cut below is the backstop when the cancel cannot get through.
+        with contextlib.suppress(Exception):
+            self._conn.cancel_safe(timeout=1.0)
+        if not self._done.wait(self._grace):
+            try:
+                with socket.socket(fileno=os.dup(self._conn.fileno())) as sock:
+                    sock.shutdown(socket.SHUT_RDWR)
+            except (OSError, psycopg.Error):
+                pass
+
+
+def ensure_probe_table(dsn: str) -> None:
+    """Create the probe table if missing (idempotent; one table shared by all runs, keyed by run id)."""
+    with connect(dsn, 30_000) as conn:
+        conn.execute(
+            f"CREATE TABLE IF NOT EXISTS {PROBE_TABLE} ("
+            " run_id text NOT NULL,"
+            " seq bigint NOT NULL,"
+            " client_ts timestamptz NOT NULL,"
+            " server_ts timestamptz NOT NULL DEFAULT clock_timestamp(),"
+            " PRIMARY KEY (run_id, seq))"
+        )
+
+
+def fetch_seqs(dsn: str, run_id: str) -> frozenset[int]:
+    """Every seq of ``run_id`` that the server behind ``dsn`` holds."""
+    with connect(dsn, 30_000) as conn:
+        rows = conn.execute(f"SELECT seq FROM {PROBE_TABLE} WHERE run_id = %s", (run_id,)).fetchall()
+    return frozenset(int(r[0]) for r in rows)
+
+
+def node_addresses(node_dsns: Mapping[str, str]) -> dict[str, str]:
+    """Map each node's own server address (``inet_server_addr()``) to its name.
+
+    Lets a probe through HAProxy say which node answered. Nodes that do not
+    answer are left out (the probe then reports the address itself).
+    """
+    out: dict[str, str] = {}
+    for node, dsn in node_dsns.items():
+        try:
+            with connect(dsn, 5_000) as conn:
+                row = conn.execute("SELECT host(inet_server_addr())").fetchone()
+        except psycopg.Error:
+            continue
+        if row and row[0]:
+            out[str(row[0])] = node
+    return out
+
+
+def _short(exc: BaseException) -> str:
+    """One line of an error, for the record (psycopg messages never contain the password)."""
+    text = str(exc).strip().splitlines()
+    return (text[0] if text else type(exc).__name__)[:200]
+
+
+class _BoundedLoop(threading.Thread):
+    """A probe thread: one operation per ``interval_s``, at most ``max_ops`` and ``max_seconds``.
+
+    When an operation overruns its slot the schedule restarts from now (no
+    catch-up burst after an outage).
+    """
+
+    def __init__(self, name: str, interval_s: float, max_seconds: float, max_ops: int) -> None:
+        super().__init__(name=name, daemon=True)
+        if interval_s <= 0 or max_seconds <= 0 or max_ops <= 0:
+            raise ValueError("probe interval, time and count bounds must be positive")
+        self.interval_s = interval_s
+        self.max_seconds = max_seconds
+        self.max_ops = max_ops
+        self._halt = threading.Event()
+        self._lock = threading.Lock()
+        #: An unexpected exception that ended the loop (a bug), for the caller to raise.
+        self.failure: Exception | None = None
+
+    def run(self) -> None:
+        deadline = time.monotonic() + self.max_seconds
+        next_at = time.monotonic()
+        try:
+            self._loop(deadline, next_at)
+        except Exception as exc:  # noqa: BLE001 - kept for the caller: a probe bug must not pass silently
+            self.failure = exc
+        finally:
+            self.close()
+
+    def _loop(self, deadline: float, next_at: float) -> None:
+        for n in range(self.max_ops):
+            if self._halt.is_set() or time.monotonic() >= deadline:
+                break
+            self.once(n)
+            next_at += self.interval_s
+            now = time.monotonic()
+            if next_at < now:
+                next_at = now
+            self._halt.wait(min(next_at - now, max(deadline - now, 0.0)))
+
+    def stop(self, timeout: float = 15.0) -> None:
+        """Ask the loop to end and wait for it (an operation in flight finishes within its timeouts)."""
+        self._halt.set()
+        if self.is_alive():
+            self.join(timeout)
+
+    def once(self, n: int) -> None:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def close(self) -> None:
+        """Release connections; called once when the loop ends."""
+
+
+class _SqlProbe(_BoundedLoop):
+    """A probe that keeps one connection and reconnects after any failure."""
+
+    def __init__(
+        self,
+        name: str,
+        dsn: str,
+        interval_s: float,
+        max_seconds: float,
+        max_ops: int,
+        server_names: Mapping[str, str] | None,
+        statement_timeout_ms: int,
+        op_timeout_s: float,
+    ) -> None:
+        super().__init__(name, interval_s, max_seconds, max_ops)
+        self._op_timeout_s = op_timeout_s
+        self._dsn = dsn
+        self._names = dict(server_names or {})
+        self._timeout_ms = statement_timeout_ms
+        self._conn: psycopg.Connection | None = None
+        self._acks: list[Ack] = []
+        self._errors: list[ProbeError] = []
+        self._notices: list[str] = []
+
+    @property
+    def acks(self) -> tuple[Ack, ...]:
+        with self._lock:
+            return tuple(self._acks)
+
+    @property
+    def errors(self) -> tuple[ProbeError, ...]:
+        with self._lock:
+            return tuple(self._errors)
+
+    def last_ack_after(self, at: float) -> Ack | None:
+        with self._lock:
+            return next((a for a in reversed(self._acks) if a.acked_at > at), None)
+
+    def _server_name(self, addr: str | None) -> str | None:
+        return self._names.get(addr, addr) if addr else None
+
+    def _connection(self) -> psycopg.Connection:
+        if self._conn is None or self._conn.closed:
+            conn = connect(self._dsn, self._timeout_ms)
+            conn.add_notice_handler(lambda diag: self._notices.append(diag.message_primary or ""))
+            self._conn = conn
+        return self._conn
+
+    def _record(self, seq: int, sent: float, sql: str, params: tuple[Any, ...]) -> None:
+        kind = "connect"
+        try:
+            conn = self._connection()
+            kind = "query"
+            self._notices.clear()
+            with Watchdog(conn, self._op_timeout_s):
+                row = conn.execute(sql, params).fetchone()
+            acked = time.time()
+        except psycopg.Error as exc:
+            self._drop()
+            with self._lock:
+                self._errors.append(ProbeError(seq, time.time(), kind, _short(exc)))
+            return
+        if any("synchronous replication" in n for n in self._notices):
+            # The commit was cut short while waiting for the sync standby: it is
+            # local-only and might vanish at failover, so it is no acknowledgement.
+            with self._lock:
+                self._errors.append(ProbeError(seq, acked, "ambiguous", self._notices[-1][:200]))
+            return
+        with self._lock:
+            self._acks.append(Ack(seq, sent, acked, self._server_name(row[0] if row else None)))
+
+    def _drop(self) -> None:
+        if self._conn is not None:
+            with contextlib.suppress(psycopg.Error):
+                self._conn.close()
+        self._conn = None
+
+    def close(self) -> None:
+        self._drop()
+
+
+class ProbeWriter(_SqlProbe):
+    """Insert one probe row per tick through ``dsn`` (HAProxy 5000) and record acknowledgements."""
+
+    def __init__(
+        self,
+        dsn: str,
+        run_id: str,
+        *,
+        rate_hz: float = 20.0,
+        max_seconds: float = 900.0,
+        server_names: Mapping[str, str] | None = None,
+        statement_timeout_ms: int = 5000,
+        op_timeout_s: float = 5.0,
+    ) -> None:
+        max_ops = int(rate_hz * max_seconds) + 1
+        super().__init__(
+            "drill-writer", dsn, 1.0 / rate_hz, max_seconds, max_ops, server_names, statement_timeout_ms, op_timeout_s
+        )
+        self.run_id = run_id
+
+    def once(self, n: int) -> None:
+        sent = time.time()
+        self._record(
+            n,
+            sent,
+            f"INSERT INTO {PROBE_TABLE} (run_id, seq, client_ts) VALUES (%s, %s, to_timestamp(%s))"
+            " RETURNING host(inet_server_addr())",
+            (self.run_id, n, sent),
+        )
+
+
+class ProbeReader(_SqlProbe):
+    """Read once per tick through ``dsn`` (HAProxy 5000 or 5001) and record the answers."""
+
+    def __init__(
+        self,
+        dsn: str,
+        *,
+        rate_hz: float = 10.0,
+        max_seconds: float = 900.0,
+        server_names: Mapping[str, str] | None = None,
+        statement_timeout_ms: int = 2000,
+        op_timeout_s: float = 3.0,
+    ) -> None:
+        max_ops = int(rate_hz * max_seconds) + 1
+        super().__init__(
+            "drill-reader", dsn, 1.0 / rate_hz, max_seconds, max_ops, server_names, statement_timeout_ms, op_timeout_s
+        )
+
+    def once(self, n: int) -> None:
+        self._record(n, time.time(), "SELECT host(inet_server_addr())", ())
+
+
+#: A fallback look at a node that bypasses the network: True writable, False read-only, None unknown.
+WritableCheck = Callable[[], "bool | None"]
+
+
+class NodeSampler(_BoundedLoop):
+    """Sample ``pg_is_in_recovery()`` of one node directly, to detect two writable primaries.
+
+    Uses the node's published port; when that fails it uses ``fallback`` (the
+    node's unix socket through the engine) and keeps using it for
+    ``tcp_backoff_s`` so a partitioned node is still sampled often.
+    """
+
+    def __init__(
+        self,
+        node: str,
+        dsn: str,
+        *,
+        fallback: WritableCheck | None = None,
+        interval_s: float = 0.25,
+        max_seconds: float = 900.0,
+        tcp_backoff_s: float = 5.0,
+    ) -> None:
+        super().__init__(f"drill-sampler-{node}", interval_s, max_seconds, int(max_seconds / interval_s) + 1)
+        self.node = node
+        self._dsn = dsn
+        self._fallback = fallback
+        self._backoff_s = tcp_backoff_s
+        self._tcp_retry_at = 0.0
+        self._conn: psycopg.Connection | None = None
+        self._samples: list[NodeSample] = []
+
+    @property
+    def samples(self) -> tuple[NodeSample, ...]:
+        with self._lock:
+            return tuple(self._samples)
+
+    def _tcp(self) -> bool:
+        if self._conn is None or self._conn.closed:
+            self._conn = connect(self._dsn, 2000)
+        with Watchdog(self._conn, 2.0):
+            row = self._conn.execute("SELECT pg_is_in_recovery()").fetchone()
+        return not bool(row[0]) if row else False
+
+    def once(self, n: int) -> None:
+        sample: NodeSample | None = None
+        if time.monotonic() >= self._tcp_retry_at:
+            try:
+                writable = self._tcp()
+                sample = NodeSample(time.time(), self.node, writable, "tcp")
+            except psycopg.Error:
+                self.close()
+                self._tcp_retry_at = time.monotonic() + self._backoff_s
+        if sample is None and self._fallback is not None:
+            # Stamp the sample when the question was asked: an exec round trip
+            # is slow, and a late stamp could fake an overlap with the new primary.
+            asked = time.time()
+            result = self._fallback()
+            sample = NodeSample(asked, self.node, result, "exec" if result is not None else "none")
+        if sample is None:
+            sample = NodeSample(time.time(), self.node, None, "none")
+        with self._lock:
+            self._samples.append(sample)
+
+    def close(self) -> None:
+        if self._conn is not None:
+            with contextlib.suppress(psycopg.Error):
+                self._conn.close()
+        self._conn = None
