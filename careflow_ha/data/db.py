@@ -1,0 +1,165 @@
+"""Database set-up for the EMR schema: prepare (as superuser), migrate (as the app role).
+
+``prepare_database`` and ``migrate`` are what ``careflow-ha up`` calls on the
+cluster (through HAProxy port 5000) and what the local test server fixture
+calls; both are idempotent.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import psycopg
+from psycopg import sql
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+from careflow_ha.errors import CheckFailed, EnvironmentProblem, UsageError
+from careflow_ha.settings import DB_NAME, ROLE_NAMES
+
+MIGRATIONS_DIR = Path(__file__).resolve().parent.parent.parent / "partitioning" / "migrations"
+
+#: Server settings the schema relies on (the cluster's Patroni config must set them).
+REQUIRED_GUCS: dict[str, str] = {
+    "shared_preload_libraries": "pg_cron",
+    "cron.database_name": DB_NAME,
+    "cron.use_background_workers": "on",
+}
+
+
+def redact(dsn: str) -> str:
+    """The DSN with its password replaced, safe to print or log."""
+    try:
+        params = conninfo_to_dict(dsn)
+    except psycopg.ProgrammingError:
+        return "<unparseable DSN>"
+    if "password" in params:
+        params["password"] = "***"
+    return make_conninfo(**{k: v for k, v in params.items() if v is not None})
+
+
+def with_dbname(dsn: str, dbname: str) -> str:
+    """The same DSN pointed at another database."""
+    return make_conninfo(dsn, dbname=dbname)
+
+
+def connect(dsn: str, *, autocommit: bool = False) -> psycopg.Connection:
+    """Open a connection; connection failures become one-line errors without secrets."""
+    try:
+        return psycopg.connect(dsn, autocommit=autocommit)
+    except psycopg.OperationalError as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise EnvironmentProblem(f"cannot connect to {redact(dsn)}: {first}") from None
+
+
+def prepare_database(
+    admin_dsn: str,
+    *,
+    dbname: str = DB_NAME,
+    app_role: str = ROLE_NAMES["app"],
+    ro_role: str = ROLE_NAMES["ro"],
+) -> list[str]:
+    """As superuser: create the EMR database, its extensions and grants. Idempotent.
+
+    Creates ``dbname`` owned by ``app_role`` if missing (time zone Asia/Seoul:
+    monthly partitions follow the clinics' calendar), pg_partman in schema
+    ``partman`` and pg_cron, and grants ``app_role`` what partman maintenance
+    and cron scheduling need, and ``ro_role`` read access to every table the
+    app role creates (default privileges). Both roles must already exist.
+    Returns the list of things it changed (empty on a second run).
+    """
+    changed: list[str] = []
+    with connect(admin_dsn, autocommit=True) as conn:
+        is_super = conn.execute("SELECT rolsuper FROM pg_roles WHERE rolname = current_user").fetchone()
+        if not is_super or not is_super[0]:
+            raise UsageError("prepare_database needs a superuser DSN (role postgres); pass the admin DSN")
+        for role in (app_role, ro_role):
+            if conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (role,)).fetchone() is None:
+                raise EnvironmentProblem(f"role {role} does not exist; create it (LOGIN) before preparing the database")
+        if conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (dbname,)).fetchone() is None:
+            conn.execute(sql.SQL("CREATE DATABASE {} OWNER {}").format(sql.Identifier(dbname), sql.Identifier(app_role)))
+            changed.append(f"created database {dbname}")
+        conn.execute(sql.SQL("ALTER DATABASE {} SET timezone TO 'Asia/Seoul'").format(sql.Identifier(dbname)))
+
+    with connect(with_dbname(admin_dsn, dbname), autocommit=True) as conn:
+        _check_preload(conn, dbname)
+        before = {r[0] for r in conn.execute("SELECT extname FROM pg_extension")}
+        conn.execute("CREATE SCHEMA IF NOT EXISTS partman")
+        conn.execute("CREATE EXTENSION IF NOT EXISTS pg_partman SCHEMA partman")
+        conn.execute("CREATE EXTENSION IF NOT EXISTS pg_cron")
+        after = {r[0] for r in conn.execute("SELECT extname FROM pg_extension")}
+        changed += [f"created extension {name}" for name in sorted(after - before)]
+        app, ro, db = sql.Identifier(app_role), sql.Identifier(ro_role), sql.Identifier(dbname)
+        for stmt in (
+            # pg_partman's documented grants for a non-superuser maintenance role.
+            "GRANT ALL ON SCHEMA partman TO {app}",
+            "GRANT ALL ON ALL TABLES IN SCHEMA partman TO {app}",
+            "GRANT EXECUTE ON ALL FUNCTIONS IN SCHEMA partman TO {app}",
+            "GRANT EXECUTE ON ALL PROCEDURES IN SCHEMA partman TO {app}",
+            "GRANT TEMPORARY ON DATABASE {db} TO {app}",
+            # pg_cron: the app role schedules its own jobs; they run as it.
+            "GRANT USAGE ON SCHEMA cron TO {app}",
+            # Read-only role: everything the app role creates, now and later
+            # (partman's new partitions are created by the app role's job).
+            "GRANT CONNECT ON DATABASE {db} TO {ro}",
+            "GRANT USAGE ON SCHEMA public TO {ro}",
+            "GRANT SELECT ON ALL TABLES IN SCHEMA public TO {ro}",
+            "ALTER DEFAULT PRIVILEGES FOR ROLE {app} IN SCHEMA public GRANT SELECT ON TABLES TO {ro}",
+        ):
+            conn.execute(sql.SQL(stmt).format(app=app, ro=ro, db=db))
+    return changed
+
+
+def _check_preload(conn: psycopg.Connection, dbname: str) -> None:
+    """Fail early, naming the setting to fix, if pg_cron cannot work on this server."""
+    preload = conn.execute("SELECT current_setting('shared_preload_libraries')").fetchone()[0]
+    if "pg_cron" not in [p.strip() for p in preload.split(",")]:
+        raise EnvironmentProblem(
+            f"shared_preload_libraries={preload!r} lacks pg_cron; add it (and cron.database_name='{dbname}', "
+            "cron.use_background_workers=on) to the server config and restart"
+        )
+    cron_db = conn.execute("SELECT current_setting('cron.database_name', true)").fetchone()[0]
+    if cron_db != dbname:
+        raise EnvironmentProblem(f"cron.database_name is {cron_db!r}; set it to '{dbname}' and restart the server")
+
+
+def _yoyo_uri(dsn: str) -> str:
+    """yoyo wants a URI with the psycopg 3 scheme; build it from any libpq DSN."""
+    from urllib.parse import quote, urlencode
+
+    params = conninfo_to_dict(dsn)
+    user = quote(params.pop("user", "") or "", safe="")
+    password = params.pop("password", None)
+    host = params.pop("host", "127.0.0.1") or "127.0.0.1"
+    port = params.pop("port", "5432") or "5432"
+    dbname = params.pop("dbname", DB_NAME) or DB_NAME
+    auth = user + (":" + quote(password, safe="") if password else "")
+    query = urlencode({k: v for k, v in params.items() if v is not None})
+    return f"postgresql+psycopg://{auth}@{host}:{port}/{dbname}" + (f"?{query}" if query else "")
+
+
+def migrate(dsn: str, migrations_dir: Path = MIGRATIONS_DIR) -> list[str]:
+    """Apply pending migrations as the app role (yoyo records them); return the ids applied.
+
+    Idempotent: a second call applies nothing and returns ``[]``. Needs
+    :func:`prepare_database` first (pg_partman and pg_cron must exist).
+    """
+    from yoyo import get_backend, read_migrations
+
+    with connect(dsn) as conn:
+        missing = {"pg_partman", "pg_cron"} - {r[0] for r in conn.execute("SELECT extname FROM pg_extension")}
+    if missing:
+        raise EnvironmentProblem(
+            f"extensions {', '.join(sorted(missing))} are missing in {redact(dsn)}; run prepare_database "
+            "(careflow-ha data prepare) as superuser first"
+        )
+    backend = get_backend(_yoyo_uri(dsn))
+    migrations = read_migrations(str(migrations_dir))
+    try:
+        with backend.lock():
+            pending = backend.to_apply(migrations)
+            backend.apply_migrations(pending)
+    except psycopg.Error as exc:
+        raise CheckFailed(f"migration failed: {str(exc).strip().splitlines()[0]}") from exc
+    finally:
+        backend.connection.close()
+    return [m.id for m in pending]

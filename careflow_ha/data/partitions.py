@@ -1,0 +1,286 @@
+"""Partition layout, coverage and health of ``lab_results`` (months, then clinics).
+
+All partition DDL goes through pg_partman (``create_partition_time``,
+``create_partition_id``, ``run_maintenance_proc``, ``partition_data_id``);
+this module only decides what is missing and reports.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, timedelta
+
+import psycopg
+
+from careflow_ha.errors import EnvironmentProblem, UsageError
+
+PARENT = "public.lab_results"
+JOB_NAMES = ("careflow-partman-maintenance", "careflow-lab-results-daily")
+
+_LAYOUT_SQL = r"""
+SELECT m.relname,
+       (regexp_match(pg_get_expr(m.relpartbound, m.oid), 'FROM \(''([^'']+)''\)'))[1]::timestamptz,
+       (regexp_match(pg_get_expr(m.relpartbound, m.oid), 'TO \(''([^'']+)''\)'))[1]::timestamptz,
+       pg_get_expr(m.relpartbound, m.oid) = 'DEFAULT',
+       l.relname,
+       (regexp_match(pg_get_expr(l.relpartbound, l.oid), 'FROM \((-?\d+)\)'))[1]::bigint,
+       (regexp_match(pg_get_expr(l.relpartbound, l.oid), 'TO \((-?\d+)\)'))[1]::bigint,
+       pg_get_expr(l.relpartbound, l.oid) = 'DEFAULT',
+       greatest(l.reltuples, 0)::bigint,
+       coalesce(pg_total_relation_size(l.oid), 0)
+  FROM pg_inherits im
+  JOIN pg_class m ON m.oid = im.inhrelid
+  LEFT JOIN pg_inherits il ON il.inhparent = m.oid
+  LEFT JOIN pg_class l ON l.oid = il.inhrelid
+ WHERE im.inhparent = %s::regclass
+ ORDER BY 2 NULLS FIRST, 6 NULLS FIRST
+"""
+
+
+@dataclass
+class Leaf:
+    table: str
+    clinic_lo: int | None  # None for the month's default partition
+    clinic_hi: int | None
+    est_rows: int
+    bytes: int
+
+
+@dataclass
+class Month:
+    table: str
+    start: datetime | None  # None: a month-level DEFAULT partition (must not exist)
+    end: datetime | None
+    leaves: list[Leaf] = field(default_factory=list)
+
+    @property
+    def is_default(self) -> bool:
+        return self.start is None
+
+    @property
+    def default_leaf(self) -> Leaf | None:
+        return next((leaf for leaf in self.leaves if leaf.clinic_lo is None), None)
+
+    def clinics(self) -> set[int]:
+        out: set[int] = set()
+        for leaf in self.leaves:
+            if leaf.clinic_lo is not None and leaf.clinic_hi is not None:
+                out.update(range(leaf.clinic_lo, leaf.clinic_hi))
+        return out
+
+
+def layout(conn: psycopg.Connection, parent: str = PARENT) -> list[Month]:
+    """The two-level partition tree of ``parent``, oldest month first."""
+    if conn.execute("SELECT to_regclass(%s)", (parent,)).fetchone()[0] is None:
+        raise EnvironmentProblem(f"{parent} does not exist; run `careflow-ha data migrate` first")
+    months: dict[str, Month] = {}
+    for (mt, start, end, m_default, lt, lo, hi, l_default, est, size) in conn.execute(_LAYOUT_SQL, (parent,)):
+        month = months.setdefault(mt, Month(mt, None if m_default else start, None if m_default else end))
+        if lt is not None:
+            month.leaves.append(Leaf(lt, None if l_default else lo, None if l_default else hi, est, size))
+    return sorted(months.values(), key=lambda m: (m.start is not None, m.start or datetime.min.replace(tzinfo=UTC)))
+
+
+def month_starts(first: date, last: date) -> list[date]:
+    """First days of the months from ``first`` to ``last`` inclusive."""
+    out, y, m = [], first.year, first.month
+    while (y, m) <= (last.year, last.month):
+        out.append(date(y, m, 1))
+        y, m = (y + 1, 1) if m == 12 else (y, m + 1)
+    return out
+
+
+def ensure_coverage(conn: psycopg.Connection, first_month: date, clinic_ids: list[int],
+                    parent: str = PARENT) -> dict[str, int]:
+    """Make sure every month from ``first_month`` on, and every clinic in it, has a leaf.
+
+    Missing months are created with ``partman.create_partition_time`` (which
+    builds their clinic leaves too), missing clinic leaves with
+    ``partman.create_partition_id``; the clinic premake is raised to the
+    largest clinic id so that months partman makes later cover every clinic.
+    Returns counts of what was created.
+    """
+    created = {"months": 0, "leaves": 0}
+    if clinic_ids:
+        top = max(clinic_ids)
+        conn.execute("UPDATE partman.part_config_sub SET sub_premake = %s WHERE sub_parent = %s AND sub_premake < %s",
+                     (top, parent, top))
+        conn.execute("UPDATE partman.part_config SET premake = %s WHERE parent_table LIKE %s AND premake < %s "
+                     "AND control = 'clinic_id'", (top, parent + "_p%", top))
+    months = [m for m in layout(conn, parent) if not m.is_default]
+    have = {m.start.astimezone(_tz(conn)).date().replace(day=1) for m in months if m.start}
+    last = max(have) if have else first_month
+    wanted = [d for d in month_starts(first_month, last) if d not in have]
+    if wanted:
+        conn.execute("SELECT partman.create_partition_time(%s, %s::timestamptz[])",
+                     (parent, [datetime(d.year, d.month, d.day) for d in wanted]))
+        created["months"] = len(wanted)
+        months = [m for m in layout(conn, parent) if not m.is_default]
+    for month in months:
+        if month.start is None or month.start.astimezone(_tz(conn)).date() < first_month:
+            continue
+        missing = sorted(set(clinic_ids) - month.clinics())
+        if missing:
+            conn.execute("SELECT partman.create_partition_id(%s, %s::bigint[])",
+                         (f"public.{month.table}", missing))
+            created["leaves"] += len(missing)
+    return created
+
+
+def _tz(conn: psycopg.Connection):  # noqa: ANN202 - a tzinfo
+    from zoneinfo import ZoneInfo
+
+    return ZoneInfo(conn.execute("SHOW timezone").fetchone()[0])
+
+
+def covering_months(conn: psycopg.Connection, parent: str = PARENT) -> list[tuple[datetime, datetime]]:
+    """[start, end) of every month partition: what an inserted row's collected_at must fall in."""
+    return [(m.start, m.end) for m in layout(conn, parent) if m.start is not None and m.end is not None]
+
+
+def parse_month(text: str) -> date:
+    """'YYYY-MM' -> first day of that month, or a UsageError naming the format."""
+    try:
+        parsed = datetime.strptime(text, "%Y-%m")
+    except ValueError:
+        raise UsageError(f"--from {text!r} is not a month; use YYYY-MM, e.g. 2024-01") from None
+    if parsed.date() > datetime.now(UTC).date():
+        raise UsageError(f"--from {text} is in the future; partitions for the future are premade by maintenance")
+    return parsed.date()
+
+
+@dataclass
+class Check:
+    name: str
+    status: str  # ok | FAIL | info
+    detail: str
+
+
+def status(conn: psycopg.Connection) -> dict:
+    """Months, leaves, sizes, partman settings and the scheduled jobs' last runs."""
+    months = layout(conn)
+    cfg = conn.execute(
+        "SELECT premake, retention, retention_keep_table, infinite_time_partitions FROM partman.part_config "
+        "WHERE parent_table = %s", (PARENT,)).fetchone()
+    sub = conn.execute("SELECT sub_premake FROM partman.part_config_sub WHERE sub_parent = %s", (PARENT,)).fetchone()
+    rows = []
+    for m in months:
+        clinics = sorted(m.clinics())
+        rows.append({
+            "month": m.start.astimezone(_tz(conn)).strftime("%Y-%m") if m.start else "DEFAULT",
+            "table": m.table,
+            "leaves": len([leaf for leaf in m.leaves if leaf.clinic_lo is not None]),
+            "clinics": f"{clinics[0]}-{clinics[-1]}" if clinics else "-",
+            "default": "yes" if m.default_leaf else "no",
+            "est_rows": sum(leaf.est_rows for leaf in m.leaves),
+            "mb": round(sum(leaf.bytes for leaf in m.leaves) / 2**20, 1),
+        })
+    return {
+        "parent": PARENT,
+        "months": len([m for m in months if not m.is_default]),
+        "leaves": sum(len(m.leaves) for m in months),
+        "premake_months": cfg[0] if cfg else None,
+        "clinic_premake": sub[0] if sub else None,
+        "retention": cfg[1] if cfg else None,
+        "retention_keep_table": cfg[2] if cfg else None,
+        "infinite_time_partitions": cfg[3] if cfg else None,
+        "jobs": jobs(conn),
+        "partitions": rows,
+    }
+
+
+def jobs(conn: psycopg.Connection) -> list[dict]:
+    """Our pg_cron jobs with their last run (status, start)."""
+    if conn.execute("SELECT to_regclass('cron.job')").fetchone()[0] is None:
+        return []
+    return [
+        {"job": name, "schedule": schedule, "active": active, "last_status": st, "last_start": started}
+        for name, schedule, active, st, started in conn.execute(
+            """SELECT j.jobname, j.schedule, j.active, d.status, d.start_time
+                 FROM cron.job j
+                 LEFT JOIN LATERAL (SELECT status, start_time FROM cron.job_run_details r
+                                     WHERE r.jobid = j.jobid ORDER BY start_time DESC NULLS LAST LIMIT 1) d ON true
+                WHERE j.jobname = ANY(%s) ORDER BY j.jobname""", (list(JOB_NAMES),))
+    ]
+
+
+def check(conn: psycopg.Connection) -> list[Check]:
+    """Health checks for ``partitions check``; any FAIL names its fix."""
+    out: list[Check] = []
+    months = layout(conn)
+    tz = _tz(conn)
+    top_default = [m for m in months if m.is_default]
+    out.append(Check("no month-level default", "FAIL" if top_default else "ok",
+                     f"{top_default[0].table} exists: it blocks DETACH CONCURRENTLY; move its rows with "
+                     "partman.partition_data_proc and drop it" if top_default else
+                     "rows outside every month are rejected, never parked"))
+    parked = []
+    for m in months:
+        leaf = m.default_leaf
+        if leaf is not None:
+            n = conn.execute(f'SELECT count(*) FROM ONLY public."{leaf.table}"').fetchone()[0]  # noqa: S608
+            if n:
+                parked.append(f"{leaf.table}: {n}")
+    out.append(Check("clinic defaults empty", "FAIL" if parked else "ok",
+                     ("rows for clinics without a leaf: " + ", ".join(parked) +
+                      "; run `careflow-ha partitions maintain` to move them into new leaves") if parked else
+                     f"{sum(1 for m in months if m.default_leaf)} month defaults hold no rows"))
+    real = [m for m in months if not m.is_default and m.end is not None]
+    cfg = conn.execute("SELECT premake FROM partman.part_config WHERE parent_table = %s", (PARENT,)).fetchone()
+    premake = cfg[0] if cfg else 0
+    now = datetime.now(tz)
+    horizon = (now.replace(day=1) + timedelta(days=32 * premake)).replace(day=1)
+    last_end = max((m.end for m in real), default=None)
+    ahead_ok = last_end is not None and last_end.astimezone(tz) >= horizon
+    out.append(Check("future months premade", "ok" if ahead_ok else "FAIL",
+                     f"last month ends {last_end.astimezone(tz):%Y-%m-%d} (want >= {horizon:%Y-%m-%d}, premake "
+                     f"{premake})" + ("" if ahead_ok else "; run `careflow-ha partitions maintain` and check the "
+                                      "careflow-partman-maintenance job") if last_end else
+                     "no month partitions at all; run `careflow-ha data migrate`"))
+    clinic_ids = [r[0] for r in conn.execute("SELECT clinic_id FROM clinics ORDER BY 1")]
+    gaps = [f"{m.start.astimezone(tz):%Y-%m} lacks {sorted(set(clinic_ids) - m.clinics())[:5]}"
+            for m in real if m.start and set(clinic_ids) - m.clinics()]
+    out.append(Check("every clinic has a leaf in every month", "FAIL" if gaps else "ok",
+                     ("; ".join(gaps[:3]) + (f" (+{len(gaps) - 3} more)" if len(gaps) > 3 else "") +
+                      "; run `careflow-ha partitions maintain`") if gaps else
+                     f"{len(clinic_ids)} clinics x {len(real)} months"))
+    job_rows = jobs(conn)
+    found = {j["job"] for j in job_rows}
+    bad = [j for j in job_rows if not j["active"] or j["last_status"] == "failed"]
+    missing = [n for n in JOB_NAMES if n not in found]
+    job_ok = not bad and not missing
+    out.append(Check("scheduled jobs", "ok" if job_ok else "FAIL",
+                     ", ".join(f"{j['job']} ({j['schedule']}, last: {j['last_status'] or 'not run yet'})"
+                               for j in job_rows) if job_ok else
+                     f"missing {missing} / failing {[j['job'] for j in bad]}; see cron.job_run_details and "
+                     "re-run `careflow-ha data migrate`"))
+    q = conn.execute("SELECT count(*) FROM lab_results_quarantine").fetchone()[0]
+    out.append(Check("quarantined CSV rows", "info", f"{q} rows in lab_results_quarantine (see their reasons)"))
+    return out
+
+
+def maintain(conn: psycopg.Connection, first_month: date | None = None) -> dict[str, int]:
+    """Run partman maintenance now, cover every clinic and ``first_month`` on, move parked rows.
+
+    ``conn`` must be in autocommit mode: run_maintenance_proc commits per parent.
+    """
+    before = layout(conn)
+    clinic_ids = [r[0] for r in conn.execute("SELECT clinic_id FROM clinics ORDER BY 1")]
+    firsts = [m.start.astimezone(_tz(conn)).date() for m in before if m.start]
+    start = first_month or (min(firsts) if firsts else datetime.now(UTC).date().replace(day=1))
+    with conn.transaction():
+        created = ensure_coverage(conn, start, clinic_ids)
+    conn.execute("CALL partman.run_maintenance_proc()")
+    moved = 0
+    for m in layout(conn):
+        leaf = m.default_leaf
+        if leaf is not None and conn.execute(f'SELECT 1 FROM ONLY public."{leaf.table}" LIMIT 1').fetchone():
+            moved += conn.execute("SELECT partman.partition_data_id(%s, p_batch_count := 1000)",
+                                  (f"public.{m.table}",)).fetchone()[0]
+    after = layout(conn)
+    return {
+        "months_before": len(before), "months_after": len(after),
+        "leaves_before": sum(len(m.leaves) for m in before), "leaves_after": sum(len(m.leaves) for m in after),
+        "months_created_for_window": created["months"], "clinic_leaves_created": created["leaves"],
+        "rows_moved_from_defaults": moved,
+    }
