@@ -134,7 +134,7 @@ def _short(exc: BaseException) -> str:
     return (text[0] if text else type(exc).__name__)[:200]
 
 
-class _BoundedLoop(threading.Thread):
+class BoundedLoop(threading.Thread):
     """A probe thread: one operation per ``interval_s``, at most ``max_ops`` and ``max_seconds``.
 
     When an operation overruns its slot the schedule restarts from now (no
@@ -187,7 +187,7 @@ class _BoundedLoop(threading.Thread):
         """Release connections; called once when the loop ends."""
 
 
-class _SqlProbe(_BoundedLoop):
+class _SqlProbe(BoundedLoop):
     """A probe that keeps one connection and reconnects after any failure."""
 
     def __init__(
@@ -325,7 +325,7 @@ class ProbeReader(_SqlProbe):
 WritableCheck = Callable[[], "bool | None"]
 
 
-class NodeSampler(_BoundedLoop):
+class NodeSampler(BoundedLoop):
     """Sample ``pg_is_in_recovery()`` of one node directly, to detect two writable primaries.
 
     Uses the node's published port; when that fails it uses ``fallback`` (the

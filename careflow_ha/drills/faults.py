@@ -1,0 +1,378 @@
+"""The fault catalogue: every row of the failure model, each with inject, heal and a description.
+
+A fault picks its target nodes from the healthy cluster's topology (the
+primary, the sync standby, ...), breaks them through the container engine or
+from the host (iptables in the node's network namespace), and heals them. How
+long the fault is held before healing is the fault's :class:`Hold` policy.
+In-node actions run through ``engine.exec`` (as root in the container), not
+over the network, so they also work on a partitioned node.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import Any, Protocol
+
+from careflow_ha.drills.control import ClusterControl
+from careflow_ha.drills.model import ClusterSnapshot
+from careflow_ha.engine import run as host_run
+from careflow_ha.errors import CommandFailed, NotReady, UsageError
+
+PGDATA = "/var/lib/postgresql/15/main"
+#: iptables rules that cut a node off its network but keep loopback (Patroni
+#: talks to its own PostgreSQL and etcd over localhost; cutting that would be
+#: a different fault).
+PARTITION_RULES: tuple[tuple[str, ...], ...] = (
+    ("INPUT", "!", "-i", "lo", "-j", "DROP"),
+    ("OUTPUT", "!", "-o", "lo", "-j", "DROP"),
+)
+
+
+class NodeEngine(Protocol):
+    """The container-engine operations faults use (``careflow_ha.engine.Engine`` provides them)."""
+
+    def exec(self, node: str, argv: Sequence[str], **kw: Any) -> Any: ...
+    def kill(self, node: str, signal: str = "KILL") -> None: ...
+    def start(self, node: str) -> None: ...
+    def pause(self, node: str) -> None: ...
+    def unpause(self, node: str) -> None: ...
+    def pid(self, node: str) -> int: ...
+    def state(self, node: str) -> str: ...
+
+
+HostRun = Callable[..., Any]
+
+
+@dataclass(frozen=True)
+class FaultContext:
+    """What an injector may touch: the engine, the cluster's control API, and host commands."""
+
+    engine: NodeEngine
+    control: ClusterControl
+    host_run: HostRun = host_run
+
+
+@dataclass(frozen=True)
+class Hold:
+    """How long a fault stays before healing.
+
+    At least ``min_s``; then, with ``until_writes_resume``, until the probe
+    writer is acknowledged again (the cluster has worked around the fault), and
+    at most ``max_s`` in any case.
+    """
+
+    min_s: float = 0.0
+    max_s: float = 0.0
+    until_writes_resume: bool = False
+
+
+Targets = tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Fault:
+    """One drill's fault: how it is aimed, injected, held and healed, and what the cluster should do."""
+
+    name: str
+    title: str
+    description: str
+    pick: Callable[[ClusterSnapshot], Targets]
+    inject: Callable[[FaultContext, Targets], str]  # returns a one-line note for the timeline
+    heal: Callable[[FaultContext, Targets], str]
+    hold: Hold
+    expects_failover: bool | None  # None: either outcome is correct
+    ci: bool = False  # in the CI subset
+
+
+# -- target selection --------------------------------------------------------------------------------------------------
+
+
+def _primary(snap: ClusterSnapshot) -> str:
+    if snap.leader is None:
+        raise NotReady("no leader in the cluster: a drill needs a healthy cluster to start from")
+    return snap.leader
+
+
+def pick_primary(snap: ClusterSnapshot) -> Targets:
+    return (_primary(snap),)
+
+
+def pick_switchover(snap: ClusterSnapshot) -> Targets:
+    """(leader, candidate): the sync standby when there is one (it is certain to be up to date)."""
+    leader = _primary(snap)
+    if snap.sync_standbys:
+        return (leader, snap.sync_standbys[0])
+    replicas = [m.name for m in snap.members if m.is_streaming_replica]
+    if not replicas:
+        raise NotReady("no streaming replica to switch over to")
+    return (leader, replicas[0])
+
+
+def pick_sync_standby(snap: ClusterSnapshot) -> Targets:
+    if not snap.sync_standbys:
+        raise NotReady("no sync standby: this drill needs synchronous_mode on (do not use --async)")
+    return (snap.sync_standbys[0],)
+
+
+def pick_async_replica(snap: ClusterSnapshot) -> Targets:
+    """A replica that is not the sync standby (losing it must not affect commits)."""
+    candidates = [m.name for m in snap.members if m.is_streaming_replica and m.name not in snap.sync_standbys]
+    if not candidates:
+        raise NotReady("no asynchronous replica streaming")
+    return (candidates[0],)
+
+
+def pick_two_standby_nodes(snap: ClusterSnapshot) -> Targets:
+    """Two nodes other than the primary's: stopping their etcd members loses the quorum of three."""
+    leader = _primary(snap)
+    others = [m.name for m in snap.members if m.name != leader]
+    if len(others) < 2:
+        raise NotReady("quorum loss needs two members besides the primary")
+    return tuple(others[:2])
+
+
+# -- in-node helpers ---------------------------------------------------------------------------------------------------
+
+
+def _pid_from(output: str, what: str, node: str) -> str:
+    first = (output or "").strip().splitlines()[0].strip() if (output or "").strip() else ""
+    if not first.isdigit() or first == "0":
+        raise CommandFailed(f"could not find the {what} PID on {node} (got {first or 'nothing'!r}); is it running?")
+    return first
+
+
+def postmaster_pid(ctx: FaultContext, node: str) -> str:
+    """The postmaster's PID: the first line of postmaster.pid, which PostgreSQL itself maintains."""
+    proc = ctx.engine.exec(node, ["head", "-n", "1", f"{PGDATA}/postmaster.pid"], timeout=15)
+    return _pid_from(proc.stdout, "postmaster", node)
+
+
+def patroni_pid(ctx: FaultContext, node: str) -> str:
+    """Patroni's PID as systemd knows it (exact; no pattern matching on command lines)."""
+    proc = ctx.engine.exec(
+        node, ["systemctl", "show", "--property", "MainPID", "--value", "patroni.service"], timeout=15
+    )
+    return _pid_from(proc.stdout, "Patroni", node)
+
+
+def iptables(ctx: FaultContext, pid: int, action: str, rule: Sequence[str], check: bool = True) -> Any:
+    """iptables inside the node's network namespace, run from the host."""
+    return ctx.host_run(
+        ["nsenter", "-t", str(pid), "-n", "iptables", "-w", "5", action, *rule], check=check, timeout=30
+    )
+
+
+# -- injectors and healers ---------------------------------------------------------------------------------------------
+
+
+def inject_switchover(ctx: FaultContext, t: Targets) -> str:
+    ctx.control.switchover(t[0], t[1] if len(t) > 1 else None, timeout=60.0)
+    return f"switchover {t[0]} -> {t[1] if len(t) > 1 else 'any'} (Patroni REST)"
+
+
+def inject_postgres_crash(ctx: FaultContext, t: Targets) -> str:
+    pid = postmaster_pid(ctx, t[0])
+    ctx.engine.exec(t[0], ["kill", "-9", pid], timeout=15)
+    return f"kill -9 postmaster (pid {pid}) on {t[0]}"
+
+
+def inject_patroni_crash(ctx: FaultContext, t: Targets) -> str:
+    pid = patroni_pid(ctx, t[0])
+    ctx.engine.exec(t[0], ["kill", "-9", pid], timeout=15)
+    return f"kill -9 patroni (pid {pid}) on {t[0]}"
+
+
+def heal_patroni(ctx: FaultContext, t: Targets) -> str:
+    # systemd normally restarts it already; starting an active unit is a no-op.
+    ctx.engine.exec(t[0], ["systemctl", "start", "patroni.service"], timeout=60)
+    return f"patroni.service started on {t[0]}"
+
+
+def inject_kill_node(ctx: FaultContext, t: Targets) -> str:
+    for node in t:
+        ctx.engine.kill(node, "KILL")
+    return f"container kill {', '.join(t)}"
+
+
+def heal_start_node(ctx: FaultContext, t: Targets) -> str:
+    for node in t:
+        if ctx.engine.state(node) != "running":
+            ctx.engine.start(node)
+    return f"container start {', '.join(t)}"
+
+
+def inject_pause_node(ctx: FaultContext, t: Targets) -> str:
+    ctx.engine.pause(t[0])
+    return f"container pause {t[0]} (frozen: TCP still answered by the kernel)"
+
+
+def heal_unpause_node(ctx: FaultContext, t: Targets) -> str:
+    if ctx.engine.state(t[0]) == "paused":
+        ctx.engine.unpause(t[0])
+    return f"container unpause {t[0]}"
+
+
+def inject_partition(ctx: FaultContext, t: Targets) -> str:
+    pid = ctx.engine.pid(t[0])
+    for rule in PARTITION_RULES:
+        iptables(ctx, pid, "-I", rule)
+    return f"iptables DROP all but loopback in {t[0]}'s network namespace"
+
+
+def heal_partition(ctx: FaultContext, t: Targets) -> str:
+    pid = ctx.engine.pid(t[0])
+    for rule in PARTITION_RULES:
+        for _ in range(5):  # delete every copy we might have inserted; bounded
+            if iptables(ctx, pid, "-C", rule, check=False).returncode != 0:
+                break
+            iptables(ctx, pid, "-D", rule)
+    return f"iptables rules removed in {t[0]}'s network namespace"
+
+
+def inject_stop_etcd(ctx: FaultContext, t: Targets) -> str:
+    for node in t:
+        ctx.engine.exec(node, ["systemctl", "stop", "etcd.service"], timeout=60)
+    return f"systemctl stop etcd on {', '.join(t)}"
+
+
+def heal_start_etcd(ctx: FaultContext, t: Targets) -> str:
+    for node in t:
+        ctx.engine.exec(node, ["systemctl", "start", "etcd.service"], timeout=60)
+    return f"systemctl start etcd on {', '.join(t)}"
+
+
+def no_heal(ctx: FaultContext, t: Targets) -> str:
+    return "nothing to heal"
+
+
+# -- the catalogue -----------------------------------------------------------------------------------------------------
+
+_UNTIL_RECOVERED = Hold(min_s=2.0, max_s=120.0, until_writes_resume=True)
+
+_FAULTS: tuple[Fault, ...] = (
+    Fault(
+        "switchover",
+        "planned switchover",
+        "Patroni REST POST /switchover from the primary to the sync standby; the old primary becomes a replica.",
+        pick_switchover,
+        inject_switchover,
+        no_heal,
+        Hold(),
+        expects_failover=True,
+        ci=True,
+    ),
+    Fault(
+        "postgres-crash",
+        "postgres crash on the primary",
+        "kill -9 of the postmaster on the primary. Patroni still holds the leader key and normally restarts "
+        "PostgreSQL in place (crash recovery); a failover is also a correct outcome.",
+        pick_primary,
+        inject_postgres_crash,
+        no_heal,
+        Hold(min_s=1.0, max_s=90.0, until_writes_resume=True),
+        expects_failover=None,
+    ),
+    Fault(
+        "patroni-crash",
+        "Patroni crash on the primary",
+        "kill -9 of the Patroni daemon on the primary. PostgreSQL keeps serving; systemd restarts Patroni, which "
+        "must find its PostgreSQL running and keep the leader key before the lease expires.",
+        pick_primary,
+        inject_patroni_crash,
+        heal_patroni,
+        Hold(min_s=5.0, max_s=60.0, until_writes_resume=True),
+        expects_failover=False,
+    ),
+    Fault(
+        "primary-node-loss",
+        "primary node loss",
+        "Container kill of the primary node (SIGKILL to its init: PostgreSQL, Patroni and its etcd member "
+        "vanish at once). The lease must expire before a replica may promote. Healed by starting the container.",
+        pick_primary,
+        inject_kill_node,
+        heal_start_node,
+        _UNTIL_RECOVERED,
+        expects_failover=True,
+        ci=True,
+    ),
+    Fault(
+        "primary-node-freeze",
+        "primary node freeze",
+        "Container pause of the primary (all its processes frozen; the kernel still accepts TCP). After the "
+        "failover it is thawed and must notice it lost the lease and demote itself, never serving writes.",
+        pick_primary,
+        inject_pause_node,
+        heal_unpause_node,
+        _UNTIL_RECOVERED,
+        expects_failover=True,
+    ),
+    Fault(
+        "primary-partition",
+        "network partition of the primary",
+        "iptables DROP of everything but loopback in the primary's network namespace, from the host. The "
+        "isolated primary loses etcd and must demote itself before a replica's lease wait ends.",
+        pick_primary,
+        inject_partition,
+        heal_partition,
+        _UNTIL_RECOVERED,
+        expects_failover=True,
+        ci=True,
+    ),
+    Fault(
+        "replica-loss",
+        "loss of an asynchronous replica",
+        "Container kill of a replica that is not the sync standby. Writes must not notice; reads through "
+        "5001 move to the other replica.",
+        pick_async_replica,
+        inject_kill_node,
+        heal_start_node,
+        Hold(min_s=5.0, max_s=60.0, until_writes_resume=True),
+        expects_failover=False,
+    ),
+    Fault(
+        "sync-standby-loss",
+        "loss of the sync standby",
+        "Container kill of the synchronous standby. Commits wait until Patroni names the other replica sync "
+        "standby; that wait is the write outage.",
+        pick_sync_standby,
+        inject_kill_node,
+        heal_start_node,
+        Hold(min_s=5.0, max_s=90.0, until_writes_resume=True),
+        expects_failover=False,
+    ),
+    Fault(
+        "etcd-member-loss",
+        "loss of one etcd member",
+        "systemctl stop etcd on the primary's node. The other two members keep quorum; Patroni on the primary "
+        "must switch to another etcd endpoint and keep its lease.",
+        pick_primary,
+        inject_stop_etcd,
+        heal_start_etcd,
+        Hold(min_s=10.0, max_s=60.0, until_writes_resume=True),
+        expects_failover=False,
+    ),
+    Fault(
+        "etcd-quorum-loss",
+        "loss of etcd quorum",
+        "systemctl stop etcd on two of three nodes for 30 s. Without a DCS no one may hold the lease: the "
+        "primary demotes itself (writes stop) unless Patroni's failsafe mode is on, and nobody promotes.",
+        pick_two_standby_nodes,
+        inject_stop_etcd,
+        heal_start_etcd,
+        Hold(min_s=30.0, max_s=30.0),
+        expects_failover=None,
+    ),
+)
+
+#: Every drill by name, in the order of the failure model.
+FAULTS: Mapping[str, Fault] = MappingProxyType({f.name: f for f in _FAULTS})
+
+
+def get_fault(name: str) -> Fault:
+    """The fault called ``name``, or a UsageError that lists the valid names."""
+    try:
+        return FAULTS[name]
+    except KeyError:
+        raise UsageError(f"unknown drill {name!r}; valid drills: {', '.join(FAULTS)}") from None
