@@ -34,6 +34,9 @@ def _register_commands() -> None:
     from careflow_ha.lab_cli import register as register_lab
 
     register_lab(cli)
+    from careflow_ha.data_cli import register as register_data
+
+    register_data(cli)
 
 
 _register_commands()

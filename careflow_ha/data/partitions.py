@@ -122,9 +122,13 @@ def ensure_coverage(conn: psycopg.Connection, first_month: date, clinic_ids: lis
         missing = sorted(set(clinic_ids) - month.clinics())
         if missing:
             conn.execute("SELECT partman.create_partition_id(%s, %s::bigint[])",
-                         (f"public.{month.table}", missing))
+                         (f"{_schema(parent)}.{month.table}", missing))
             created["leaves"] += len(missing)
     return created
+
+
+def _schema(parent: str) -> str:
+    return parent.split(".", 1)[0] if "." in parent else "public"
 
 
 def _tz(conn: psycopg.Connection):  # noqa: ANN202 - a tzinfo
