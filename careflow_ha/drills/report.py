@@ -1,0 +1,333 @@
+"""Drill reports: Markdown + JSON + a timeline PNG per run, and ``reports/drills/index.md``.
+
+Reports are for people who were not watching: they say what was broken, what
+the client saw, whether data was lost, where the time went and what to make
+of it. They never contain secrets: no DSN is written, and every file is
+checked against the lab's secrets before it is written.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")  # headless: reports are written on CI machines without a display
+import matplotlib.pyplot as plt  # noqa: E402 - must follow the backend choice
+
+from careflow_ha.drills.runner import DrillRun  # noqa: E402
+from careflow_ha.drills.targets import Verdict  # noqa: E402
+from careflow_ha.errors import CheckFailed  # noqa: E402
+
+INDEX_NAME = "index.md"
+RESULT_NAME = "result.json"
+INDEX_ROW = "| {when} | [{drill}]({folder}/report.md) | {preset} | {sync} | {wo} | {ro} | {lost} | {sb} | {rj} | {ok} |"
+
+ASYNC_TRADE_OFF = (
+    "This run had **synchronous_mode off**. A commit was acknowledged as soon as the primary had written it "
+    "to its own disk, without waiting for any replica. That keeps commits fast and keeps writes available "
+    "when replicas are slow or gone, but at a failover the new primary only has what it had received by "
+    "then: every write it had not received is gone, although the application was told it was saved. The "
+    "count of lost acknowledged writes above is exactly that loss. With synchronous_mode on, each commit "
+    "waits until one standby has it, Patroni only promotes that standby, and the loss is zero; the price is "
+    "commit latency and a short write stall whenever the sync standby itself is lost."
+)
+
+
+def _fmt(seconds: float | None, digits: int = 2) -> str:
+    return "-" if seconds is None else f"{seconds:.{digits}f} s"
+
+
+def _rel(at: float | None, origin: float) -> str:
+    return "-" if at is None else f"{at - origin:+.2f} s"
+
+
+def run_dir_name(run: DrillRun) -> str:
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(run.started_at))
+    mode = "" if run.synchronous else "-async"
+    return f"{stamp}-{run.name}-{run.preset}{mode}"
+
+
+def result_json(run: DrillRun) -> dict[str, Any]:
+    """Everything measured, machine-readable (times as epoch seconds and as offsets from the fault)."""
+    a = run.analysis
+    origin = run.fault_at
+    rec = run.recording
+    return {
+        "drill": run.name,
+        "title": run.title,
+        "run_id": run.run_id,
+        "preset": run.preset,
+        "timing": {"ttl": run.timing.ttl, "loop_wait": run.timing.loop_wait, "retry_timeout": run.timing.retry_timeout},
+        "synchronous_mode": run.synchronous,
+        "under_load": run.under_load,
+        "targets": list(run.targets),
+        "old_primary": a.old_primary,
+        "new_primary": a.new_primary,
+        "fault": {"at": run.fault_at, "note": run.inject_note},
+        "heal": {"at": run.heal_at, "note": run.heal_note},
+        "started_at": run.started_at,
+        "finished_at": run.finished_at,
+        "passed": run.passed,
+        "recovered": run.recovered,
+        "recovery_problem": run.recovery_problem,
+        "write_outage_s": a.write_outage.seconds,
+        "write_outage_total_s": a.write_outage.total_seconds,
+        "write_outage_recovered": a.write_outage.recovered,
+        "read_outage_s": a.read_outage.seconds,
+        "read_outage_recovered": a.read_outage.recovered,
+        "acked_writes": a.acked_writes,
+        "write_attempts": run.write_attempts,
+        "ambiguous_writes": run.ambiguous_writes,
+        "lost_acked_writes": None if a.lost_writes is None else len(a.lost_writes),
+        "lost_acked_seqs": None if a.lost_writes is None else list(a.lost_writes[:1000]),
+        "split_brain": [{"start": s.start, "end": s.end, "nodes": list(s.nodes)} for s in a.split_brain],
+        "rejoin_s": a.rejoin_seconds,
+        "moments_from_fault_s": {
+            "leaderless": None if a.leaderless_at is None else a.leaderless_at - origin,
+            "promotion": None if a.promoted_at is None else a.promoted_at - origin,
+            "haproxy_switch": None if a.haproxy_switch_at is None else a.haproxy_switch_at - origin,
+            "first_ack": None if a.write_outage.first_ack_after is None else a.write_outage.first_ack_after - origin,
+            "rejoined": None if a.rejoined_at is None else a.rejoined_at - origin,
+        },
+        "phases": [{"name": p.name, "seconds": p.seconds} for p in a.phases],
+        "verdicts": [{"target": v.target, "ok": v.ok, "detail": v.detail} for v in run.verdicts],
+        "events": [{"at": e.at, "kind": e.kind, "detail": e.detail} for e in a.events],
+        "history": [
+            {"timeline": h.timeline, "lsn": h.lsn, "reason": h.reason, "at": h.at, "new_leader": h.new_leader}
+            for h in rec.history
+        ],
+        "writes": [[w.seq, round(w.sent_at, 4), round(w.acked_at, 4), w.server] for w in rec.writes],
+        "write_errors": [[e.seq, round(e.at, 4), e.kind, e.message] for e in rec.write_errors],
+        "reads": [[r.seq, round(r.acked_at, 4), r.server] for r in rec.reads],
+        "read_errors": [[e.seq, round(e.at, 4), e.kind, e.message] for e in rec.read_errors],
+        "node_samples": [[s.node, round(s.at, 4), s.writable, s.via] for s in rec.node_samples],
+    }
+
+
+def _verdict_mark(v: Verdict) -> str:
+    return {True: "PASS", False: "**MISS**", None: "n/a"}[v.ok]
+
+
+def markdown(run: DrillRun, png_name: str) -> str:
+    """The human report."""
+    a = run.analysis
+    wo, ro = a.write_outage, a.read_outage
+    origin = run.fault_at
+    when = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(run.started_at))
+    lost = (
+        "not verifiable (the primary never answered the read-back)"
+        if a.lost_writes is None
+        else str(len(a.lost_writes))
+    )
+    lines = [
+        f"# Drill: {run.title} (`{run.name}`)",
+        "",
+        f"{when} · preset `{run.preset}` (ttl {run.timing.ttl}, loop_wait {run.timing.loop_wait}, "
+        f"retry_timeout {run.timing.retry_timeout}) · synchronous_mode **{'on' if run.synchronous else 'off'}**"
+        f"{' · under load' if run.under_load else ''} · result **{'PASS' if run.passed else 'MISS'}**",
+        "",
+        f"**What was broken:** {run.description}",
+        "",
+        f"Target node(s): {', '.join(run.targets)}. Injected: {run.inject_note}. "
+        f"Healed: {run.heal_note or 'nothing to heal'}.",
+        "",
+        "## What the client saw",
+        "",
+        "| measure | value |",
+        "| --- | --- |",
+        f"| write outage via 5000 (last ack before -> first ack after) | {_fmt(wo.seconds)}"
+        f"{'' if wo.recovered else ' (writes never resumed)'} |",
+        f"| all write gaps above threshold | {_fmt(wo.total_seconds)} in {len(wo.gaps)} gap(s) |",
+        f"| read outage via 5001 | {_fmt(ro.seconds)}{'' if ro.recovered else ' (reads never resumed)'} |",
+        f"| acknowledged writes | {a.acked_writes} of {run.write_attempts} attempts "
+        f"({run.ambiguous_writes} ambiguous: cut short while waiting for the sync standby, never counted as acked) |",
+        f"| acknowledged writes lost | {lost} |",
+        f"| moments with two writable primaries | {len(a.split_brain)} |",
+        f"| old primary {a.old_primary} back as a streaming replica | {_fmt(a.rejoin_seconds, 1)} after healing |",
+        f"| leader | {a.old_primary} -> {a.new_primary or a.old_primary} |",
+        "",
+        "## Targets",
+        "",
+        "| target | result | measured |",
+        "| --- | --- | --- |",
+        *[f"| {v.target} | {_verdict_mark(v)} | {v.detail} |" for v in run.verdicts],
+        "",
+        "## Timeline (seconds from the fault)",
+        "",
+        f"![timeline]({png_name})",
+        "",
+        "| moment | at |",
+        "| --- | --- |",
+        f"| last write acknowledged before the outage | {_rel(wo.last_ack_before, origin)} |",
+        "| fault injected | +0.00 s |",
+        f"| leader key gone (expired or released), as observed | {_rel(a.leaderless_at, origin)} |",
+        f"| promotion of {a.new_primary or '-'} | {_rel(a.promoted_at, origin)} |",
+        f"| HAProxy switch: first ack via 5000 from the new primary | {_rel(a.haproxy_switch_at, origin)} |",
+        f"| first write acknowledged after the outage | {_rel(wo.first_ack_after, origin)} |",
+        f"| fault healed | {_rel(run.heal_at, origin)} |",
+        f"| old primary streaming again | {_rel(a.rejoined_at, origin)} |",
+        "",
+    ]
+    if a.phases:
+        total = sum(p.seconds for p in a.phases) or 1.0
+        lines += ["## Where the time went", "", "| phase | seconds | share |", "| --- | --- | --- |"]
+        lines += [f"| {p.name} | {p.seconds:.2f} | {100 * p.seconds / total:.0f}% |" for p in a.phases]
+        biggest = max(a.phases, key=lambda p: p.seconds)
+        missed = any(v.ok is False and v.target.startswith("write outage") for v in run.verdicts)
+        lead = "The outage target was missed; most" if missed else "Most"
+        lines += ["", f"{lead} of the outage went to **{biggest.name}** ({biggest.seconds:.2f} s).", ""]
+    if a.split_brain:
+        lines += ["## Two writable primaries", ""]
+        lines += [
+            f"- {', '.join(s.nodes)} both accepted writes from {_rel(s.start, origin)} to {_rel(s.end, origin)}"
+            for s in a.split_brain
+        ]
+        lines.append("")
+    if not run.synchronous:
+        lines += ["## Synchronous vs asynchronous: the trade-off", "", ASYNC_TRADE_OFF, ""]
+    if run.recovery_problem:
+        lines += ["## Recovery problem", "", run.recovery_problem, ""]
+    lines += ["Raw data (every ack, error, sample and Patroni event): `result.json`.", ""]
+    return "\n".join(lines)
+
+
+def timeline_png(run: DrillRun, path: Path) -> None:
+    """Writes, reads and per-node writability over time, with the fault, expiry, promotion and switch marked."""
+    rec, a, origin = run.recording, run.analysis, run.fault_at
+    nodes = sorted({s.node for s in rec.node_samples})
+    lanes = ["writes 5000", "reads 5001", *[f"{n} writable" for n in nodes]]
+    fig, ax = plt.subplots(figsize=(11, 1.2 + 0.55 * len(lanes)), dpi=110)
+    try:
+        servers = sorted({w.server or "?" for w in rec.writes} | {r.server or "?" for r in rec.reads})
+        colours = {s: f"C{i % 10}" for i, s in enumerate(servers)}
+        for lane, acks in ((0, rec.writes), (1, rec.reads)):
+            for server in servers:
+                xs = [x.acked_at - origin for x in acks if (x.server or "?") == server]
+                if xs:
+                    ax.scatter(xs, [lane] * len(xs), s=6, color=colours[server], label=server if lane == 0 else None)
+        errs = [(0, e.at - origin) for e in rec.write_errors] + [(1, e.at - origin) for e in rec.read_errors]
+        if errs:
+            ax.scatter([x for _, x in errs], [y for y, _ in errs], s=10, marker="x", color="red", label="error")
+        for i, node in enumerate(nodes, start=2):
+            ok = [s.at - origin for s in rec.node_samples if s.node == node and s.writable is True]
+            unknown = [s.at - origin for s in rec.node_samples if s.node == node and s.writable is None]
+            ax.scatter(ok, [i] * len(ok), s=6, color="black")
+            ax.scatter(unknown, [i] * len(unknown), s=6, color="lightgrey")
+        if a.write_outage.seconds is not None and a.write_outage.interrupted:
+            ax.axvspan(
+                a.write_outage.last_ack_before - origin,
+                a.write_outage.first_ack_after - origin,
+                color="red",
+                alpha=0.08,
+            )
+        marks = [
+            (0.0, "fault", "red"),
+            (None if run.heal_at is None else run.heal_at - origin, "heal", "green"),
+            (None if a.leaderless_at is None else a.leaderless_at - origin, "leader key gone", "orange"),
+            (None if a.promoted_at is None else a.promoted_at - origin, "promotion", "purple"),
+            (None if a.haproxy_switch_at is None else a.haproxy_switch_at - origin, "HAProxy switch", "blue"),
+            (
+                None if a.write_outage.first_ack_after is None else a.write_outage.first_ack_after - origin,
+                "first ack",
+                "teal",
+            ),
+        ]
+        marks.append((None if a.rejoined_at is None else a.rejoined_at - origin, "old primary streaming", "brown"))
+        drawn: list[float] = []
+        for x, label, colour in marks:
+            if x is not None and any(abs(x - d) < 0.1 for d in drawn):
+                continue  # e.g. HAProxy switch and first ack are one moment: one label is enough
+            if x is not None:
+                drawn.append(x)
+                ax.axvline(x, color=colour, linestyle="--", linewidth=1)
+                ax.text(x, len(lanes) - 0.4, f" {label}", rotation=90, va="top", fontsize=7, color=colour)
+        for sb in a.split_brain:
+            ax.axvspan(sb.start - origin, max(sb.end - origin, sb.start - origin + 0.05), color="magenta", alpha=0.3)
+        ax.set_yticks(range(len(lanes)), lanes)
+        ax.set_ylim(-0.7, len(lanes) - 0.3)
+        ax.set_xlabel("seconds from the fault")
+        ax.set_title(f"{run.title} · preset {run.preset} · synchronous_mode {'on' if run.synchronous else 'off'}")
+        ax.grid(axis="x", alpha=0.3)
+        if servers or errs:
+            ax.legend(loc="lower right", fontsize=7, title="answered by", title_fontsize=7)
+        fig.tight_layout()
+        fig.savefig(path)
+    finally:
+        plt.close(fig)
+
+
+def check_no_secrets(texts: Iterable[str], secrets: Mapping[str, str]) -> None:
+    """Refuse to write a report that contains any secret value (a last line of defence)."""
+    values = [v for v in secrets.values() if v and len(v) >= 6]
+    for text in texts:
+        for value in values:
+            if value in text:
+                raise CheckFailed("a drill report would contain a secret; refusing to write it (this is a bug)")
+
+
+def write_report(run: DrillRun, reports_dir: Path, secrets: Mapping[str, str]) -> Path:
+    """Write the run's folder under ``reports_dir/drills`` and refresh the index; return the folder."""
+    drills_dir = reports_dir / "drills"
+    out = drills_dir / run_dir_name(run)
+    for n in range(2, 100):  # two runs in one second (repeat) get distinct folders; bounded
+        if not out.exists():
+            break
+        out = drills_dir / f"{run_dir_name(run)}-{n}"
+    png = "timeline.png"
+    data = json.dumps(result_json(run), indent=1, default=str)
+    md = markdown(run, png)
+    check_no_secrets([data, md], secrets)
+    out.mkdir(parents=True)
+    (out / RESULT_NAME).write_text(data, encoding="utf-8")
+    (out / "report.md").write_text(md, encoding="utf-8")
+    timeline_png(run, out / png)
+    write_index(drills_dir)
+    return out
+
+
+def write_index(drills_dir: Path) -> Path:
+    """Rebuild ``index.md`` from every run folder's result.json (newest first); idempotent."""
+    rows = []
+    for result in sorted(drills_dir.glob(f"*/{RESULT_NAME}"), reverse=True):
+        try:
+            r = json.loads(result.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError):
+            continue
+        lost = r.get("lost_acked_writes")
+        rows.append(
+            INDEX_ROW.format(
+                when=time.strftime("%Y-%m-%d %H:%M", time.gmtime(r.get("started_at", 0))),
+                drill=r.get("drill"),
+                folder=result.parent.name,
+                preset=r.get("preset"),
+                sync="on" if r.get("synchronous_mode") else "off",
+                wo=_fmt(r.get("write_outage_s")),
+                ro=_fmt(r.get("read_outage_s")),
+                lost="?" if lost is None else lost,
+                sb=len(r.get("split_brain") or []),
+                rj=_fmt(r.get("rejoin_s"), 1),
+                ok="PASS" if r.get("passed") else "**MISS**",
+            )
+        )
+    text = "\n".join(
+        [
+            "# Failover drill runs",
+            "",
+            "Client-observed figures; newest first. Each link opens the run's report (Markdown, JSON, timeline).",
+            "",
+            "| started (UTC) | drill | preset | sync | write outage | read outage | lost acked | two primaries "
+            "| old primary back | result |",
+            "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+            *rows,
+            "",
+        ]
+    )
+    drills_dir.mkdir(parents=True, exist_ok=True)
+    index = drills_dir / INDEX_NAME
+    index.write_text(text, encoding="utf-8")
+    return index

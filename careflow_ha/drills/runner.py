@@ -1,0 +1,340 @@
+"""One drill run end to end: prepare, probe, inject, hold, heal, converge, verify.
+
+The order matters and is the same for every fault:
+
+1. apply the timing preset and synchronous_mode; wait for a healthy cluster;
+2. start the probes (writer 5000, reader 5001, one sampler per node) and the
+   ``/cluster`` poller; wait until writes are acknowledged;
+3. inject the fault; hold it per its policy; heal it;
+4. wait for full health (old primary streaming again), keep probing a little;
+5. stop the probes; read back the run's rows from the current primary;
+   fetch Patroni's history; analyse.
+
+Every wait has a deadline. Probes stop in ``finally`` whatever happens.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
+from dataclasses import dataclass, field
+
+from careflow_ha.drills.analysis import Analysis, analyse
+from careflow_ha.drills.control import ClusterControl, Timing, timing_preset
+from careflow_ha.drills.events import ClusterPoller, role_change_events
+from careflow_ha.drills.faults import Fault, FaultContext, NodeEngine
+from careflow_ha.drills.model import ClusterSnapshot, HistoryEntry, Recording, TimelineEvent
+from careflow_ha.drills.probes import (
+    BoundedLoop,
+    NodeSampler,
+    ProbeReader,
+    ProbeWriter,
+    ensure_probe_table,
+    fetch_seqs,
+    node_addresses,
+)
+from careflow_ha.drills.targets import Verdict, verdicts
+from careflow_ha.errors import CareflowError, CheckFailed, NotReady
+from careflow_ha.settings import Settings
+
+Progress = Callable[[str], None]
+#: A background load to run around the fault (the load-test work plugs Locust in here for ``--under-load``).
+Background = Callable[[], AbstractContextManager[object]]
+
+
+@dataclass(frozen=True)
+class DrillOptions:
+    """How to run a drill. Timeouts are seconds (callers scale them for slow machines)."""
+
+    preset: str = "fast"
+    synchronous: bool = True
+    write_rate_hz: float = 20.0
+    read_rate_hz: float = 10.0
+    warmup_acks: int = 20
+    healthy_timeout_s: float = 180.0
+    recovery_timeout_s: float = 180.0
+    tail_s: float = 3.0
+    max_run_s: float = 900.0
+    background: Background | None = None
+    restore_synchronous: bool = True
+
+
+@dataclass(frozen=True)
+class DrillRun:
+    """One completed drill: what was done, what was seen, what it means."""
+
+    name: str
+    title: str
+    description: str
+    preset: str
+    timing: Timing
+    synchronous: bool
+    under_load: bool
+    run_id: str
+    targets: tuple[str, ...]
+    old_primary: str | None
+    inject_note: str
+    heal_note: str
+    started_at: float
+    fault_at: float
+    heal_at: float | None
+    finished_at: float
+    recovered: bool
+    recovery_problem: str | None
+    expects_failover: bool | None
+    recording: Recording
+    analysis: Analysis
+    verdicts: tuple[Verdict, ...]
+    write_attempts: int = 0
+    ambiguous_writes: int = 0
+    notes: tuple[str, ...] = field(default=())
+
+    @property
+    def passed(self) -> bool:
+        """No target failed (targets that could not be measured do not fail the run)."""
+        return all(v.ok is not False for v in self.verdicts)
+
+
+def exec_writable_check(engine: NodeEngine, node: str) -> Callable[[], bool | None]:
+    """Ask a node over its unix socket, through the engine (works while the host cannot reach it)."""
+
+    def check() -> bool | None:
+        try:
+            proc = engine.exec(
+                node,
+                [
+                    "runuser",
+                    "-u",
+                    "postgres",
+                    "--",
+                    "psql",
+                    "-XAtq",
+                    "-d",
+                    "postgres",
+                    "-c",
+                    "SELECT pg_is_in_recovery()",
+                ],
+                check=False,
+                timeout=5,
+            )
+        except CareflowError:
+            return None
+        answer = (proc.stdout or "").strip()
+        return {"f": True, "t": False}.get(answer)
+
+    return check
+
+
+def _wait(condition: Callable[[], bool], timeout: float, interval: float = 0.2) -> bool:
+    """Poll ``condition`` until true or ``timeout``; bounded in count and time. Returns whether it held."""
+    deadline = time.monotonic() + timeout
+    for _ in range(int(timeout / interval) + 2):
+        if condition():
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(interval)
+    return condition()
+
+
+@contextlib.contextmanager
+def _running(*probes: BoundedLoop) -> Iterator[None]:
+    for p in probes:
+        p.start()
+    try:
+        yield
+    finally:
+        for p in probes:
+            p.stop()
+
+
+def run_drill(
+    fault: Fault,
+    settings: Settings,
+    engine: NodeEngine,
+    control: ClusterControl,
+    options: DrillOptions | None = None,
+    progress: Progress | None = None,
+) -> DrillRun:
+    """Run ``fault`` once against the lab cluster and return everything observed, analysed."""
+    options = options or DrillOptions()
+    progress = progress or (lambda line: None)
+    timing = timing_preset(options.preset)
+    started = time.time()
+
+    def say(line: str) -> None:
+        progress(f"[{fault.name} +{time.time() - started:5.1f}s] {line}")
+
+    previous_sync = control.synchronous_mode()
+    try:
+        say(f"preparing: preset {options.preset} {timing}, synchronous_mode {'on' if options.synchronous else 'off'}")
+        control.set_timing_preset(options.preset)
+        control.set_synchronous_mode(options.synchronous)
+        healthy = control.wait_healthy(options.healthy_timeout_s)
+        targets = fault.pick(healthy)
+        old_primary = healthy.leader
+        say(f"healthy: leader {old_primary}, sync standby {', '.join(healthy.sync_standbys) or 'none'}")
+        return _probe_and_break(fault, settings, engine, control, options, timing, healthy, targets, started, say)
+    finally:
+        if options.restore_synchronous and previous_sync != options.synchronous:
+            control.set_synchronous_mode(previous_sync)
+            say(f"synchronous_mode restored to {'on' if previous_sync else 'off'}")
+
+
+def _probe_and_break(
+    fault: Fault,
+    settings: Settings,
+    engine: NodeEngine,
+    control: ClusterControl,
+    options: DrillOptions,
+    timing: Timing,
+    healthy: ClusterSnapshot,
+    targets: tuple[str, ...],
+    started: float,
+    say: Progress,
+) -> DrillRun:
+    run_id = f"{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime(started))}-{fault.name}-{uuid.uuid4().hex[:6]}"
+    rw_dsn = settings.dsn("rw", "app")
+    ensure_probe_table(rw_dsn)
+    # The nodes are the cluster's members as Patroni lists them (the lab's PG_NODES).
+    nodes = tuple(m.name for m in healthy.members)
+    names = node_addresses({n: settings.node_dsn(n) for n in nodes})
+    bound = options.max_run_s
+    writer = ProbeWriter(rw_dsn, run_id, rate_hz=options.write_rate_hz, max_seconds=bound, server_names=names)
+    reader = ProbeReader(settings.dsn("ro", "ro"), rate_hz=options.read_rate_hz, max_seconds=bound, server_names=names)
+    samplers = [
+        NodeSampler(n, settings.node_dsn(n), fallback=exec_writable_check(engine, n), max_seconds=bound) for n in nodes
+    ]
+    poller = ClusterPoller(control.topology, max_seconds=bound, on_change=lambda line: say(f"cluster: {line}"))
+    events: list[TimelineEvent] = []
+    heal_at: float | None = None
+    heal_note = ""
+    recovered, problem = False, None
+    background = options.background() if options.background else contextlib.nullcontext()
+    with background, _running(poller, *samplers, reader, writer):
+        if not _wait(lambda: len(writer.acks) >= options.warmup_acks, 30.0):
+            last = writer.errors[-1].message if writer.errors else "no error recorded"
+            raise NotReady(f"the probe writer got no steady acknowledgements through port 5000 ({last})")
+        say(f"probes running: {len(writer.acks)} writes acknowledged; injecting {fault.title} on {', '.join(targets)}")
+        fault_at = time.time()
+        inject_note = fault.inject(FaultContext(engine, control), targets)
+        injected = time.time()
+        events.append(TimelineEvent(fault_at, "fault", inject_note))
+        say(f"fault injected: {inject_note}")
+        _hold(fault, writer, injected, say)
+        if fault.heal is not None and fault.hold.max_s > 0:
+            heal_at = time.time()
+            heal_note = fault.heal(FaultContext(engine, control), targets)
+            events.append(TimelineEvent(heal_at, "heal", heal_note))
+            say(f"healed: {heal_note}")
+        try:
+            control.wait_healthy(options.recovery_timeout_s)
+            recovered = True
+            say("cluster healthy again")
+        except NotReady as exc:
+            problem = str(exc)
+            say(f"NOT healthy in time: {problem}")
+        tail_from = time.time()
+        _wait(lambda: writer.last_ack_after(tail_from + options.tail_s) is not None, options.tail_s + 10.0)
+    for probe in (writer, reader, poller, *samplers):
+        if probe.failure is not None:
+            raise CheckFailed(f"drill probe {probe.name} failed: {probe.failure!r}") from probe.failure
+    present = _read_back(rw_dsn, run_id, say)
+    history = _history(control)
+    snapshots = poller.snapshots
+    recording = Recording(
+        writes=writer.acks,
+        write_errors=writer.errors,
+        reads=reader.acks,
+        read_errors=reader.errors,
+        node_samples=tuple(s for sampler in samplers for s in sampler.samples),
+        snapshots=snapshots,
+        history=history,
+        events=tuple(events) + role_change_events(snapshots),
+        started_at=started,
+        stopped_at=time.time(),
+        write_interval_s=writer.interval_s,
+        read_interval_s=reader.interval_s,
+    )
+    analysis = analyse(recording, fault_at=fault_at, heal_at=heal_at, old_primary=healthy.leader, present_seqs=present)
+    run = DrillRun(
+        name=fault.name,
+        title=fault.title,
+        description=fault.description,
+        preset=options.preset,
+        timing=timing,
+        synchronous=options.synchronous,
+        under_load=options.background is not None,
+        run_id=run_id,
+        targets=targets,
+        old_primary=healthy.leader,
+        inject_note=inject_note,
+        heal_note=heal_note,
+        started_at=started,
+        fault_at=fault_at,
+        heal_at=heal_at,
+        finished_at=time.time(),
+        recovered=recovered,
+        recovery_problem=problem,
+        expects_failover=fault.expects_failover,
+        recording=recording,
+        analysis=analysis,
+        verdicts=verdicts(fault.name, options.preset, options.synchronous, analysis, recovered),
+        write_attempts=len(writer.acks) + len(writer.errors),
+        ambiguous_writes=sum(1 for e in writer.errors if e.kind == "ambiguous"),
+    )
+    wo = analysis.write_outage
+    say(
+        f"done: write outage {'-' if wo.seconds is None else f'{wo.seconds:.2f}s'}, "
+        f"lost acked writes {'?' if analysis.lost_writes is None else len(analysis.lost_writes)}, "
+        f"split brain {len(analysis.split_brain)}"
+    )
+    return run
+
+
+def _hold(fault: Fault, writer: ProbeWriter, injected: float, say: Progress) -> None:
+    """Keep the fault in place per its policy, with a progress line every 5 s."""
+    hold = fault.hold
+    if hold.max_s <= 0:
+        return
+    deadline = injected + hold.max_s
+    min_until = injected + hold.min_s
+    next_line = time.time() + 5.0
+    for _ in range(int(hold.max_s / 0.2) + 2):
+        now = time.time()
+        if now >= deadline:
+            say(f"holding: max hold {hold.max_s:.0f}s reached")
+            return
+        resumed = any(a.sent_at > injected for a in writer.acks[-50:])
+        if now >= min_until and (not hold.until_writes_resume or resumed):
+            if hold.until_writes_resume:
+                say("writes acknowledged again; healing")
+            return
+        if now >= next_line:
+            say(f"holding: writes {'flowing' if resumed else 'down'} for {now - injected:.0f}s")
+            next_line = now + 5.0
+        time.sleep(0.2)
+
+
+def _read_back(dsn: str, run_id: str, say: Progress, timeout: float = 60.0) -> frozenset[int] | None:
+    """The run's rows as the current primary holds them, or None if it never answered."""
+    deadline = time.monotonic() + timeout
+    for _ in range(int(timeout) + 1):
+        try:
+            return fetch_seqs(dsn, run_id)
+        except Exception as exc:  # noqa: BLE001 - any driver error means "not yet"
+            if time.monotonic() >= deadline:
+                say(f"could not read the probe rows back: {str(exc).splitlines()[0][:120]}")
+                return None
+            time.sleep(1.0)
+    return None
+
+
+def _history(control: ClusterControl) -> tuple[HistoryEntry, ...]:
+    try:
+        return control.history()
+    except (NotReady, OSError):
+        return ()

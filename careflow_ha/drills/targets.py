@@ -1,0 +1,82 @@
+"""The drill targets from the issue, and the verdicts of one run against them.
+
+Outage targets are for the tuned preset (``fast``) on the lab machine; the
+safety targets (no lost acknowledged write in synchronous mode, never two
+writable primaries, the old primary back as a replica within 60 s of
+healing) hold for every drill and preset.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from types import MappingProxyType
+
+from careflow_ha.drills.analysis import Analysis
+
+#: Client-observed write outage targets (seconds), tuned preset.
+WRITE_OUTAGE_TARGETS_S: Mapping[str, float] = MappingProxyType(
+    {"switchover": 2.0, "primary-node-loss": 22.0, "postgres-crash": 10.0}
+)
+#: Old primary back as a streaming replica, from heal (or from the fault when nothing is healed).
+REJOIN_TARGET_S = 60.0
+#: primary-node-loss under the tuned preset vs Patroni's defaults, in the same run.
+NODE_LOSS_RATIO_TARGET = 0.6
+TUNED_PRESET = "fast"
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """One target checked: ``ok`` None means it could not be measured in this run."""
+
+    target: str
+    ok: bool | None
+    detail: str
+
+
+def verdicts(name: str, preset: str, synchronous: bool, a: Analysis, recovered: bool) -> tuple[Verdict, ...]:
+    """Check one run against every target that applies to it."""
+    out: list[Verdict] = []
+    bound = WRITE_OUTAGE_TARGETS_S.get(name)
+    if bound is not None and preset == TUNED_PRESET:
+        secs = a.write_outage.seconds
+        ok = None if secs is None else secs <= bound
+        shown = "never recovered" if secs is None else f"{secs:.2f} s"
+        out.append(Verdict(f"write outage <= {bound:g} s", ok, shown))
+    if synchronous:
+        lost = a.lost_writes
+        out.append(
+            Verdict(
+                "0 lost acknowledged writes (synchronous mode)",
+                None if lost is None else not lost,
+                "not verifiable: the new primary never answered" if lost is None else f"{len(lost)} lost",
+            )
+        )
+    out.append(
+        Verdict(
+            "never two writable primaries",
+            not a.split_brain,
+            "none observed"
+            if not a.split_brain
+            else f"{len(a.split_brain)} interval(s), first {a.split_brain[0].nodes}",
+        )
+    )
+    if a.new_primary is not None and a.old_primary is not None and a.new_primary != a.old_primary:
+        rj = a.rejoin_seconds
+        out.append(
+            Verdict(
+                f"old primary streaming again within {REJOIN_TARGET_S:g} s of healing",
+                rj is not None and rj <= REJOIN_TARGET_S,
+                "did not rejoin while observed" if rj is None else f"{rj:.1f} s",
+            )
+        )
+    out.append(Verdict("cluster back to full health", recovered, "healthy" if recovered else "not healthy in time"))
+    return tuple(out)
+
+
+def compare_verdict(default_s: float | None, fast_s: float | None) -> Verdict:
+    """The node-loss ratio target: the tuned preset at most 0.6x Patroni's defaults, same run."""
+    if not default_s or fast_s is None:
+        return Verdict(f"fast <= {NODE_LOSS_RATIO_TARGET}x default", None, "not measurable")
+    ratio = fast_s / default_s
+    return Verdict(f"fast <= {NODE_LOSS_RATIO_TARGET}x default", ratio <= NODE_LOSS_RATIO_TARGET, f"ratio {ratio:.2f}")
