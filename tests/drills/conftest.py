@@ -1,4 +1,7 @@
-"""Fixtures for drill tests: a throwaway local PostgreSQL 15 for the probe tests.
+"""Fixtures for drill tests: a throwaway local PostgreSQL 15 that a test may crash and restart.
+
+It is separate from the suite's shared ``local_pg`` (tests/plugins/localpg.py) on
+purpose: these tests stop and restart the server, which must not disturb others.
 
 The cluster drill tests use the suite-wide ``cluster`` and ``engine`` fixtures
 (tests/conftest.py); nothing here touches the lab.
@@ -33,7 +36,7 @@ def free_port() -> int:
 
 
 @dataclass(frozen=True)
-class LocalPg:
+class RestartablePg:
     """A throwaway PostgreSQL on 127.0.0.1 that the test may stop, start and restart."""
 
     datadir: Path
@@ -61,8 +64,8 @@ class LocalPg:
 
 
 @pytest.fixture
-def local_pg() -> Iterator[LocalPg]:
-    """initdb + start a PostgreSQL 15 in a temp dir; stopped and removed afterwards."""
+def restartable_pg() -> Iterator[RestartablePg]:
+    """Per test: initdb + start a PostgreSQL 15 in a temp dir; stopped and removed afterwards."""
     if not (PG_BIN / "initdb").exists():
         pytest.fail(f"PostgreSQL 15 binaries missing in {PG_BIN}; install postgresql-15 (./careflow-ha does)")
     root = Path(tempfile.mkdtemp(prefix="careflow-drill-pg-"))
@@ -88,7 +91,7 @@ def local_pg() -> Iterator[LocalPg]:
         capture_output=True,
         timeout=120,
     )
-    pg = LocalPg(datadir, free_port())
+    pg = RestartablePg(datadir, free_port())
     pg.start()
     try:
         yield pg

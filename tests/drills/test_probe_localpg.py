@@ -14,24 +14,24 @@ from tests.plugins.timeouts import scaled, wait_until
 pytestmark = pytest.mark.localpg
 
 
-def test_probe_table_is_created_idempotently(local_pg):
-    ensure_probe_table(local_pg.dsn)
-    ensure_probe_table(local_pg.dsn)
-    assert fetch_seqs(local_pg.dsn, "nothing-yet") == frozenset()
+def test_probe_table_is_created_idempotently(restartable_pg):
+    ensure_probe_table(restartable_pg.dsn)
+    ensure_probe_table(restartable_pg.dsn)
+    assert fetch_seqs(restartable_pg.dsn, "nothing-yet") == frozenset()
 
 
-def test_restart_is_measured_as_an_outage_and_the_writer_recovers(local_pg):
-    ensure_probe_table(local_pg.dsn)
+def test_restart_is_measured_as_an_outage_and_the_writer_recovers(restartable_pg):
+    ensure_probe_table(restartable_pg.dsn)
     names = {"127.0.0.1": "local"}
-    writer = ProbeWriter(local_pg.dsn, "restart-1", rate_hz=20, max_seconds=scaled(90), server_names=names)
-    reader = ProbeReader(local_pg.dsn, rate_hz=10, max_seconds=scaled(90), server_names=names)
-    sampler = NodeSampler("local", local_pg.dsn, interval_s=0.2, max_seconds=scaled(90), tcp_backoff_s=0.5)
+    writer = ProbeWriter(restartable_pg.dsn, "restart-1", rate_hz=20, max_seconds=scaled(90), server_names=names)
+    reader = ProbeReader(restartable_pg.dsn, rate_hz=10, max_seconds=scaled(90), server_names=names)
+    sampler = NodeSampler("local", restartable_pg.dsn, interval_s=0.2, max_seconds=scaled(90), tcp_backoff_s=0.5)
     for probe in (writer, reader, sampler):
         probe.start()
     try:
         wait_until(lambda: len(writer.acks) >= 10 and len(reader.acks) >= 5, 20, 0.1, "probes acknowledged")
         fault_at = time.time()
-        local_pg.stop("immediate")  # a crash: no checkpoint, clients cut off
+        restartable_pg.stop("immediate")  # a crash: no checkpoint, clients cut off
         # Keep it down long enough (2 s) that both probes must notice, whatever their phase.
         wait_until(
             lambda: time.time() - fault_at >= 2.0 and len([e for e in writer.errors if e.at > fault_at]) >= 3,
@@ -40,7 +40,7 @@ def test_restart_is_measured_as_an_outage_and_the_writer_recovers(local_pg):
             "writer saw errors while the server was down",
         )
         down_until = time.time()
-        local_pg.start()
+        restartable_pg.start()
         healed_at = time.time()
         wait_until(lambda: writer.last_ack_after(healed_at) is not None, 30, 0.1, "writer acked after restart")
         settled = len(writer.acks)
@@ -64,21 +64,21 @@ def test_restart_is_measured_as_an_outage_and_the_writer_recovers(local_pg):
     assert read_out.interrupted and read_out.recovered and read_out.seconds >= down_until - fault_at
 
     # Every acknowledged insert survived the crash (synchronous_commit is on).
-    assert lost_acknowledged((a.seq for a in writer.acks), fetch_seqs(local_pg.dsn, "restart-1")) == ()
+    assert lost_acknowledged((a.seq for a in writer.acks), fetch_seqs(restartable_pg.dsn, "restart-1")) == ()
 
     states = [s.writable for s in sampler.samples]
     assert True in states and None in states, "sampler saw the node writable, then not answering"
     assert states[-1] is True, "sampler saw the node writable again"
 
 
-def test_commit_stuck_on_sync_standby_is_cancelled_and_never_counted_as_acked(local_pg):
+def test_commit_stuck_on_sync_standby_is_cancelled_and_never_counted_as_acked(restartable_pg):
     """A commit waiting for a sync standby that never comes returns 'success' with a warning once
     cancelled; the writer must classify it as ambiguous, not as an acknowledgement."""
-    ensure_probe_table(local_pg.dsn)
-    with psycopg.connect(local_pg.dsn, autocommit=True) as conn:
+    ensure_probe_table(restartable_pg.dsn)
+    with psycopg.connect(restartable_pg.dsn, autocommit=True) as conn:
         conn.execute("ALTER SYSTEM SET synchronous_standby_names = 'nobody'")
         conn.execute("SELECT pg_reload_conf()")
-    writer = ProbeWriter(local_pg.dsn, "stuck-1", rate_hz=20, max_seconds=scaled(30), op_timeout_s=0.5)
+    writer = ProbeWriter(restartable_pg.dsn, "stuck-1", rate_hz=20, max_seconds=scaled(30), op_timeout_s=0.5)
     writer.start()
     try:
         wait_until(lambda: len(writer.errors) >= 3, 20, 0.1, "stuck commits cancelled")
@@ -87,13 +87,13 @@ def test_commit_stuck_on_sync_standby_is_cancelled_and_never_counted_as_acked(lo
     assert writer.acks == ()
     assert {e.kind for e in writer.errors} == {"ambiguous"}
     # The rows are there (committed locally): unacked-but-present is not a lost write.
-    present = fetch_seqs(local_pg.dsn, "stuck-1")
+    present = fetch_seqs(restartable_pg.dsn, "stuck-1")
     assert {e.seq for e in writer.errors} <= present
 
 
-def test_probes_stop_by_themselves_at_their_time_bound(local_pg):
-    ensure_probe_table(local_pg.dsn)
-    writer = ProbeWriter(local_pg.dsn, "bounded-1", rate_hz=20, max_seconds=1.0)
+def test_probes_stop_by_themselves_at_their_time_bound(restartable_pg):
+    ensure_probe_table(restartable_pg.dsn)
+    writer = ProbeWriter(restartable_pg.dsn, "bounded-1", rate_hz=20, max_seconds=1.0)
     started = time.monotonic()
     writer.start()
     writer.join(scaled(10))
