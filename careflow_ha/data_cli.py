@@ -7,8 +7,16 @@ from pathlib import Path
 
 import click
 
-from careflow_ha.cliutil import confirm_or_force, dsn_option, emit, force_option, format_option, get_settings, \
-    resolve_dsn, table
+from careflow_ha.cliutil import (
+    confirm_or_force,
+    dsn_option,
+    emit,
+    force_option,
+    format_option,
+    get_settings,
+    resolve_dsn,
+    table,
+)
 from careflow_ha.errors import CheckFailed, UsageError
 
 

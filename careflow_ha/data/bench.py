@@ -65,8 +65,8 @@ def create_tables(conn: psycopg.Connection, spec: DataSpec, clinic_ids: list[int
                      "p_type := 'native', p_interval := 'monthly', p_premake := 3, p_start_partition := %s, "
                      "p_jobmon := false)", (PART, start.strftime("%Y-%m-%d %H:%M:%S")))
         conn.execute("SELECT partman.create_sub_parent(p_top_parent := %s, p_control := 'clinic_id', "
-                     "p_type := 'native', p_interval := '1', p_native_check := 'yes', p_premake := %s, "
-                     "p_jobmon := false)", (PART, max(8, max(clinic_ids))))
+                     "p_type := 'native', p_interval := '1', p_native_check := 'yes', p_premake := 1, "
+                     "p_jobmon := false)", (PART,))
         conn.execute(f"DROP TABLE {PART}_default")
         ensure_coverage(conn, start.astimezone().date().replace(day=1), clinic_ids, parent=PART)
 
@@ -164,8 +164,7 @@ def _run(dsn: str, spec: DataSpec, repeat: int, keep: bool) -> dict:
                     with conn.cursor() as cur, cur.copy(f"COPY {table} ({cols}) FROM STDIN (FORMAT csv)") as copy:
                         copy.write(data)
                     copy_s[table] += time.perf_counter() - t0
-                    bar.update(spec.rows)
-                    bar.update(-spec.rows + data.count(b"\n"))
+                    bar.update(data.count(b"\n"))
         t0 = time.perf_counter()
         conn.execute(f"VACUUM ANALYZE {FLAT}")
         conn.execute(f"VACUUM ANALYZE {PART}")
@@ -190,8 +189,10 @@ def _run(dsn: str, spec: DataSpec, repeat: int, keep: bool) -> dict:
                              "flat_planner": flat_runs["planner's choice"],
                              "speedup_total": round(flat["total_ms"] / part["total_ms"], 2),
                              "speedup_exec": round(flat["exec_ms"] / part["exec_ms"], 2)}
-        sizes = {t: conn.execute("SELECT pg_size_pretty(sum(pg_total_relation_size(relid))) FROM "
-                                 "pg_partition_tree(%s::regclass)", (t,)).fetchone()[0] for t in (FLAT, PART)}
+        sizes = {FLAT: conn.execute("SELECT pg_size_pretty(pg_total_relation_size(%s::regclass))",
+                                    (FLAT,)).fetchone()[0],
+                 PART: conn.execute("SELECT pg_size_pretty(sum(pg_total_relation_size(relid))) FROM "
+                                    "pg_partition_tree(%s::regclass)", (PART,)).fetchone()[0]}
         rows_check = {t: conn.execute(f"SELECT count(*) FROM {t}").fetchone()[0] for t in (FLAT, PART)}  # noqa: S608
         leaves = sum(len(m.leaves) for m in layout(conn, PART))
         if not keep:

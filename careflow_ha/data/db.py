@@ -76,7 +76,8 @@ def prepare_database(
             if conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (role,)).fetchone() is None:
                 raise EnvironmentProblem(f"role {role} does not exist; create it (LOGIN) before preparing the database")
         if conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (dbname,)).fetchone() is None:
-            conn.execute(sql.SQL("CREATE DATABASE {} OWNER {}").format(sql.Identifier(dbname), sql.Identifier(app_role)))
+            create = sql.SQL("CREATE DATABASE {} OWNER {}").format(sql.Identifier(dbname), sql.Identifier(app_role))
+            conn.execute(create)
             changed.append(f"created database {dbname}")
         conn.execute(sql.SQL("ALTER DATABASE {} SET timezone TO 'Asia/Seoul'").format(sql.Identifier(dbname)))
 

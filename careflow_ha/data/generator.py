@@ -90,10 +90,12 @@ _ASSESSMENT = {
     "hyperthyroid": "Palpable thyroid nodule, tachycardia. Suspect hyperthyroidism. Plan: T4, BP.",
     "shunt": "Microhepatia suspected. Plan: bile acids pre/post, abdominal US, low-protein diet.",
 }
-_PET_NAMES = ("초코", "콩이", "보리", "코코", "두부", "별이", "뭉치", "나비", "까미", "하루", "모카", "루이", "사랑", "해피",
-              "구름", "호두", "밤이", "설이", "치즈", "망고", "몽이", "제리", "토리", "레오", "단비", "감자", "쿠키", "꼬미")
-_CITIES = ("서울 강남", "서울 마포", "성남 분당", "부산 해운대", "대구 수성", "인천 송도", "대전 유성", "광주 상무",
-           "수원 광교", "고양 일산", "울산 남구", "제주 노형", "서울 송파", "창원 성산", "전주 덕진", "청주 흥덕")
+_PET_NAMES = ("초코", "콩이", "보리", "코코", "두부", "별이", "뭉치", "나비", "까미", "하루", "모카", "루이", "사랑",
+              "해피", "구름", "호두", "밤이", "설이", "치즈", "망고", "몽이", "제리", "토리", "레오", "단비", "감자",
+              "쿠키", "꼬미")
+_CITIES = ("서울 강남", "서울 마포", "성남 분당", "부산 해운대", "대구 수성", "인천 송도", "대전 유성",
+           "광주 상무", "수원 광교", "고양 일산", "울산 남구", "제주 노형", "서울 송파", "창원 성산", "전주 덕진",
+           "청주 흥덕")
 _BREED_WEIGHT_KG = {"Maltese": 3.2, "Poodle": 4.0, "Pomeranian": 2.8, "Mixed": 8.0, "Shih Tzu": 6.0,
                     "Bichon Frise": 6.0, "Chihuahua": 2.2, "Yorkshire Terrier": 2.8, "Jindo": 18.0,
                     "Miniature Schnauzer": 7.0, "Welsh Corgi": 12.0, "Golden Retriever": 29.0}
@@ -292,7 +294,8 @@ def _make_chunk(world: World, seed: int, chunk_no: int, first_visit: int, start_
     day0 = (lo + 9 * 3600) // 86400
     day1 = (end_s + 9 * 3600) // 86400
     day = day0 + (rng.random(n) * (day1 - day0 + 1)).astype(np.int64)
-    visited = day * 86400 - 9 * 3600 + 9 * 3600 + (rng.beta(2.0, 2.5, n) * 11 * 3600).astype(np.int64)
+    # KST midnight of ``day`` is day * 86400 - 9 h (UTC); opening at 09:00 KST cancels that out.
+    visited = day * 86400 + (rng.beta(2.0, 2.5, n) * 11 * 3600).astype(np.int64)
     visited = np.minimum(visited, end_s - 3600)
     visited = np.maximum(visited, lo)
     order = np.argsort(visited, kind="stable")  # results arrive in time order
@@ -312,10 +315,10 @@ def _make_chunk(world: World, seed: int, chunk_no: int, first_visit: int, start_
     pet_idx, visited, clinic, vet, inflamed = pet_idx[:n], visited[:n], clinic[:n], vet[:n], inflamed[:n]
     has_cbc, has_chem, n_tests = has_cbc[:n], has_chem[:n], n_tests[:n]
 
-    visit_of_row = np.repeat(np.arange(n), n_tests)
-    test_of_row = np.concatenate([
-        np.concatenate([_CBC if c else _CBC[:0], _CHEM if h else _CHEM[:0]]) for c, h in zip(has_cbc, has_chem)
-    ]) if n else np.zeros(0, dtype=np.int64)
+    ordered = np.zeros((n, len(LAB_TESTS)), dtype=bool)  # [visit, test]: which tests each visit ran
+    ordered[:, _CBC] = has_cbc[:, None]
+    ordered[:, _CHEM] = has_chem[:, None]
+    visit_of_row, test_of_row = np.nonzero(ordered)
     if len(visit_of_row) > budget:
         visit_of_row, test_of_row = visit_of_row[:budget], test_of_row[:budget]
     m = len(visit_of_row)

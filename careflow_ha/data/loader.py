@@ -68,6 +68,7 @@ def load(dsn: str, spec: DataSpec, *, replace: bool = False, progress: bool = Tr
         if existing:
             cur.execute("TRUNCATE " + ", ".join(EMR_TABLES))
         ensure_coverage(conn, spec.window_start.date(), [c[0] for c in world.clinics])
+        # (inserting clinics also fires ensure_clinic_leaves: every month gets their leaves)
         copy_rows(cur, "clinics", ("clinic_id", "name", "city", "address", "phone", "opened_on"), world.clinics)
         copy_rows(cur, "vets", ("vet_id", "clinic_id", "name", "license_no", "specialty"), world.vets)
         copy_rows(cur, "owners", ("owner_id", "clinic_id", "name", "phone", "address", "email"), world.owners)

@@ -90,45 +90,26 @@ def month_starts(first: date, last: date) -> list[date]:
     return out
 
 
-def ensure_coverage(conn: psycopg.Connection, first_month: date, clinic_ids: list[int],
+def ensure_coverage(conn: psycopg.Connection, first_month: date, clinic_ids: list[int] | None = None,
                     parent: str = PARENT) -> dict[str, int]:
     """Make sure every month from ``first_month`` on, and every clinic in it, has a leaf.
 
-    Missing months are created with ``partman.create_partition_time`` (which
-    builds their clinic leaves too), missing clinic leaves with
-    ``partman.create_partition_id``; the clinic premake is raised to the
-    largest clinic id so that months partman makes later cover every clinic.
-    Returns counts of what was created.
+    Missing months are created with ``partman.create_partition_time``, missing
+    clinic leaves by the schema's ``ensure_clinic_leaves`` (which asks
+    ``partman.create_partition_id``); ``clinic_ids`` defaults to the
+    ``clinics`` table. Returns counts of what was created.
     """
     created = {"months": 0, "leaves": 0}
-    if clinic_ids:
-        top = max(clinic_ids)
-        conn.execute("UPDATE partman.part_config_sub SET sub_premake = %s WHERE sub_parent = %s AND sub_premake < %s",
-                     (top, parent, top))
-        conn.execute("UPDATE partman.part_config SET premake = %s WHERE parent_table LIKE %s AND premake < %s "
-                     "AND control = 'clinic_id'", (top, parent + "_p%", top))
-    months = [m for m in layout(conn, parent) if not m.is_default]
-    have = {m.start.astimezone(_tz(conn)).date().replace(day=1) for m in months if m.start}
+    tz = _tz(conn)
+    have = {m.start.astimezone(tz).date().replace(day=1) for m in layout(conn, parent) if m.start}
     last = max(have) if have else first_month
     wanted = [d for d in month_starts(first_month, last) if d not in have]
     if wanted:
         conn.execute("SELECT partman.create_partition_time(%s, %s::timestamptz[])",
                      (parent, [datetime(d.year, d.month, d.day) for d in wanted]))
         created["months"] = len(wanted)
-        months = [m for m in layout(conn, parent) if not m.is_default]
-    for month in months:
-        if month.start is None or month.start.astimezone(_tz(conn)).date() < first_month:
-            continue
-        missing = sorted(set(clinic_ids) - month.clinics())
-        if missing:
-            conn.execute("SELECT partman.create_partition_id(%s, %s::bigint[])",
-                         (f"{_schema(parent)}.{month.table}", missing))
-            created["leaves"] += len(missing)
+    created["leaves"] = conn.execute("SELECT ensure_clinic_leaves(%s, %s)", (parent, clinic_ids)).fetchone()[0]
     return created
-
-
-def _schema(parent: str) -> str:
-    return parent.split(".", 1)[0] if "." in parent else "public"
 
 
 def _tz(conn: psycopg.Connection):  # noqa: ANN202 - a tzinfo
@@ -269,12 +250,11 @@ def maintain(conn: psycopg.Connection, first_month: date | None = None) -> dict[
     ``conn`` must be in autocommit mode: run_maintenance_proc commits per parent.
     """
     before = layout(conn)
-    clinic_ids = [r[0] for r in conn.execute("SELECT clinic_id FROM clinics ORDER BY 1")]
     firsts = [m.start.astimezone(_tz(conn)).date() for m in before if m.start]
     start = first_month or (min(firsts) if firsts else datetime.now(UTC).date().replace(day=1))
     with conn.transaction():
-        created = ensure_coverage(conn, start, clinic_ids)
-    conn.execute("CALL partman.run_maintenance_proc()")
+        created = ensure_coverage(conn, start)
+    conn.execute("CALL run_partition_maintenance()")  # exactly what the scheduled job runs
     moved = 0
     for m in layout(conn):
         leaf = m.default_leaf

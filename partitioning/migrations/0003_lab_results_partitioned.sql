@@ -48,17 +48,15 @@ UPDATE partman.part_config
        retention_keep_index = true
  WHERE parent_table = 'public.lab_results';
 
--- Clinics inside each month: one leaf per clinic id. The premake (8) is the
--- room kept for clinic ids above the highest one seen; partman creates a new
--- month's leaves from max(clinic_id) - premake to max(clinic_id) + premake.
--- careflow_ha.data.partitions.ensure_clinic_capacity raises it for larger networks.
+-- Clinics inside each month: one leaf per clinic id. (0006 lowers the clinic
+-- premake to 1 and adds ensure_clinic_leaves(); see the reasons there.)
 DO $$ BEGIN PERFORM partman.create_sub_parent(
     p_top_parent := 'public.lab_results',
     p_control := 'clinic_id',
     p_type := 'native',
     p_interval := '1',
     p_native_check := 'yes',
-    p_premake := 8,
+    p_premake := 1,
     p_jobmon := false
 ); END $$;
 

@@ -1,0 +1,119 @@
+"""The generator: deterministic, exact, inside its window, and realistic enough to analyse."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+from datetime import UTC, datetime, timedelta
+
+import numpy as np
+import pyarrow.csv as pacsv
+import pytest
+
+from careflow_ha.data.generator import RESULT_COLUMNS, DataSpec, build_world, iter_chunks
+from careflow_ha.errors import UsageError
+
+END = datetime(2026, 11, 20, 6, 0, tzinfo=UTC)
+
+
+def digest(spec: DataSpec) -> tuple[str, int]:
+    world = build_world(spec)
+    h = hashlib.sha256(repr(world.pets).encode() + repr(world.owners).encode())
+    n = 0
+    for chunk in iter_chunks(world, spec):
+        h.update(chunk.results_csv)
+        h.update(repr(chunk.visits).encode())
+        n += chunk.n_results
+    return h.hexdigest(), n
+
+
+def test_same_seed_same_bytes_and_another_seed_differs():
+    spec = DataSpec(rows=20_000, clinics=3, months=4, seed=11, end=END)
+    first, n = digest(spec)
+    assert digest(spec) == (first, n)
+    assert digest(DataSpec(rows=20_000, clinics=3, months=4, seed=12, end=END))[0] != first
+
+
+@pytest.mark.parametrize("rows", [1, 17, 50_001])
+def test_exactly_the_requested_number_of_results(rows):
+    assert digest(DataSpec(rows=rows, clinics=2, months=2, seed=1, end=END))[1] == rows
+
+
+@pytest.fixture(scope="module")
+def sample():
+    """150k results with pet attributes joined in, as numpy columns."""
+    spec = DataSpec(rows=150_000, clinics=4, months=12, seed=5, end=END)
+    world = build_world(spec)
+    csv = b"".join(c.results_csv for c in iter_chunks(world, spec))
+    t = pacsv.read_csv(io.BytesIO(csv), read_options=pacsv.ReadOptions(column_names=list(RESULT_COLUMNS)),
+                       convert_options=pacsv.ConvertOptions(column_types={"collected_at": "string"}))
+    cols = {name: t.column(name).to_numpy(zero_copy_only=False) for name in RESULT_COLUMNS}
+    pets = {p[0]: p for p in world.pets}
+    idx = cols["pet_id"]
+    cols["species"] = np.array([pets[i][4] for i in idx])
+    cols["breed"] = np.array([pets[i][5] for i in idx])
+    birth = np.array([pets[i][7].toordinal() for i in idx])
+    cols["age"] = (END.date().toordinal() - birth) / 365.25
+    return spec, world, cols
+
+
+def high_rate(cols, mask) -> float:
+    assert mask.sum() > 200, "too few rows for a rate"
+    return float((cols["flag"][mask] == "H").mean())
+
+
+def test_results_stay_inside_the_window_and_never_in_the_future(sample):
+    spec, _, cols = sample
+    stamps = np.array([s.rstrip("Z") for s in cols["collected_at"]], dtype="datetime64[s]")  # UTC
+    assert stamps.min() >= np.datetime64(spec.window_start.astimezone(UTC).replace(tzinfo=None), "s")
+    assert stamps.max() <= np.datetime64(END.replace(tzinfo=None), "s")
+
+
+def test_results_reference_only_known_pets_and_each_pets_clinic(sample):
+    _, world, cols = sample
+    clinic_of = dict(zip(world.pet_id.tolist(), world.pet_clinic.tolist(), strict=True))
+    assert all(clinic_of[p] == c for p, c in zip(cols["pet_id"][:5000], cols["clinic_id"][:5000], strict=True))
+
+
+def test_overall_abnormal_rate_is_plausible(sample):
+    _, _, cols = sample
+    abnormal = float((cols["flag"] != "N").mean())
+    assert 0.03 < abnormal < 0.20
+
+
+def test_old_cats_have_more_high_creatinine_than_young_cats(sample):
+    _, _, cols = sample
+    crea_cat = (cols["test_code"] == "CREA") & (cols["species"] == "cat")
+    assert high_rate(cols, crea_cat & (cols["age"] >= 12)) > 3 * high_rate(cols, crea_cat & (cols["age"] < 6))
+
+
+def test_miniature_schnauzers_have_more_high_triglycerides(sample):
+    _, _, cols = sample
+    trig_dog = (cols["test_code"] == "TRIG") & (cols["species"] == "dog")
+    schnauzer = cols["breed"] == "Miniature Schnauzer"
+    assert high_rate(cols, trig_dog & schnauzer) > 3 * high_rate(cols, trig_dog & ~schnauzer)
+
+
+def test_species_ranges_differ_for_the_same_test(sample):
+    """Cats' MCV sits far below dogs' (35.9-53.1 vs 61.6-73.5 fL): ranges are per species."""
+    _, _, cols = sample
+    mcv = cols["test_code"] == "MCV"
+    cat_median = np.median(cols["value"][mcv & (cols["species"] == "cat")])
+    dog_median = np.median(cols["value"][mcv & (cols["species"] == "dog")])
+    assert 36 < cat_median < 53 < 62 < dog_median < 74
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"rows": 0}, "--rows 0"),
+        ({"rows": 10, "clinics": 0}, "--clinics 0"),
+        ({"rows": 10, "months": 0}, "--months 0"),
+        ({"rows": 10, "months": 121}, "--months 121"),
+        ({"rows": 10, "seed": -1}, "--seed -1"),
+        ({"rows": 10, "end": datetime.now(UTC) + timedelta(days=2)}, "in the future"),
+    ],
+)
+def test_bad_specs_fail_early_naming_the_flag(kwargs, message):
+    with pytest.raises(UsageError, match=message.replace("-", r"\-")):
+        DataSpec(**kwargs).validated()

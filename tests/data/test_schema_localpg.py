@@ -1,0 +1,139 @@
+"""Schema and partitioning against a real PostgreSQL 15 with pg_partman: idempotent, covered, routed, pruned."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from zoneinfo import ZoneInfo
+
+import psycopg
+import pytest
+
+from careflow_ha.data import migrate, prepare_database
+from careflow_ha.data.partitions import layout
+
+pytestmark = pytest.mark.localpg
+SEOUL = ZoneInfo("Asia/Seoul")
+
+
+def month_start(offset: int) -> datetime:
+    """First instant (Seoul) of the month ``offset`` months from now."""
+    now = datetime.now(SEOUL)
+    y, m = divmod(now.year * 12 + now.month - 1 + offset, 12)
+    return datetime(y, m + 1, 1, tzinfo=SEOUL)
+
+
+def relations_scanned(conn: psycopg.Connection, query: str, params: tuple = ()) -> set[str]:
+    plan = conn.execute("EXPLAIN (FORMAT JSON) " + query, params).fetchone()[0][0]["Plan"]
+    found, stack = set(), [plan]
+    while stack:
+        node = stack.pop()
+        if "Relation Name" in node:
+            found.add(node["Relation Name"])
+        stack += node.get("Plans", [])
+    return found
+
+
+def test_migrations_and_prepare_are_idempotent(emr, local_pg):
+    assert migrate(emr.app_dsn) == []
+    assert prepare_database(local_pg.server.dsn("superuser", "postgres")) == []
+    with psycopg.connect(emr.app_dsn) as conn:
+        applied = [r[0] for r in conn.execute("SELECT migration_id FROM _yoyo_migration ORDER BY migration_id")]
+    assert applied == ["0001_emr_dimensions", "0002_lab_test_catalog", "0003_lab_results_partitioned",
+                       "0004_daily_aggregate_and_quarantine", "0005_scheduled_jobs", "0006_clinic_leaf_coverage"]
+
+
+def test_every_month_of_the_window_and_every_clinic_has_a_leaf(emr):
+    with psycopg.connect(emr.app_dsn) as conn:
+        months = layout(conn)
+        clinics = {r[0] for r in conn.execute("SELECT clinic_id FROM clinics")}
+    starts = {m.start.astimezone(SEOUL) for m in months}
+    wanted = {month_start(k) for k in range(-(emr.spec.months - 1), 4)}  # loaded window + 3 premade
+    assert wanted <= starts
+    assert clinics == {1, 2, 3, 4}
+    assert all(clinics <= m.clinics() for m in months)
+    assert not any(m.is_default for m in months), "no month-level default partition"
+
+
+def test_a_row_lands_in_its_month_and_clinic_leaf(emr):
+    last_day = month_start(-1) - timedelta(minutes=30)  # 23:30 Seoul, last day of the month before last
+    with psycopg.connect(emr.app_dsn) as conn:
+        pet = conn.execute("SELECT pet_id FROM pets WHERE clinic_id = 3 LIMIT 1").fetchone()[0]
+        leaves = [
+            conn.execute(
+                "INSERT INTO lab_results (clinic_id, collected_at, pet_id, test_code, value, flag) "
+                "VALUES (3, %s, %s, 'ALT', 40, 'N') RETURNING tableoid::regclass::text", (at, pet)).fetchone()[0]
+            for at in (last_day, last_day + timedelta(hours=1))  # 00:30 Seoul next day = next month
+        ]
+        conn.rollback()
+    before, after = month_start(-2), month_start(-1)
+    assert leaves == [f"lab_results_p{before:%Y_%m}_p3", f"lab_results_p{after:%Y_%m}_p3"]
+
+
+def test_a_row_outside_every_month_is_rejected_not_parked(emr):
+    with psycopg.connect(emr.app_dsn) as conn, pytest.raises(psycopg.errors.CheckViolation, match="no partition"):
+        conn.execute("INSERT INTO lab_results (clinic_id, collected_at, pet_id, test_code, value, flag) "
+                     "VALUES (1, '2001-01-01 09:00+09', 1, 'ALT', 40, 'N')")
+
+
+def test_clinic_and_month_query_is_pruned_to_one_leaf(emr):
+    month = month_start(-2)
+    with psycopg.connect(emr.app_dsn) as conn:
+        scanned = relations_scanned(
+            conn, "SELECT test_code, count(*) FROM lab_results WHERE clinic_id = 2 AND collected_at >= %s "
+                  "AND collected_at < %s GROUP BY 1", (month, month_start(-1)))
+        all_leaves = relations_scanned(conn, "SELECT count(*) FROM lab_results WHERE value > 0")
+        n = conn.execute("SELECT count(*) FROM lab_results WHERE clinic_id = 2 AND collected_at >= %s "
+                         "AND collected_at < %s", (month, month_start(-1))).fetchone()[0]
+    assert scanned == {f"lab_results_p{month:%Y_%m}_p2"}
+    assert n > 0, "the pruned leaf holds that clinic's month"
+    assert len(all_leaves) > 20, "a query without keys plans every leaf"
+
+
+def test_read_only_role_reads_but_cannot_write(emr):
+    with psycopg.connect(emr.ro_dsn) as conn:
+        assert conn.execute("SELECT count(*) FROM lab_results").fetchone()[0] >= emr.spec.rows
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            conn.execute("DELETE FROM lab_results")
+
+
+def test_daily_aggregate_matches_the_fact_table(emr):
+    with psycopg.connect(emr.app_dsn) as conn:
+        agg = conn.execute("SELECT sum(n_results), sum(n_abnormal) FROM lab_results_daily").fetchone()
+        facts = conn.execute("SELECT count(*), count(*) FILTER (WHERE flag <> 'N') FROM lab_results").fetchone()
+        day = conn.execute("SELECT clinic_id, day, test_code, n_results, mean_value FROM lab_results_daily "
+                           "ORDER BY n_results DESC LIMIT 1").fetchone()
+        direct = conn.execute(
+            "SELECT count(*), avg(value) FROM lab_results WHERE clinic_id = %s AND test_code = %s "
+            "AND (collected_at AT TIME ZONE 'Asia/Seoul')::date = %s", (day[0], day[2], day[1])).fetchone()
+    assert agg == facts
+    assert direct[0] == day[3] and direct[1] == pytest.approx(day[4])
+
+
+def test_a_new_clinic_gets_a_leaf_in_every_month(emr):
+    with psycopg.connect(emr.app_dsn) as conn:
+        conn.execute("INSERT INTO clinics VALUES (57, 'test clinic', 'x', 'x', '0', '2020-01-01')")
+        covered = all(57 in m.clinics() for m in layout(conn))
+        pet_owner = conn.execute("SELECT owner_id FROM owners LIMIT 1").fetchone()[0]
+        conn.execute("INSERT INTO pets VALUES (990001, %s, 57, 'n', 'cat', 'Persian', 'F', '2020-01-01', 4)",
+                     (pet_owner,))
+        leaf = conn.execute(
+            "INSERT INTO lab_results (clinic_id, collected_at, pet_id, test_code, value, flag) "
+            "VALUES (57, now() - interval '1 day', 990001, 'ALT', 40, 'N') RETURNING tableoid::regclass::text"
+        ).fetchone()[0]
+        conn.rollback()  # leave the shared data set as it was
+    assert covered
+    assert leaf.endswith("_p57")
+
+
+def test_scheduled_jobs_are_registered_as_the_app_role(emr):
+    with psycopg.connect(emr.superuser_dsn) as conn:
+        jobs = dict(conn.execute("SELECT jobname, command FROM cron.job WHERE username = 'careflow_app'").fetchall())
+    assert jobs == {"careflow-partman-maintenance": "CALL run_partition_maintenance()",
+                    "careflow-lab-results-daily": "SELECT refresh_lab_results_daily_recent()"}
+
+
+def test_explain_json_helper_sees_nested_plans(emr):
+    """Guard for the helper above: a join's relations are all found."""
+    with psycopg.connect(emr.app_dsn) as conn:
+        found = relations_scanned(conn, "SELECT * FROM pets p JOIN owners o USING (owner_id) WHERE p.pet_id = 1")
+    assert found == {"pets", "owners"}
