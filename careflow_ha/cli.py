@@ -37,6 +37,9 @@ def _register_commands() -> None:
     from careflow_ha.data_cli import register as register_data
 
     register_data(cli)
+    from careflow_ha.drills_cli import register as register_drills
+
+    register_drills(cli)
 
 
 _register_commands()
