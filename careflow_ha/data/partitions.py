@@ -245,7 +245,7 @@ def check(conn: psycopg.Connection) -> list[Check]:
 
 
 def maintain(conn: psycopg.Connection, first_month: date | None = None) -> dict[str, int]:
-    """Run partman maintenance now, cover every clinic and ``first_month`` on, move parked rows.
+    """Cover every clinic and ``first_month`` on, move parked rows, then run the scheduled maintenance now.
 
     ``conn`` must be in autocommit mode: run_maintenance_proc commits per parent.
     """
@@ -254,13 +254,8 @@ def maintain(conn: psycopg.Connection, first_month: date | None = None) -> dict[
     start = first_month or (min(firsts) if firsts else datetime.now(UTC).date().replace(day=1))
     with conn.transaction():
         created = ensure_coverage(conn, start)
+        moved = conn.execute("SELECT move_parked_rows()").fetchone()[0]
     conn.execute("CALL run_partition_maintenance()")  # exactly what the scheduled job runs
-    moved = 0
-    for m in layout(conn):
-        leaf = m.default_leaf
-        if leaf is not None and conn.execute(f'SELECT 1 FROM ONLY public."{leaf.table}" LIMIT 1').fetchone():
-            moved += conn.execute("SELECT partman.partition_data_id(%s, p_batch_count := 1000)",
-                                  (f"public.{m.table}",)).fetchone()[0]
     after = layout(conn)
     return {
         "months_before": len(before), "months_after": len(after),

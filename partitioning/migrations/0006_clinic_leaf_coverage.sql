@@ -59,11 +59,42 @@ $$;
 CREATE TRIGGER clinics_ensure_leaves AFTER INSERT ON clinics
     FOR EACH STATEMENT EXECUTE FUNCTION clinics_ensure_leaves();
 
--- What the scheduled job calls: partman's maintenance, then the clinic leaves
--- for any month it just made. Each step commits on its own.
+-- Rows parked in a month's clinic default (a clinic id without a leaf) are
+-- moved into a new leaf by partman.partition_data_id. This must run before
+-- partman's maintenance: that would otherwise try to attach the missing
+-- leaf and fail, because the default already holds its rows.
+CREATE FUNCTION move_parked_rows(p_parent text DEFAULT 'public.lab_results') RETURNS bigint
+LANGUAGE plpgsql AS $$
+DECLARE
+    m record;
+    has_rows boolean;
+    moved bigint := 0;
+BEGIN
+    FOR m IN
+        SELECT n.nspname AS schema, c.relname AS month, d.relname AS default_leaf
+          FROM pg_inherits i
+          JOIN pg_class c ON c.oid = i.inhrelid
+          JOIN pg_namespace n ON n.oid = c.relnamespace
+          JOIN pg_inherits di ON di.inhparent = c.oid
+          JOIN pg_class d ON d.oid = di.inhrelid AND pg_get_expr(d.relpartbound, d.oid) = 'DEFAULT'
+         WHERE i.inhparent = p_parent::regclass AND c.relkind = 'p'
+    LOOP
+        EXECUTE format('SELECT EXISTS (SELECT 1 FROM ONLY %I.%I)', m.schema, m.default_leaf) INTO has_rows;
+        IF has_rows THEN
+            moved := moved + partman.partition_data_id(format('%s.%s', m.schema, m.month), p_batch_count := 1000);
+        END IF;
+    END LOOP;
+    RETURN moved;
+END
+$$;
+
+-- What the scheduled job calls: parked rows first, then partman's
+-- maintenance, then the clinic leaves for any month it just made.
 CREATE PROCEDURE run_partition_maintenance()
 LANGUAGE plpgsql AS $$
 BEGIN
+    PERFORM move_parked_rows();
+    COMMIT;
     CALL partman.run_maintenance_proc();
     PERFORM ensure_clinic_leaves();
     COMMIT;
