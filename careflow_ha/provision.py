@@ -1,0 +1,128 @@
+"""Run the ``site.yml`` playbook against an inventory, with secrets from ``.env``.
+
+Secrets reach Ansible only through its environment (group_vars read them
+with ``lookup('env')``): never on a command line, never in a file Ansible
+writes. The full log goes to ``.lab/logs/``; the terminal shows one line per
+play and task, and the recap's totals are returned so that callers (and the
+idempotency test) can assert ``changed == 0``.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from careflow_ha.errors import CommandFailed, UsageError
+from careflow_ha.settings import PROJECT_DIR, Settings
+from careflow_ha.sshaccess import ssh_config_path
+from careflow_ha.wheelhouse import ensure_wheelhouse
+
+LAB_INVENTORY = PROJECT_DIR / "inventory" / "lab.yml"
+PLAYBOOK = PROJECT_DIR / "site.yml"
+_RECAP = re.compile(
+    r"^(?P<host>\S+)\s+:\s+ok=(?P<ok>\d+)\s+changed=(?P<changed>\d+)\s+unreachable=(?P<unreachable>\d+)"
+    r"\s+failed=(?P<failed>\d+)"
+)
+
+
+@dataclass(frozen=True)
+class ProvisionResult:
+    """Totals from Ansible's PLAY RECAP."""
+
+    changed: int
+    failed: int
+    unreachable: int
+    per_host_changed: dict[str, int]
+    seconds: float
+    log_file: Path
+
+
+def parse_recap(lines: list[str]) -> dict[str, dict[str, int]]:
+    """Per-host counters from the PLAY RECAP lines of ansible-playbook's output."""
+    out: dict[str, dict[str, int]] = {}
+    in_recap = False
+    for line in lines:
+        if line.startswith("PLAY RECAP"):
+            in_recap = True
+            continue
+        if in_recap:
+            match = _RECAP.match(line.strip())
+            if match:
+                out[match["host"]] = {k: int(v) for k, v in match.groupdict().items() if k != "host"}
+    return out
+
+
+def ansible_env(settings: Settings, inventory: Path) -> dict[str, str]:
+    env = {
+        "ANSIBLE_CONFIG": str(PROJECT_DIR / "ansible.cfg"),
+        "ANSIBLE_FORCE_COLOR": "0",
+        "ANSIBLE_NOCOLOR": "1",
+        "PYTHONUNBUFFERED": "1",
+        **settings.secrets,
+    }
+    if inventory.resolve() == LAB_INVENTORY.resolve():
+        # Lab hosts live behind published ports on 127.0.0.1 (see sshaccess).
+        env["ANSIBLE_SSH_ARGS"] = f"-F {ssh_config_path(settings)}"
+    return env
+
+
+def run_playbook(
+    settings: Settings,
+    progress: Callable[[str], None],
+    inventory: Path = LAB_INVENTORY,
+    extra_vars: dict[str, str] | None = None,
+    check_only: bool = False,
+) -> ProvisionResult:
+    """Run site.yml; raise CommandFailed (with the log's path) if any host failed."""
+    if not inventory.exists():
+        raise UsageError(f"inventory {inventory} does not exist; pass -i with an inventory file (see inventory/)")
+    ensure_wheelhouse(settings.state_dir / "wheelhouse", progress)
+    log_dir = settings.state_dir / "logs"
+    log_dir.mkdir(parents=True, exist_ok=True)
+    log_file = log_dir / f"provision-{time.strftime('%Y%m%d-%H%M%S')}.log"
+    argv = [str(Path(os.sys.executable).parent / "ansible-playbook"), "-i", str(inventory), str(PLAYBOOK)]
+    for key, value in (extra_vars or {}).items():
+        argv += ["-e", f"{key}={value}"]
+    if check_only:
+        argv.append("--check")
+    progress(f"provision: ansible-playbook site.yml -i {inventory.relative_to(PROJECT_DIR) if inventory.is_relative_to(PROJECT_DIR) else inventory} (log: {log_file.relative_to(settings.project_dir)})")
+    started = time.monotonic()
+    lines: list[str] = []
+    with log_file.open("w", encoding="utf-8") as log, subprocess.Popen(
+        argv,
+        cwd=PROJECT_DIR,
+        env={**os.environ, **ansible_env(settings, inventory)},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    ) as proc:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            log.write(line)
+            lines.append(line.rstrip("\n"))
+            if line.startswith(("PLAY [", "TASK [")):
+                progress("provision: " + line.strip(" *\n").replace("TASK ", "").replace("PLAY ", "play "))
+            elif line.startswith(("fatal:", "failed:")) or "FAILED!" in line:
+                progress("provision: " + line.strip()[:300])
+        rc = proc.wait()
+    recap = parse_recap(lines)
+    result = ProvisionResult(
+        changed=sum(h["changed"] for h in recap.values()),
+        failed=sum(h["failed"] for h in recap.values()),
+        unreachable=sum(h["unreachable"] for h in recap.values()),
+        per_host_changed={h: v["changed"] for h, v in recap.items()},
+        seconds=time.monotonic() - started,
+        log_file=log_file,
+    )
+    if rc != 0 or result.failed or result.unreachable:
+        messages = [ln for ln in lines if "msg" in ln or ln.startswith("fatal")][-4:]
+        raise CommandFailed(
+            f"provisioning failed (ansible-playbook exit {rc}); see {log_file}\n  " + "\n  ".join(messages)
+        )
+    progress(f"provision: done in {result.seconds:.0f}s, changed={result.changed}")
+    return result
