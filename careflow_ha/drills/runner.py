@@ -220,16 +220,20 @@ def _probe_and_break(
             raise NotReady(f"the probe writer got no steady acknowledgements through port 5000 ({last})")
         say(f"probes running: {len(writer.acks)} writes acknowledged; injecting {fault.title} on {', '.join(targets)}")
         fault_at = time.time()
-        inject_note = fault.inject(FaultContext(engine, control), targets)
-        injected = time.time()
-        events.append(TimelineEvent(fault_at, "fault", inject_note))
-        say(f"fault injected: {inject_note}")
-        _hold(fault, writer, injected, say)
-        if fault.heal is not None and fault.hold.max_s > 0:
-            heal_at = time.time()
-            heal_note = fault.heal(FaultContext(engine, control), targets)
-            events.append(TimelineEvent(heal_at, "heal", heal_note))
-            say(f"healed: {heal_note}")
+        inject_note = ""
+        try:
+            inject_note = fault.inject(FaultContext(engine, control), targets)
+            injected = time.time()
+            events.append(TimelineEvent(fault_at, "fault", inject_note))
+            say(f"fault injected: {inject_note}")
+            _hold(fault, writer, injected, say)
+        finally:
+            # Heal even when injecting or holding failed half-way: never leave the lab broken.
+            if fault.hold.max_s > 0:
+                heal_at = time.time()
+                heal_note = fault.heal(FaultContext(engine, control), targets)
+                events.append(TimelineEvent(heal_at, "heal", heal_note))
+                say(f"healed: {heal_note}")
         try:
             control.wait_healthy(options.recovery_timeout_s)
             recovered = True

@@ -133,3 +133,28 @@ def test_runner_measures_a_crash_and_restart_and_writes_a_report(lab_like, tmp_p
     assert (out / "timeline.png").stat().st_size > 1000
     text = (out / "report.md").read_text() + (out / "result.json").read_text()
     assert not any(v in text for v in settings.secrets.values())
+
+
+def test_runner_heals_even_when_the_fault_fails_half_way(lab_like):
+    """An injector that breaks the server and then raises must not leave the server broken."""
+    pg, settings = lab_like
+
+    def half_way(ctx, targets):
+        pg.stop("immediate")
+        raise RuntimeError("injector fell over after breaking things")
+
+    fault = Fault(
+        name="half-way",
+        title="a fault that fails half-way",
+        description="stops the server, then raises",
+        pick=lambda snap: ("local",),
+        inject=half_way,
+        heal=lambda ctx, t: pg.start() or "pg_ctl start",
+        hold=Hold(min_s=0.0, max_s=5.0),
+        expects_failover=False,
+    )
+    options = DrillOptions(synchronous=False, healthy_timeout_s=scaled(30), max_run_s=scaled(60))
+    with pytest.raises(RuntimeError, match="fell over"):
+        run_drill(fault, settings, NoEngine(), OneNodeControl(pg.dsn), options)
+    with psycopg.connect(pg.dsn, connect_timeout=5) as conn:
+        assert conn.execute("SELECT 1").fetchone() == (1,)
