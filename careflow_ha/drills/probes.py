@@ -58,7 +58,7 @@ class Watchdog:
     the query or the cancel, so only shutting the socket down frees the client.
     """
 
-    def __init__(self, conn: psycopg.Connection, seconds: float, grace: float = 2.0) -> None:
+    def __init__(self, conn: psycopg.Connection, seconds: float, grace: float = 1.0) -> None:
         self._conn = conn
         self._seconds = seconds
         self._grace = grace
@@ -279,8 +279,8 @@ class ProbeWriter(_SqlProbe):
         rate_hz: float = 20.0,
         max_seconds: float = 900.0,
         server_names: Mapping[str, str] | None = None,
-        statement_timeout_ms: int = 5000,
-        op_timeout_s: float = 5.0,
+        statement_timeout_ms: int = 3000,
+        op_timeout_s: float = 3.0,
     ) -> None:
         max_ops = int(rate_hz * max_seconds) + 1
         super().__init__(
@@ -360,7 +360,7 @@ class NodeSampler(BoundedLoop):
     def _tcp(self) -> bool:
         if self._conn is None or self._conn.closed:
             self._conn = connect(self._dsn, 2000)
-        with Watchdog(self._conn, 2.0):
+        with Watchdog(self._conn, 1.0):
             row = self._conn.execute("SELECT pg_is_in_recovery()").fetchone()
         return not bool(row[0]) if row else False
 

@@ -20,12 +20,12 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from careflow_ha.drills.analysis import Analysis, analyse
 from careflow_ha.drills.control import ClusterControl, Timing, timing_preset
 from careflow_ha.drills.events import ClusterPoller, role_change_events
-from careflow_ha.drills.faults import Fault, FaultContext, NodeEngine
+from careflow_ha.drills.faults import PGDATA, Fault, FaultContext, NodeEngine
 from careflow_ha.drills.model import ClusterSnapshot, HistoryEntry, Recording, TimelineEvent
 from careflow_ha.drills.probes import (
     BoundedLoop,
@@ -90,7 +90,6 @@ class DrillRun:
     verdicts: tuple[Verdict, ...]
     write_attempts: int = 0
     ambiguous_writes: int = 0
-    notes: tuple[str, ...] = field(default=())
 
     @property
     def passed(self) -> bool:
@@ -98,28 +97,21 @@ class DrillRun:
         return all(v.ok is not False for v in self.verdicts)
 
 
+#: Ask the local postmaster over its unix socket; the socket directory and port
+#: come from postmaster.pid (lines 5 and 4), so a custom Patroni setting is followed.
+EXEC_WRITABLE_SCRIPT = (
+    f"pid={PGDATA}/postmaster.pid; "
+    'exec runuser -u postgres -- psql -XAtq -h "$(sed -n 5p $pid)" -p "$(sed -n 4p $pid)" -d postgres '
+    '-c "SELECT pg_is_in_recovery()"'
+)
+
+
 def exec_writable_check(engine: NodeEngine, node: str) -> Callable[[], bool | None]:
     """Ask a node over its unix socket, through the engine (works while the host cannot reach it)."""
 
     def check() -> bool | None:
         try:
-            proc = engine.exec(
-                node,
-                [
-                    "runuser",
-                    "-u",
-                    "postgres",
-                    "--",
-                    "psql",
-                    "-XAtq",
-                    "-d",
-                    "postgres",
-                    "-c",
-                    "SELECT pg_is_in_recovery()",
-                ],
-                check=False,
-                timeout=5,
-            )
+            proc = engine.exec(node, ["sh", "-c", EXEC_WRITABLE_SCRIPT], check=False, timeout=5)
         except CareflowError:
             return None
         answer = (proc.stdout or "").strip()

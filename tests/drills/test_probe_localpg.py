@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import subprocess
 import time
 
 import psycopg
 import pytest
 
 from careflow_ha.drills.analysis import lost_acknowledged, measure_outage
+from careflow_ha.drills.faults import PGDATA
 from careflow_ha.drills.probes import NodeSampler, ProbeReader, ProbeWriter, ensure_probe_table, fetch_seqs
+from careflow_ha.drills.runner import exec_writable_check
 from tests.plugins.timeouts import scaled, wait_until
 
 pytestmark = pytest.mark.localpg
@@ -100,3 +103,24 @@ def test_probes_stop_by_themselves_at_their_time_bound(restartable_pg):
     assert not writer.is_alive()
     assert time.monotonic() - started < scaled(5)
     assert 1 <= len(writer.acks) <= 21
+
+
+class HostExec:
+    """Runs the in-node command on this host, with the node's PGDATA mapped to the test server's."""
+
+    def __init__(self, datadir) -> None:
+        self.datadir = str(datadir)
+
+    def exec(self, node, argv, **kw):
+        argv = [a.replace(PGDATA, self.datadir) for a in argv]
+        return subprocess.run(argv, capture_output=True, text=True, timeout=kw.get("timeout"), check=False)
+
+
+def test_unix_socket_fallback_reads_socket_dir_and_port_from_postmaster_pid(restartable_pg):
+    """The split-brain sampler's path to a partitioned node: psql over the socket named in postmaster.pid."""
+    check = exec_writable_check(HostExec(restartable_pg.datadir), "local")
+    assert check() is True
+    with psycopg.connect(restartable_pg.dsn, autocommit=True) as conn:
+        conn.execute("SELECT 1")
+    restartable_pg.stop("immediate")
+    assert check() is None  # no postmaster: unknown, never "writable"

@@ -250,3 +250,21 @@ def test_parse_cluster_treats_unknown_lag_as_none():
     data["members"][2]["lag"] = "unknown"
     snap = parse_cluster(data, 1.0, "pg1")
     assert snap.member("pg3").lag is None and snap.member("pg2").lag == 0 and snap.leader == "pg1"
+
+
+@pytest.mark.parametrize(
+    ("status", "body", "accepted"),
+    [
+        (200, b'Successfully switched over to "pg2"', True),
+        (503, b"Switchover status unknown", True),  # Patroni stopped waiting; the switchover is under way
+        (503, b"Switchover failed", False),
+    ],
+)
+def test_switchover_answers(settings, status, body, accepted):
+    http = FakeHttp({("POST", 8011, "/switchover"): (status, body)})
+    ctl = PatroniRestControl(PatroniApi(settings, opener=http))
+    if accepted:
+        ctl.switchover("pg1", "pg2", timeout=60)
+    else:
+        with pytest.raises(CommandFailed, match="Switchover failed"):
+            ctl.switchover("pg1", "pg2", timeout=60)
