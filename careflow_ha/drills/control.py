@@ -141,8 +141,12 @@ class PatroniRestControl:
         poll_s: float = 0.5,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
+        haproxy_preset: Callable[[str], None] | None = None,
     ) -> None:
+        """``haproxy_preset(name)``, when given, applies HAProxy's half of a timing preset (check
+        inter/fastinter/fall/rise, owned by provisioning); without it only Patroni's half changes."""
         self.api = api
+        self.haproxy_preset = haproxy_preset
         self.expected_members = expected_members
         self.poll_s = poll_s
         self._clock = clock
@@ -166,7 +170,10 @@ class PatroniRestControl:
         return timing
 
     def set_timing_preset(self, name: str) -> Timing:
-        return self.set_timing(timing_preset(name))
+        timing = self.set_timing(timing_preset(name))
+        if self.haproxy_preset is not None:
+            self.haproxy_preset(name)
+        return timing
 
     def set_synchronous_mode(self, enabled: bool) -> None:
         self.api.patch_config({"synchronous_mode": enabled})

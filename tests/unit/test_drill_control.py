@@ -268,3 +268,11 @@ def test_switchover_answers(settings, status, body, accepted):
     else:
         with pytest.raises(CommandFailed, match="Switchover failed"):
             ctl.switchover("pg1", "pg2", timeout=60)
+
+
+def test_preset_also_applies_haproxys_half_when_provisioning_provides_it(settings):
+    http = FakeHttp({("PATCH", 8011, "/config"): (200, {"ttl": 30})})
+    applied: list[str] = []
+    PatroniRestControl(PatroniApi(settings, opener=http), haproxy_preset=applied.append).set_timing_preset("default")
+    assert applied == ["default"]
+    assert json.loads(http.requests[0][3]) == {"ttl": 30, "loop_wait": 10, "retry_timeout": 10}
