@@ -17,6 +17,7 @@ and the plans it makes with seq scan, bitmap scan or index scan disabled.
 from __future__ import annotations
 
 import json
+import os
 import statistics
 import tempfile
 import time
@@ -28,6 +29,7 @@ from psycopg import sql
 
 from careflow_ha.data.db import connect, migrate, redact
 from careflow_ha.data.generator import RESULT_COLUMNS, DataSpec, build_world, iter_chunks
+from careflow_ha.data.localserver import LocalPostgres
 from careflow_ha.data.partitions import ensure_coverage, layout
 from careflow_ha.errors import EnvironmentProblem
 
@@ -88,16 +90,52 @@ def explain(conn: psycopg.Connection, query: sql.Composed, settings: list[str]) 
     nodes = _walk(doc["Plan"])
     scans = {n["Relation Name"] for n in nodes if "Relation Name" in n and n.get("Actual Loops", 0) > 0}
     kinds = sorted({n["Node Type"] for n in nodes if "Scan" in n["Node Type"] and n.get("Actual Loops", 0) > 0})
+    top = doc["Plan"]
     return {"plan_ms": doc["Planning Time"], "exec_ms": doc["Execution Time"], "scans": len(scans),
-            "shape": "+".join(kinds), "planned_rels": len({n["Relation Name"] for n in nodes if "Relation Name" in n})}
+            "shape": "+".join(kinds), "planned_rels": len({n["Relation Name"] for n in nodes if "Relation Name" in n}),
+            "pages": top.get("Shared Hit Blocks", 0) + top.get("Shared Read Blocks", 0),
+            "pages_read": top.get("Shared Read Blocks", 0)}
 
 
 def measure(conn: psycopg.Connection, query: sql.Composed, settings: list[str], repeat: int) -> dict:
     explain(conn, query, settings)  # warm the cache: we compare plans, not disks
     runs = [explain(conn, query, settings) for _ in range(repeat)]
+    return _summary(runs)
+
+
+def _summary(runs: list[dict]) -> dict:
     plan, exe = statistics.median(r["plan_ms"] for r in runs), statistics.median(r["exec_ms"] for r in runs)
     return {"plan_ms": round(plan, 3), "exec_ms": round(exe, 3), "total_ms": round(plan + exe, 3),
-            "scans": runs[-1]["scans"], "planned_rels": runs[-1]["planned_rels"], "shape": runs[-1]["shape"]}
+            "scans": runs[-1]["scans"], "planned_rels": runs[-1]["planned_rels"], "shape": runs[-1]["shape"],
+            "pages": runs[-1]["pages"], "pages_read": runs[-1]["pages_read"]}
+
+
+def evict_os_cache(data_dir: Path) -> None:
+    """Drop this server's files (and only them) from the OS page cache."""
+    for path in data_dir.rglob("*"):
+        if path.is_file():
+            fd = os.open(path, os.O_RDONLY)
+            try:
+                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+            finally:
+                os.close(fd)
+
+
+def measure_cold(server: LocalPostgres, dsn: str, query: sql.Composed, settings: list[str], repeat: int) -> dict:
+    """Data not in memory: restart the server (empty shared buffers), evict its files from the OS cache,
+    warm only the catalogs (plain EXPLAIN), then EXPLAIN ANALYZE once; the median over ``repeat`` rounds."""
+    runs = []
+    for _ in range(repeat):
+        server.stop()
+        evict_os_cache(server.data_dir)
+        server.start()
+        with connect(dsn, autocommit=True) as conn:
+            with conn.transaction():
+                for s in settings:
+                    conn.execute(s)
+                conn.execute(sql.SQL("EXPLAIN ") + query)  # relcache and catalogs, not table data
+            runs.append(explain(conn, query, settings))
+    return _summary(runs)
 
 
 def queries(table: str, clinic: int, m0: datetime, m1: datetime, pet: int, pet_clinic: int) -> dict[str, sql.Composed]:
@@ -117,7 +155,10 @@ def queries(table: str, clinic: int, m0: datetime, m1: datetime, pet: int, pet_c
 
 
 def run_bench(dsn: str | None, spec: DataSpec, *, repeat: int = 7, keep: bool = False) -> dict:
-    """Run the benchmark against ``dsn`` (app role), or a throwaway local server if ``dsn`` is None."""
+    """Run the benchmark against ``dsn`` (app role), or a throwaway local server if ``dsn`` is None.
+
+    Cache-cold timings need to restart the server, so they are measured only on the local one.
+    """
     server = None
     if dsn is None:
         from careflow_ha.data.localserver import start_local_server
@@ -126,7 +167,7 @@ def run_bench(dsn: str | None, spec: DataSpec, *, repeat: int = 7, keep: bool = 
         dsn = server.dsn("app")
         migrate(dsn)
     try:
-        result = _run(dsn, spec, repeat, keep)
+        result = _run(dsn, spec, repeat, keep, server)
         result["target"] = "throwaway local PostgreSQL 15 (fsync on, shared_buffers 512MB)" if server else redact(dsn)
         return result
     finally:
@@ -135,7 +176,7 @@ def run_bench(dsn: str | None, spec: DataSpec, *, repeat: int = 7, keep: bool = 
             server.remove()
 
 
-def _run(dsn: str, spec: DataSpec, repeat: int, keep: bool) -> dict:
+def _run(dsn: str, spec: DataSpec, repeat: int, keep: bool, server: LocalPostgres | None) -> dict:
     from tqdm import tqdm
 
     spec = spec.validated()
@@ -195,7 +236,15 @@ def _run(dsn: str, spec: DataSpec, repeat: int, keep: bool) -> dict:
                                     "pg_partition_tree(%s::regclass)", (PART,)).fetchone()[0]}
         rows_check = {t: conn.execute(f"SELECT count(*) FROM {t}").fetchone()[0] for t in (FLAT, PART)}  # noqa: S608
         leaves = sum(len(m.leaves) for m in layout(conn, PART))
-        if not keep:
+    if server is not None:
+        cold_rounds = max(3, repeat // 2)
+        for name in tqdm(list(qf), desc="cold queries", leave=False):
+            variant = results[name]["flat"]["variant"]
+            results[name]["flat_cold"] = {**measure_cold(server, dsn, qf[name], FLAT_VARIANTS[variant], cold_rounds),
+                                          "variant": variant}
+            results[name]["part_cold"] = measure_cold(server, dsn, qp[name], [], cold_rounds)
+    if not keep:
+        with connect(dsn, autocommit=True) as conn:
             drop_bench(conn)
     return {
         "rows": spec.rows, "clinics": spec.clinics, "months": spec.months, "seed": spec.seed, "repeat": repeat,
@@ -232,23 +281,32 @@ def render(r: dict) -> str:
               f"VACUUM ANALYZE {r['vacuum_analyze_s']} s",
               f"partitions: {r['partitions']['months']} months, {r['partitions']['leaves_incl_defaults']} leaves "
               f"(incl. one clinic default per month); query params {r['params']}", ""]
-    hdr = f"{'query':44} {'table':12} {'plan ms':>9} {'exec ms':>10} {'total ms':>10} {'scans':>6}  plan"
+    hdr = (f"{'query':44} {'table':12} {'cache':5} {'plan ms':>9} {'exec ms':>10} {'total ms':>10} {'leaves':>6} "
+           f"{'pages':>7}  plan")
     lines += [hdr, "-" * len(hdr)]
     for name, q in r["queries"].items():
-        for label, m in (("plain", q["flat"]), ("partitioned", q["part"])):
-            shape = m["shape"] + (f" [{m['variant']}]" if "variant" in m else "")
-            lines.append(f"{LABELS[name] if label == 'plain' else '':44} {label:12} {m['plan_ms']:>9.3f} "
-                         f"{m['exec_ms']:>10.3f} {m['total_ms']:>10.3f} {m['scans']:>6}  {shape}")
-        kind, target, ok = TARGETS[name]
-        if kind == "slowdown":
-            ratio = round(q["part"]["total_ms"] / q["flat"]["total_ms"], 2)
-            verdict = f"partitioned/plain = {ratio}x (target {target}: {'met' if ok(ratio) else 'NOT met'})"
-        else:
-            ratio = q["speedup_total"]
-            verdict = f"plain/partitioned = {ratio}x faster (exec only {q['speedup_exec']}x; target {target}" + \
-                      (f": {'met' if ok(ratio) else 'NOT met'})" if target != "measure" else ")")
-        lines.append(f"{'':44} -> {verdict}")
+        first = True
+        for cache, flat_key, part_key in (("warm", "flat", "part"), ("cold", "flat_cold", "part_cold")):
+            if flat_key not in q:
+                continue
+            for label, m in (("plain", q[flat_key]), ("partitioned", q[part_key])):
+                shape = m["shape"] + (f" [{m['variant']}]" if "variant" in m else "")
+                lines.append(f"{LABELS[name] if first else '':44} {label:12} {cache:5} {m['plan_ms']:>9.3f} "
+                             f"{m['exec_ms']:>10.3f} {m['total_ms']:>10.3f} {m['scans']:>6} {m['pages']:>7}  {shape}")
+                first = False
+            lines.append(f"{'':44} -> {cache}: {_verdict(name, q[flat_key], q[part_key])}")
     return "\n".join(lines)
+
+
+def _verdict(name: str, flat: dict, part: dict) -> str:
+    kind, target, ok = TARGETS[name]
+    if kind == "slowdown":
+        ratio = round(part["total_ms"] / flat["total_ms"], 2)
+        return f"partitioned/plain time = {ratio}x (target {target}: {'met' if ok(ratio) else 'NOT met'})"
+    ratio = round(flat["total_ms"] / part["total_ms"], 2)
+    exec_ratio = round(flat["exec_ms"] / part["exec_ms"], 2)
+    verdict = f": {'met' if ok(ratio) else 'NOT met'}" if target != "measure" else ""
+    return f"partitioned is {ratio}x faster (exec only {exec_ratio}x; target {target}{verdict})"
 
 
 __all__ = ["render", "run_bench", "timedelta"]
