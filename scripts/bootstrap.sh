@@ -11,7 +11,7 @@ APT_PACKAGES=(
   fuse-overlayfs debootstrap iptables
   # control host tools: ssh client for Ansible/pyinfra, local PostgreSQL 15 for
   # data tests and benchmarks, pgbench, psql
-  openssh-client postgresql-15 postgresql-client-15 postgresql-15-partman
+  openssh-client postgresql-15 postgresql-client-15 postgresql-15-partman postgresql-15-cron
   python3-venv make git ca-certificates curl
 )
 
