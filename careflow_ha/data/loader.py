@@ -12,7 +12,7 @@ import psycopg
 from tqdm import tqdm
 
 from careflow_ha.data.db import connect
-from careflow_ha.data.generator import RESULT_COLUMNS, VISIT_COLUMNS, DataSpec, build_world, iter_chunks
+from careflow_ha.data.generator import KST, RESULT_COLUMNS, VISIT_COLUMNS, DataSpec, build_world, iter_chunks
 from careflow_ha.data.partitions import ensure_coverage
 from careflow_ha.errors import EnvironmentProblem, UsageError
 
@@ -86,8 +86,9 @@ def load(dsn: str, spec: DataSpec, *, replace: bool = False, progress: bool = Tr
                 copy_s += time.monotonic() - c0
                 visits += len(chunk.visits)
                 bar.update(chunk.n_results)
-        cur.execute("SELECT refresh_lab_results_daily(%s::date, %s::date + 1)",
-                    (spec.window_start.date(), spec.end.date()))  # type: ignore[union-attr]
+        assert spec.end is not None
+        last_day = spec.end.astimezone(KST).date()  # aggregate days are Seoul days, not UTC ones
+        cur.execute("SELECT refresh_lab_results_daily(%s::date, %s::date + 1)", (spec.window_start.date(), last_day))
         conn.commit()
     with connect(dsn, autocommit=True) as conn:
         conn.execute("ANALYZE clinics, vets, owners, pets, visits, lab_results")
