@@ -23,6 +23,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import psycopg
+from psycopg import sql
 
 from careflow_ha.drills.model import Ack, NodeSample, ProbeError
 
@@ -90,9 +91,14 @@ class Watchdog:
                 pass
 
 
-def ensure_probe_table(dsn: str) -> None:
-    """Create the probe table if missing (idempotent; one table shared by all runs, keyed by run id)."""
-    with connect(dsn, 30_000) as conn:
+def ensure_probe_table(admin_dsn: str, grant_to: str | None = None) -> None:
+    """Create the probe table if missing and let ``grant_to`` write and read it (idempotent).
+
+    One table serves all runs, keyed by run id. It is created by the
+    superuser so the drill does not depend on the app role's privileges on
+    the schema (PostgreSQL 15 no longer lets everyone create in ``public``).
+    """
+    with connect(admin_dsn, 30_000) as conn, Watchdog(conn, 30.0):
         conn.execute(
             f"CREATE TABLE IF NOT EXISTS {PROBE_TABLE} ("
             " run_id text NOT NULL,"
@@ -101,6 +107,12 @@ def ensure_probe_table(dsn: str) -> None:
             " server_ts timestamptz NOT NULL DEFAULT clock_timestamp(),"
             " PRIMARY KEY (run_id, seq))"
         )
+        if grant_to:
+            conn.execute(
+                sql.SQL("GRANT SELECT, INSERT ON {} TO {}").format(
+                    sql.Identifier(PROBE_TABLE), sql.Identifier(grant_to)
+                )
+            )
 
 
 def fetch_seqs(dsn: str, run_id: str) -> frozenset[int]:

@@ -38,7 +38,7 @@ from careflow_ha.drills.probes import (
 )
 from careflow_ha.drills.targets import Verdict, verdicts
 from careflow_ha.errors import CareflowError, CheckFailed, NotReady
-from careflow_ha.settings import Settings
+from careflow_ha.settings import ROLE_NAMES, Settings
 
 Progress = Callable[[str], None]
 #: A background load to run around the fault (the load-test work plugs Locust in here for ``--under-load``).
@@ -190,7 +190,7 @@ def _probe_and_break(
 ) -> DrillRun:
     run_id = f"{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime(started))}-{fault.name}-{uuid.uuid4().hex[:6]}"
     rw_dsn = settings.dsn("rw", "app")
-    ensure_probe_table(rw_dsn)
+    ensure_probe_table(settings.dsn("rw", "superuser"), grant_to=ROLE_NAMES["app"])
     # The nodes are the cluster's members as Patroni lists them (the lab's PG_NODES).
     nodes = tuple(m.name for m in healthy.members)
     names = node_addresses({n: settings.node_dsn(n) for n in nodes})

@@ -17,10 +17,18 @@ from tests.plugins.timeouts import scaled, wait_until
 pytestmark = pytest.mark.localpg
 
 
-def test_probe_table_is_created_idempotently(restartable_pg):
-    ensure_probe_table(restartable_pg.dsn)
-    ensure_probe_table(restartable_pg.dsn)
-    assert fetch_seqs(restartable_pg.dsn, "nothing-yet") == frozenset()
+def test_probe_table_is_created_idempotently_and_granted_to_the_app_role(restartable_pg):
+    with psycopg.connect(restartable_pg.dsn, autocommit=True) as conn:
+        conn.execute("CREATE ROLE careflow_app LOGIN")
+    ensure_probe_table(restartable_pg.dsn, grant_to="careflow_app")
+    ensure_probe_table(restartable_pg.dsn, grant_to="careflow_app")
+    app_dsn = restartable_pg.dsn.replace("postgres@", "careflow_app@", 1)
+    with psycopg.connect(app_dsn, autocommit=True) as conn:
+        conn.execute("INSERT INTO drill_probe (run_id, seq, client_ts) VALUES ('grant-1', 1, now())")
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            conn.execute("DELETE FROM drill_probe")  # the drill role may add and read, never remove
+    assert fetch_seqs(app_dsn, "grant-1") == frozenset({1})
+    assert fetch_seqs(app_dsn, "nothing-yet") == frozenset()
 
 
 def test_restart_is_measured_as_an_outage_and_the_writer_recovers(restartable_pg):
