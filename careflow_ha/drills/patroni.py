@@ -133,7 +133,10 @@ class PatroniApi:
                 self._preferred = node
                 return node, data
             problems.append(f"{node}: HTTP {status}")
-        raise NotReady(f"no Patroni REST API answered GET {path} ({'; '.join(problems)})")
+        raise NotReady(
+            f"no Patroni REST API answered GET {path} ({'; '.join(problems)}); "
+            "is the cluster up? See `careflow-ha status`"
+        )
 
     def cluster(self, timeout: float | None = None) -> ClusterSnapshot:
         source, data = self.get_any("/cluster", timeout)

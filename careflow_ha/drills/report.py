@@ -87,6 +87,7 @@ def result_json(run: DrillRun) -> dict[str, Any]:
         "lost_acked_seqs": None if a.lost_writes is None else list(a.lost_writes[:1000]),
         "split_brain": [{"start": s.start, "end": s.end, "nodes": list(s.nodes)} for s in a.split_brain],
         "rejoin_s": a.rejoin_seconds,
+        "promotions_after_fault": promotions_after(run),
         "moments_from_fault_s": {
             "leaderless": None if a.leaderless_at is None else a.leaderless_at - origin,
             "promotion": None if a.promoted_at is None else a.promoted_at - origin,
@@ -107,6 +108,11 @@ def result_json(run: DrillRun) -> dict[str, Any]:
         "read_errors": [[e.seq, round(e.at, 4), e.kind, e.message] for e in rec.read_errors],
         "node_samples": [[s.node, round(s.at, 4), s.writable, s.via] for s in rec.node_samples],
     }
+
+
+def promotions_after(run: DrillRun) -> int:
+    """New timelines Patroni recorded after the fault (one per promotion; more than one is worth a look)."""
+    return sum(1 for h in run.recording.history if h.at is not None and h.at >= run.fault_at)
 
 
 def _verdict_mark(v: Verdict) -> str:
@@ -150,6 +156,7 @@ def markdown(run: DrillRun, png_name: str) -> str:
         f"| moments with two writable primaries | {len(a.split_brain)} |",
         f"| old primary {a.old_primary} back as a streaming replica | {_fmt(a.rejoin_seconds, 1)} after healing |",
         f"| leader | {a.old_primary} -> {a.new_primary or a.old_primary} |",
+        f"| promotions in Patroni's timeline history after the fault | {promotions_after(run)} |",
         "",
         "## Targets",
         "",

@@ -95,6 +95,7 @@ def test_report_folder_has_markdown_json_and_png(tmp_path):
     assert data["new_primary"] == "pg2" and data["rejoin_s"] == pytest.approx(23.0)
     assert data["moments_from_fault_s"]["promotion"] == pytest.approx(19.0)  # Patroni's /history timestamp
     assert data["passed"] is True
+    assert data["promotions_after_fault"] == 1
     md = (out / "report.md").read_text()
     for heading in ("## What the client saw", "## Targets", "## Where the time went", "![timeline](timeline.png)"):
         assert heading in md
