@@ -9,9 +9,10 @@ old primary come back as a replica by itself.
 Needs the suite fixtures ``cluster`` (yields the Settings of a healthy
 cluster) and ``engine`` (the container engine).
 
-- CI subset (switchover, primary node loss, primary partition): ``-m drill -k ci_``
-- longer suite: ``-m drill`` (all of them; the repeated test runs
-  CAREFLOW_DRILL_REPEATS drills, 30 by default)
+- CI subset (switchover, primary node loss, primary partition, named
+  ``test_ci_*``): what ``careflow-ha test`` runs by default;
+- longer suite: ``CAREFLOW_DRILL_SUITE=long careflow-ha test -m drill`` (all
+  of them; the repeated test runs CAREFLOW_DRILL_REPEATS drills, 30 by default).
 
 Deadlines here are generous safety bounds, scaled for slow machines; the
 issue's performance targets (e.g. node loss <= 22 s) are measured and judged
@@ -96,7 +97,7 @@ def assert_same_primary(run: DrillRun) -> None:
     assert run.analysis.new_primary is None, f"unexpected failover to {run.analysis.new_primary}"
 
 
-def test_leader_accepts_writes_on_its_own_port_and_nobody_else_does(cluster, control):
+def test_ci_baseline_exactly_one_node_accepts_writes(cluster, control):
     """Baseline for the split-brain probe: exactly one node is writable when healthy."""
     snap = control.wait_healthy(scaled(120))
     writable = []
