@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
 import time
 
@@ -10,7 +12,15 @@ import pytest
 
 from careflow_ha.drills.analysis import lost_acknowledged, measure_outage
 from careflow_ha.drills.faults import PGDATA
-from careflow_ha.drills.probes import NodeSampler, ProbeReader, ProbeWriter, ensure_probe_table, fetch_seqs
+from careflow_ha.drills.probes import (
+    NodeSampler,
+    ProbeReader,
+    ProbeWriter,
+    Watchdog,
+    connect,
+    ensure_probe_table,
+    fetch_seqs,
+)
 from careflow_ha.drills.runner import exec_writable_check
 from tests.plugins.timeouts import scaled, wait_until
 
@@ -132,3 +142,19 @@ def test_unix_socket_fallback_reads_socket_dir_and_port_from_postmaster_pid(rest
         conn.execute("SELECT 1")
     restartable_pg.stop("immediate")
     assert check() is None  # no postmaster: unknown, never "writable"
+
+
+def test_watchdog_frees_a_client_stuck_on_a_frozen_backend(restartable_pg):
+    """A frozen server (container paused) keeps TCP alive but never answers: the watchdog must cut loose."""
+    conn = connect(restartable_pg.dsn, 60_000)
+    backend = conn.execute("SELECT pg_backend_pid()").fetchone()[0]
+    os.kill(backend, signal.SIGSTOP)
+    started = time.monotonic()
+    try:
+        with pytest.raises(psycopg.OperationalError), Watchdog(conn, 0.5, grace=0.5) as dog:
+            conn.execute("SELECT 1")
+    finally:
+        os.kill(backend, signal.SIGCONT)
+        conn.close()
+    assert dog.fired
+    assert time.monotonic() - started < scaled(5)
