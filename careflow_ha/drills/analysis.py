@@ -104,6 +104,7 @@ class Analysis:
 
 
 def outage_threshold(interval_s: float) -> float:
+    """The shortest gap between acknowledgements that counts as an outage."""
     return max(OUTAGE_INTERVALS * interval_s, MIN_OUTAGE_S)
 
 

@@ -96,6 +96,7 @@ def _primary(snap: ClusterSnapshot) -> str:
 
 
 def pick_primary(snap: ClusterSnapshot) -> Targets:
+    """The current leader."""
     return (_primary(snap),)
 
 
@@ -111,6 +112,7 @@ def pick_switchover(snap: ClusterSnapshot) -> Targets:
 
 
 def pick_sync_standby(snap: ClusterSnapshot) -> Targets:
+    """The synchronous standby (only exists with synchronous_mode on)."""
     if not snap.sync_standbys:
         raise NotReady("no sync standby: this drill needs synchronous_mode on (do not use --async)")
     return (snap.sync_standbys[0],)
@@ -165,6 +167,8 @@ def iptables(ctx: FaultContext, pid: int, action: str, rule: Sequence[str], chec
 
 
 # -- injectors and healers ---------------------------------------------------------------------------------------------
+# Each takes the context and the picked targets and returns a one-line note for the timeline and the report.
+# Healers are idempotent: healing what is not broken changes nothing.
 
 
 def inject_switchover(ctx: FaultContext, t: Targets) -> str:

@@ -139,14 +139,17 @@ class PatroniApi:
         )
 
     def cluster(self, timeout: float | None = None) -> ClusterSnapshot:
+        """``GET /cluster`` (the DCS view: members, roles, states, timelines) from any member."""
         source, data = self.get_any("/cluster", timeout)
         return parse_cluster(data if isinstance(data, dict) else {}, time.time(), source)
 
     def history(self) -> tuple[HistoryEntry, ...]:
+        """``GET /history``: one entry per promotion."""
         _, data = self.get_any("/history")
         return parse_history(data if isinstance(data, list) else [])
 
     def config(self) -> dict[str, Any]:
+        """``GET /config``: the dynamic configuration stored in the DCS."""
         _, data = self.get_any("/config")
         return data if isinstance(data, dict) else {}
 

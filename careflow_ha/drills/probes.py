@@ -234,6 +234,7 @@ class _SqlProbe(BoundedLoop):
             return tuple(self._errors)
 
     def last_ack_after(self, at: float) -> Ack | None:
+        """The latest acknowledgement later than ``at``, if any."""
         with self._lock:
             return next((a for a in reversed(self._acks) if a.acked_at > at), None)
 

@@ -47,6 +47,7 @@ def _rel(at: float | None, origin: float) -> str:
 
 
 def run_dir_name(run: DrillRun) -> str:
+    """``<UTC start>-<drill>-<preset>[-async]``: sorts by time, says what ran."""
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(run.started_at))
     mode = "" if run.synchronous else "-async"
     return f"{stamp}-{run.name}-{run.preset}{mode}"
