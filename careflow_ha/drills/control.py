@@ -81,7 +81,9 @@ class ClusterControl(Protocol):
     def set_timing_preset(self, name: str) -> Timing:
         """Apply the named preset to the running cluster (no restart) and return it.
 
-        Raises UsageError for an unknown name.
+        Returns once the leader holds its lease under the new timing, so a
+        drill never measures the previous preset. Raises UsageError for an
+        unknown name.
         """
         ...
 
@@ -166,8 +168,37 @@ class PatroniRestControl:
         return bool(self.api.config().get("synchronous_mode", False))
 
     def set_timing(self, timing: Timing) -> Timing:
-        self.api.patch_config({"ttl": timing.ttl, "loop_wait": timing.loop_wait, "retry_timeout": timing.retry_timeout})
+        """Apply ``timing`` and return once the leader's lease runs on it (a no-op when already in place).
+
+        Patroni applies new dynamic config at the end of a loop and writes the
+        leader key with the new TTL in the next one; a drill started earlier
+        would still meet the old lease. So this waits for two leader loops that
+        started after the change (the PATCH goes to the leader, which wakes up at once).
+        """
+        old = self.timing()
+        if old == timing:
+            return timing
+        leader = self.topology().leader
+        patched_at = int(time.time())
+        patch = {"ttl": timing.ttl, "loop_wait": timing.loop_wait, "retry_timeout": timing.retry_timeout}
+        self.api.patch_config(patch, first=leader)
+        if leader is not None:
+            self._wait_leader_loops(leader, patched_at, loops=2, timeout=2 * (old.loop_wait + timing.loop_wait) + 30)
         return timing
+
+    def _wait_leader_loops(self, leader: str, after: int, loops: int, timeout: float) -> None:
+        seen: set[int] = set()
+        deadline = self._clock() + timeout
+        for _ in range(int(timeout / self.poll_s) + 2):
+            value = self.api.dcs_last_seen(leader)
+            if value is not None and value > after:
+                seen.add(value)
+            if len(seen) >= loops:
+                return
+            if self._clock() >= deadline:
+                break
+            self._sleep(self.poll_s)
+        raise NotReady(f"leader {leader} did not run {loops} HA loops on the new timing within {timeout:.0f}s")
 
     def set_timing_preset(self, name: str) -> Timing:
         timing = self.set_timing(timing_preset(name))
@@ -176,7 +207,8 @@ class PatroniRestControl:
         return timing
 
     def set_synchronous_mode(self, enabled: bool) -> None:
-        self.api.patch_config({"synchronous_mode": enabled})
+        if self.synchronous_mode() != enabled:  # leave the DCS alone when nothing changes
+            self.api.patch_config({"synchronous_mode": enabled}, first=self.topology().leader)
 
     def wait_healthy(self, timeout: float) -> ClusterSnapshot:
         synchronous = self.synchronous_mode()

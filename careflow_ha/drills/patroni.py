@@ -153,10 +153,15 @@ class PatroniApi:
         _, data = self.get_any("/config")
         return data if isinstance(data, dict) else {}
 
-    def patch_config(self, patch: dict[str, Any]) -> dict[str, Any]:
-        """PATCH the dynamic configuration (stored in etcd) through any reachable node."""
+    def patch_config(self, patch: dict[str, Any], first: str | None = None) -> dict[str, Any]:
+        """PATCH the dynamic configuration (stored in etcd) through any reachable node, ``first`` first.
+
+        The node that takes the PATCH runs its HA loop at once; sending it to
+        the leader makes the leader pick the change up without waiting a loop.
+        """
         problems = []
-        for node in self.nodes:
+        order = [first, *[n for n in self.nodes if n != first]] if first in self.nodes else list(self.nodes)
+        for node in order:
             try:
                 status, data = self.request(node, "PATCH", "/config", patch)
             except (OSError, ValueError) as exc:
@@ -170,6 +175,15 @@ class PatroniApi:
                 )
             problems.append(f"{node}: HTTP {status} {str(data)[:120]}")
         raise CommandFailed(f"PATCH /config failed on every node ({'; '.join(problems)})")
+
+    def dcs_last_seen(self, node: str) -> int | None:
+        """When ``node``'s Patroni last read the DCS (epoch seconds; once per HA loop), or None if unknown."""
+        try:
+            status, data = self.request(node, "GET", "/patroni")
+        except (OSError, ValueError):
+            return None
+        value = data.get("dcs_last_seen") if status == 200 and isinstance(data, dict) else None
+        return value if isinstance(value, int) else None
 
     def switchover(self, leader: str, candidate: str | None, timeout: float = 60.0) -> str:
         """POST /switchover to the leader; returns Patroni's answer. Patroni answers once it is done."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+import time
 import urllib.error
 from types import MappingProxyType
 
@@ -151,13 +152,42 @@ def test_no_api_answering_is_not_ready(settings):
         api.cluster()
 
 
-def test_patch_config_sends_basic_auth_and_the_patch(settings):
-    http = FakeHttp({("PATCH", 8011, "/config"): (200, {"ttl": 20})})
+def timing_routes(current: dict, leader: str = "pg2", loops=None) -> dict:
+    """A cluster led by ``leader`` whose /config holds ``current``; /patroni answers ``loops`` in turn."""
+    now = int(time.time())
+    seen = iter(loops if loops is not None else [now - 5, now + 1, now + 1, now + 2])
+    leader_port = 8010 + int(leader[-1])
+    return {
+        ("GET", 8011, "/config"): (200, current),
+        ("GET", 8011, "/cluster"): (200, cluster_json(leader=leader, sync=("pg3",))),
+        ("PATCH", leader_port, "/config"): (200, {}),
+        ("GET", leader_port, "/patroni"): lambda: (200, {"state": "running", "dcs_last_seen": next(seen)}),
+    }
+
+
+def test_timing_change_goes_to_the_leader_and_waits_for_two_leader_loops(settings):
+    http = FakeHttp(timing_routes({"ttl": 30, "loop_wait": 10, "retry_timeout": 10}))
+    clock = FakeClock()
+    PatroniRestControl(PatroniApi(settings, opener=http), clock=clock, sleep=clock.sleep).set_timing_preset("fast")
+    patches = [r for r in http.requests if r[0] == "PATCH"]
+    assert [(r[1], json.loads(r[3])) for r in patches] == [(8012, {"ttl": 20, "loop_wait": 2, "retry_timeout": 5})]
+    assert patches[0][4]["Authorization"] == "Basic " + base64.b64encode(f"patroni:{SECRET}".encode()).decode()
+    polls = [r for r in http.requests if r[2] == "/patroni"]
+    assert len(polls) == 4  # an old loop, then two loops after the change (one seen twice)
+
+
+def test_timing_already_in_place_is_not_patched(settings):
+    http = FakeHttp(timing_routes({"ttl": 20, "loop_wait": 2, "retry_timeout": 5}))
     PatroniRestControl(PatroniApi(settings, opener=http)).set_timing_preset("fast")
-    method, port, path, data, headers, _ = http.requests[0]
-    assert (method, port, path) == ("PATCH", 8011, "/config")
-    assert json.loads(data) == {"ttl": 20, "loop_wait": 2, "retry_timeout": 5}
-    assert headers["Authorization"] == "Basic " + base64.b64encode(f"patroni:{SECRET}".encode()).decode()
+    assert [r for r in http.requests if r[0] != "GET"] == []
+
+
+def test_timing_change_the_leader_never_picks_up_is_not_ready(settings):
+    stale = [int(time.time()) - 5] * 1000
+    http = FakeHttp(timing_routes({"ttl": 30, "loop_wait": 10, "retry_timeout": 10}, loops=stale))
+    clock = FakeClock()
+    with pytest.raises(NotReady, match="did not run 2 HA loops"):
+        PatroniRestControl(PatroniApi(settings, opener=http), clock=clock, sleep=clock.sleep).set_timing_preset("fast")
 
 
 def test_get_requests_carry_no_credentials(settings):
@@ -167,10 +197,22 @@ def test_get_requests_carry_no_credentials(settings):
 
 
 def test_rejected_credentials_name_the_fix_without_the_secret(settings):
-    http = FakeHttp({("PATCH", 8011, "/config"): (401, b"no")})
+    routes = timing_routes({"synchronous_mode": True}, leader="pg1")
+    routes[("PATCH", 8011, "/config")] = (401, b"no")
+    http = FakeHttp(routes)
     with pytest.raises(CommandFailed, match="CAREFLOW_PATRONI_API_PASSWORD") as err:
         PatroniRestControl(PatroniApi(settings, opener=http)).set_synchronous_mode(False)
     assert SECRET not in str(err.value)
+
+
+@pytest.mark.parametrize(
+    ("current", "wanted", "patched"), [(True, False, True), (False, True, True), (True, True, False)]
+)
+def test_synchronous_mode_is_patched_only_when_it_changes(settings, current, wanted, patched):
+    http = FakeHttp(timing_routes({"synchronous_mode": current}))
+    PatroniRestControl(PatroniApi(settings, opener=http)).set_synchronous_mode(wanted)
+    patches = [json.loads(r[3]) for r in http.requests if r[0] == "PATCH"]
+    assert patches == ([{"synchronous_mode": wanted}] if patched else [])
 
 
 def test_unknown_preset_is_a_usage_error(settings):
@@ -271,8 +313,16 @@ def test_switchover_answers(settings, status, body, accepted):
 
 
 def test_preset_also_applies_haproxys_half_when_provisioning_provides_it(settings):
-    http = FakeHttp({("PATCH", 8011, "/config"): (200, {"ttl": 30})})
+    http = FakeHttp(timing_routes({"ttl": 20, "loop_wait": 2, "retry_timeout": 5}))
     applied: list[str] = []
-    PatroniRestControl(PatroniApi(settings, opener=http), haproxy_preset=applied.append).set_timing_preset("default")
+    clock = FakeClock()
+    ctl = PatroniRestControl(
+        PatroniApi(settings, opener=http), clock=clock, sleep=clock.sleep, haproxy_preset=applied.append
+    )
+    ctl.set_timing_preset("default")
     assert applied == ["default"]
-    assert json.loads(http.requests[0][3]) == {"ttl": 30, "loop_wait": 10, "retry_timeout": 10}
+    assert json.loads(next(r for r in http.requests if r[0] == "PATCH")[3]) == {
+        "ttl": 30,
+        "loop_wait": 10,
+        "retry_timeout": 10,
+    }
