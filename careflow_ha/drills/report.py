@@ -155,7 +155,8 @@ def markdown(run: DrillRun, png_name: str) -> str:
         f"({run.ambiguous_writes} ambiguous: cut short while waiting for the sync standby, never counted as acked) |",
         f"| acknowledged writes lost | {lost} |",
         f"| moments with two writable primaries | {len(a.split_brain)} |",
-        f"| old primary {a.old_primary} back as a streaming replica | {_fmt(a.rejoin_seconds, 1)} after healing |",
+        f"| old primary {a.old_primary} back as a streaming replica | {_fmt(a.rejoin_seconds, 1)} after "
+        f"{'healing' if run.heal_at is not None else 'the fault (nothing to heal)'} |",
         f"| leader | {a.old_primary} -> {a.new_primary or a.old_primary} |",
         f"| promotions in Patroni's timeline history after the fault | {promotions_after(run)} |",
         "",
