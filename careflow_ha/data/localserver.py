@@ -200,6 +200,22 @@ class LocalPostgres:
             fh.write(f"primary_conninfo = '{conninfo} passfile={pgpass}'\n")
         return replica
 
+    def child_processes(self) -> list[str]:
+        """Process titles of the postmaster's children (``postgres: checkpointer``, ...), from /proc."""
+        pid_file = self.data_dir / "postmaster.pid"
+        if not pid_file.exists():
+            return []
+        postmaster = pid_file.read_text().split("\n", 1)[0].strip()
+        titles = []
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                fields = stat.read_text().rsplit(")", 1)[1].split()
+                if fields[1] == postmaster:  # field 4 of /proc/PID/stat: the parent pid
+                    titles.append((stat.parent / "cmdline").read_bytes().replace(b"\0", b" ").decode().strip())
+            except (OSError, IndexError):
+                continue  # the process ended while we looked
+        return titles
+
     def promote(self, timeout: float = 60) -> None:
         self._run([PG_BIN / "pg_ctl", "-D", self.data_dir, "-w", "-t", str(int(timeout)), "promote"],
                   timeout=timeout + 10)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import io
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
@@ -12,8 +13,10 @@ from careflow_ha.data import migrate
 from careflow_ha.data.generator import DataSpec
 from careflow_ha.data.loader import load
 
-#: Small on purpose: correctness, not scale (the benchmark does scale).
-SPEC = DataSpec(rows=30_000, clinics=4, months=6, seed=3)
+#: Small on purpose: correctness, not scale (the benchmark does scale). The window ends at 16:00 UTC
+#: yesterday, i.e. 01:00 the next day in Seoul, so that UTC/Seoul day mix-ups show in the aggregates.
+_END = (datetime.now(UTC) - timedelta(days=1)).replace(hour=16, minute=0, second=0, microsecond=0)
+SPEC = DataSpec(rows=30_000, clinics=4, months=6, seed=3, end=_END)
 
 
 @dataclass(frozen=True)

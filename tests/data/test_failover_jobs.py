@@ -42,10 +42,14 @@ def test_jobs_skip_the_standby_and_run_after_promotion():
                              (name,))
         standby = primary.standby(Path(tempfile.mkdtemp(prefix="careflow-standby-")), free_port())
         standby.start()
+        primary_children = primary.child_processes()
         primary.stop()  # the primary is gone: the standby stays in recovery, alone
 
         with psycopg.connect(standby.dsn("superuser"), autocommit=True) as conn:
             assert conn.execute("SELECT pg_is_in_recovery()").fetchone()[0]
+        # pg_cron starts its launcher only once recovery has finished: nothing on the standby can run a job.
+        assert "postgres: pg_cron launcher" in " ".join(primary_children)
+        assert not any("pg_cron" in title for title in standby.child_processes())
         runs_on_standby = job_runs(standby.dsn("superuser"))
         log_mark = len(standby.log_text())
         # Watch the standby across a full minute boundary (every job is due then) plus a margin.
@@ -57,6 +61,8 @@ def test_jobs_skip_the_standby_and_run_after_promotion():
         assert errors == [], f"jobs must not even try on a standby: {errors}"
 
         standby.promote()
+        wait_until(lambda: any("pg_cron launcher" in t for t in standby.child_processes()), timeout=30,
+                   what="pg_cron launcher started on the promoted standby")
         with psycopg.connect(standby.dsn("app"), autocommit=True) as conn:
             assert not conn.execute("SELECT pg_is_in_recovery()").fetchone()[0]
             promoted_at = conn.execute("SELECT now()").fetchone()[0]
