@@ -34,6 +34,9 @@ def _register_commands() -> None:
     from careflow_ha.lab_cli import register as register_lab
 
     register_lab(cli)
+    from careflow_ha.cluster_cli import register as register_cluster
+
+    register_cluster(cli)
     from careflow_ha.data_cli import register as register_data
 
     register_data(cli)

@@ -6,4 +6,5 @@ Order of the suite (CI budget): unit -> localpg -> lab -> cluster -> drills.
 pytest_plugins = [
     "tests.plugins.timeouts",
     "tests.plugins.localpg",
+    "tests.plugins.lab",
 ]

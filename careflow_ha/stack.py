@@ -1,0 +1,49 @@
+"""The whole stack in one call: what ``careflow-ha up`` and the test suite both use."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+from careflow_ha import lab
+from careflow_ha.cluster import ClusterStatus, wait_healthy
+from careflow_ha.engine import Engine
+from careflow_ha.provision import LAB_INVENTORY, ProvisionResult, run_playbook
+from careflow_ha.settings import Settings
+
+Progress = Callable[[str], None]
+
+
+def load_demo_data(settings: Settings, progress: Progress) -> None:
+    """The EMR schema and a small demo data set, through HAProxy port 5000. Idempotent."""
+    from careflow_ha.data.db import migrate, prepare_database
+    from careflow_ha.data.loader import load_demo
+
+    progress("data: preparing database careflow (extensions, grants)")
+    prepare_database(settings.dsn("rw", "superuser", dbname="postgres"))
+    applied = migrate(settings.dsn("rw", "app"))
+    progress(f"data: {len(applied)} migrations applied" if applied else "data: schema is current")
+    summary = load_demo(settings.dsn("rw", "app"), progress=True)
+    if summary.rows:
+        progress(f"data: demo data set loaded: {summary.rows:,} lab results in {summary.seconds:.0f}s")
+    else:
+        progress("data: demo data already loaded")
+
+
+def bring_up(
+    settings: Settings,
+    engine: Engine,
+    progress: Progress,
+    inventory: Path = LAB_INVENTORY,
+    extra_vars: dict[str, str] | None = None,
+    data: bool = True,
+    timeout_s: float = 300,
+) -> tuple[ProvisionResult, ClusterStatus]:
+    """Lab hosts (for the lab inventory) -> playbook -> healthy cluster -> demo data."""
+    if inventory.resolve() == LAB_INVENTORY.resolve():
+        lab.lab_up(settings, engine, progress)
+    result = run_playbook(settings, progress, inventory, extra_vars)
+    status = wait_healthy(settings, progress, timeout_s)
+    if data:
+        load_demo_data(settings, progress)
+    return result, status

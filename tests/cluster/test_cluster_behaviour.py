@@ -1,0 +1,70 @@
+"""The cluster as clients see it: roles, replication, routing through HAProxy."""
+
+from __future__ import annotations
+
+import uuid
+
+import psycopg
+import pytest
+
+from careflow_ha.cluster import cluster_status
+from careflow_ha.drills.patroni import PatroniApi
+from tests.plugins.timeouts import wait_until
+
+pytestmark = pytest.mark.cluster
+
+
+def test_exactly_one_leader_two_streaming_replicas_one_sync_standby(cluster):
+    def with_sync_standby():
+        snap = PatroniApi(cluster).cluster()
+        return snap if len(snap.sync_standbys) == 1 else None
+
+    # The sync standby appears one Patroni loop after the replicas stream.
+    snap = wait_until(with_sync_standby, timeout=60, what="a sync standby to be listed")
+    roles = sorted(m.role for m in snap.members)
+    assert len([m for m in snap.members if m.is_leader and m.state == "running"]) == 1
+    assert sum(m.is_streaming_replica for m in snap.members) == 2
+    assert roles.count("sync_standby") == 1, roles
+
+
+def test_haproxy_routes_agree_with_patroni(cluster):
+    def healthy():
+        status = cluster_status(cluster)
+        return status if status.healthy else None
+
+    status = wait_until(healthy, timeout=60, what="HAProxy's routing to match Patroni's roles")
+    assert status.problems == ()
+
+
+def test_port_5000_lands_on_the_primary(cluster):
+    with psycopg.connect(cluster.dsn("rw", "app"), autocommit=True) as conn:
+        assert conn.execute("SELECT pg_is_in_recovery()").fetchone()[0] is False
+
+
+def test_port_5001_lands_on_a_replica_and_refuses_writes(cluster):
+    with psycopg.connect(cluster.dsn("ro", "ro"), autocommit=True) as conn:
+        assert conn.execute("SELECT pg_is_in_recovery()").fetchone()[0] is True
+    # Even a role allowed to write cannot write through 5001: it is a standby.
+    with psycopg.connect(cluster.dsn("ro", "app"), autocommit=True) as conn, pytest.raises(
+        psycopg.errors.ReadOnlySqlTransaction
+    ):
+        conn.execute("CREATE TABLE careflow_should_not_exist (id int)")
+
+
+def test_row_written_through_5000_is_readable_through_5001(cluster):
+    marker = uuid.uuid4().hex
+    with psycopg.connect(cluster.dsn("rw", "app"), autocommit=True) as conn:
+        conn.execute("CREATE TABLE IF NOT EXISTS ha_smoke (marker text PRIMARY KEY, at timestamptz DEFAULT now())")
+        conn.execute("INSERT INTO ha_smoke (marker) VALUES (%s)", (marker,))
+
+    def visible() -> bool:
+        with psycopg.connect(cluster.dsn("ro", "ro"), autocommit=True) as conn:
+            return conn.execute("SELECT count(*) FROM ha_smoke WHERE marker = %s", (marker,)).fetchone()[0] == 1
+
+    wait_until(visible, timeout=15, interval=0.2, what="the row to replicate to a replica behind 5001")
+
+
+def test_demo_data_is_loaded_and_readable_on_replicas(cluster):
+    with psycopg.connect(cluster.dsn("ro", "ro"), autocommit=True) as conn:
+        rows = conn.execute("SELECT count(*) FROM lab_results").fetchone()[0]
+    assert rows > 100_000

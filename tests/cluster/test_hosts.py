@@ -1,0 +1,89 @@
+"""Host checks over the inventory's hosts (testinfra over SSH).
+
+The same tests check a cluster provisioned by Ansible or by pyinfra: they
+look at the hosts, not at how they got that way.
+"""
+
+from __future__ import annotations
+
+import pytest
+import testinfra
+
+from careflow_ha.sshaccess import ssh_config_path
+from tests.inventory import hosts
+
+pytestmark = pytest.mark.cluster
+
+
+@pytest.fixture(scope="module")
+def host_of(cluster):
+    cache: dict[str, testinfra.host.Host] = {}
+
+    def get(name: str) -> testinfra.host.Host:
+        if name not in cache:
+            cache[name] = testinfra.get_host(f"ssh://{name}", ssh_config=str(ssh_config_path(cluster)))
+        return cache[name]
+
+    return get
+
+
+@pytest.mark.parametrize("name", hosts("postgres_cluster"))
+@pytest.mark.parametrize("service", ["etcd", "patroni"])
+def test_db_services_active_and_enabled(host_of, name, service):
+    svc = host_of(name).service(service)
+    assert svc.is_running, f"{service} is not running on {name}"
+    assert svc.is_enabled, f"{service} is not enabled on {name}"
+
+
+@pytest.mark.parametrize("name", hosts("balancers"))
+def test_haproxy_active_and_enabled(host_of, name):
+    svc = host_of(name).service("haproxy")
+    assert svc.is_running and svc.is_enabled
+
+
+@pytest.mark.parametrize("name", hosts("postgres_cluster"))
+@pytest.mark.parametrize("port", [5432, 8008, 2379, 2380])
+def test_db_ports_listening(host_of, name, port):
+    assert host_of(name).socket(f"tcp://0.0.0.0:{port}").is_listening or any(
+        s.endswith(f":{port}") for s in host_of(name).socket.get_listening_sockets()
+    ), f"nothing listens on {port} on {name}"
+
+
+@pytest.mark.parametrize("name", hosts("balancers"))
+@pytest.mark.parametrize("port", [5000, 5001, 7000])
+def test_balancer_ports_listening(host_of, name, port):
+    assert host_of(name).socket(f"tcp://0.0.0.0:{port}").is_listening
+
+
+@pytest.mark.parametrize(
+    "name,path,owner",
+    [(h, "/etc/patroni/patroni.yml", "postgres") for h in hosts("postgres_cluster")]
+    + [(h, "/etc/haproxy/haproxy.cfg", "root") for h in hosts("balancers")],
+)
+def test_files_with_secrets_are_private(host_of, name, path, owner):
+    f = host_of(name).file(path)
+    assert f.exists, f"{path} missing on {name}"
+    assert f.mode == 0o600, f"{path} on {name} has mode {oct(f.mode)}"
+    assert f.user == owner
+
+
+@pytest.mark.parametrize("name", hosts("postgres_cluster"))
+def test_no_debian_managed_cluster_next_to_patroni(host_of, name):
+    h = host_of(name)
+    assert h.run("pg_lsclusters --no-header").stdout.strip() == "", "Debian created a cluster Patroni does not own"
+    assert not h.service("postgresql").is_enabled
+    postmasters = h.run("pgrep -u postgres -fc '^/usr/lib/postgresql/15/bin/postgres'").stdout.strip()
+    assert postmasters == "1", f"{postmasters} postmasters on {name} (want exactly Patroni's one)"
+
+
+@pytest.mark.parametrize("name", hosts("postgres_cluster"))
+def test_pg_hba_has_no_trust_and_only_the_cluster_network(host_of, name):
+    hba = host_of(name).file("/var/lib/postgresql/15/main/pg_hba.conf").content_string
+    rules = [line.split() for line in hba.splitlines() if line.strip() and not line.lstrip().startswith("#")]
+    assert rules, "pg_hba.conf is empty"
+    for rule in rules:
+        assert "trust" not in rule, f"trust rule on {name}: {' '.join(rule)}"
+        if rule[0] == "local":
+            assert rule[2:] == ["postgres", "peer"], f"unexpected local rule: {' '.join(rule)}"
+        else:
+            assert rule[0] == "host" and rule[3] == "192.168.56.0/24" and rule[4] == "scram-sha-256", " ".join(rule)
