@@ -7,6 +7,7 @@ calls; both are idempotent.
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import psycopg
@@ -15,6 +16,8 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from careflow_ha.errors import CheckFailed, EnvironmentProblem, UsageError
 from careflow_ha.settings import DB_NAME, ROLE_NAMES
+
+log = logging.getLogger(__name__)
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent.parent.parent / "partitioning" / "migrations"
 
@@ -72,6 +75,7 @@ def prepare_database(
         is_super = conn.execute("SELECT rolsuper FROM pg_roles WHERE rolname = current_user").fetchone()
         if not is_super or not is_super[0]:
             raise UsageError("prepare_database needs a superuser DSN (role postgres); pass the admin DSN")
+        _check_preload(conn, dbname)  # before changing anything
         for role in (app_role, ro_role):
             if conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (role,)).fetchone() is None:
                 raise EnvironmentProblem(f"role {role} does not exist; create it (LOGIN) before preparing the database")
@@ -82,7 +86,6 @@ def prepare_database(
         conn.execute(sql.SQL("ALTER DATABASE {} SET timezone TO 'Asia/Seoul'").format(sql.Identifier(dbname)))
 
     with connect(with_dbname(admin_dsn, dbname), autocommit=True) as conn:
-        _check_preload(conn, dbname)
         before = {r[0] for r in conn.execute("SELECT extname FROM pg_extension")}
         conn.execute("CREATE SCHEMA IF NOT EXISTS partman")
         conn.execute("CREATE EXTENSION IF NOT EXISTS pg_partman SCHEMA partman")
@@ -121,6 +124,12 @@ def _check_preload(conn: psycopg.Connection, dbname: str) -> None:
     cron_db = conn.execute("SELECT current_setting('cron.database_name', true)").fetchone()[0]
     if cron_db != dbname:
         raise EnvironmentProblem(f"cron.database_name is {cron_db!r}; set it to '{dbname}' and restart the server")
+    workers = conn.execute("SELECT current_setting('cron.use_background_workers', true)").fetchone()[0]
+    if workers != "on":
+        # Not fatal: the schema installs fine, but every job fails with "connection failed" until this is
+        # set (`careflow-ha partitions check` reports it too).
+        log.warning("cron.use_background_workers is %r: pg_cron jobs will fail to connect; set it to on and "
+                    "restart the server", workers)
 
 
 def _yoyo_uri(dsn: str) -> str:

@@ -179,11 +179,12 @@ def jobs(conn: psycopg.Connection) -> list[dict]:
     if conn.execute("SELECT to_regclass('cron.job')").fetchone()[0] is None:
         return []
     return [
-        {"job": name, "schedule": schedule, "active": active, "last_status": st, "last_start": started}
-        for name, schedule, active, st, started in conn.execute(
-            """SELECT j.jobname, j.schedule, j.active, d.status, d.start_time
+        {"job": name, "schedule": schedule, "active": active, "last_status": st, "last_start": started,
+         "last_message": message}
+        for name, schedule, active, st, started, message in conn.execute(
+            """SELECT j.jobname, j.schedule, j.active, d.status, d.start_time, d.return_message
                  FROM cron.job j
-                 LEFT JOIN LATERAL (SELECT status, start_time FROM cron.job_run_details r
+                 LEFT JOIN LATERAL (SELECT status, start_time, return_message FROM cron.job_run_details r
                                      WHERE r.jobid = j.jobid ORDER BY start_time DESC NULLS LAST LIMIT 1) d ON true
                 WHERE j.jobname = ANY(%s) ORDER BY j.jobname""", (list(JOB_NAMES),))
     ]
@@ -234,11 +235,15 @@ def check(conn: psycopg.Connection) -> list[Check]:
     bad = [j for j in job_rows if not j["active"] or j["last_status"] == "failed"]
     missing = [n for n in JOB_NAMES if n not in found]
     job_ok = not bad and not missing
-    out.append(Check("scheduled jobs", "ok" if job_ok else "FAIL",
-                     ", ".join(f"{j['job']} ({j['schedule']}, last: {j['last_status'] or 'not run yet'})"
-                               for j in job_rows) if job_ok else
-                     f"missing {missing} / failing {[j['job'] for j in bad]}; see cron.job_run_details and "
-                     "re-run `careflow-ha data migrate`"))
+    if job_ok:
+        detail = ", ".join(f"{j['job']} ({j['schedule']}, last: {j['last_status'] or 'not run yet'})" for j in job_rows)
+    elif any((j["last_message"] or "").startswith("connection failed") for j in bad):
+        detail = (f"{[j['job'] for j in bad]} failed with 'connection failed': pg_cron connects over libpq unless "
+                  "the server sets cron.use_background_workers = on; set it (and restart)")
+    else:
+        detail = (f"missing {missing} / failing {[(j['job'], j['last_message']) for j in bad]}; see "
+                  "cron.job_run_details, and re-run `careflow-ha data migrate` for a missing job")
+    out.append(Check("scheduled jobs", "ok" if job_ok else "FAIL", detail))
     q = conn.execute("SELECT count(*) FROM lab_results_quarantine").fetchone()[0]
     out.append(Check("quarantined CSV rows", "info", f"{q} rows in lab_results_quarantine (see their reasons)"))
     return out

@@ -137,3 +137,10 @@ def test_explain_json_helper_sees_nested_plans(emr):
     with psycopg.connect(emr.app_dsn) as conn:
         found = relations_scanned(conn, "SELECT * FROM pets p JOIN owners o USING (owner_id) WHERE p.pet_id = 1")
     assert found == {"pets", "owners"}
+
+
+def test_prepare_refuses_a_non_superuser(emr):
+    from careflow_ha.errors import UsageError
+
+    with pytest.raises(UsageError, match="needs a superuser DSN"):
+        prepare_database(emr.app_dsn)
