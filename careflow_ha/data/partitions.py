@@ -8,9 +8,11 @@ this module only decides what is missing and reports.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta, tzinfo
+from zoneinfo import ZoneInfo
 
 import psycopg
+from psycopg import sql
 
 from careflow_ha.errors import EnvironmentProblem, UsageError
 
@@ -112,9 +114,8 @@ def ensure_coverage(conn: psycopg.Connection, first_month: date, clinic_ids: lis
     return created
 
 
-def _tz(conn: psycopg.Connection):  # noqa: ANN202 - a tzinfo
-    from zoneinfo import ZoneInfo
-
+def _tz(conn: psycopg.Connection) -> tzinfo:
+    """The session time zone (the database's: Asia/Seoul), in which partition months are cut."""
     return ZoneInfo(conn.execute("SHOW timezone").fetchone()[0])
 
 
@@ -204,7 +205,8 @@ def check(conn: psycopg.Connection) -> list[Check]:
     for m in months:
         leaf = m.default_leaf
         if leaf is not None:
-            n = conn.execute(f'SELECT count(*) FROM ONLY public."{leaf.table}"').fetchone()[0]  # noqa: S608
+            n = conn.execute(sql.SQL("SELECT count(*) FROM ONLY {}").format(sql.Identifier("public", leaf.table))
+                             ).fetchone()[0]
             if n:
                 parked.append(f"{leaf.table}: {n}")
     out.append(Check("clinic defaults empty", "FAIL" if parked else "ok",
