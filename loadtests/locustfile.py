@@ -1,0 +1,20 @@
+"""CareFlow EMR traffic for Locust: reception and lab write through 5000, vets and analysts read through 5001.
+
+Run it with ``careflow-ha load ...`` (which sets the DSNs, the run folder and
+the profile, then writes the report). By hand::
+
+    CAREFLOW_LOAD_DSN_RW=postgresql://... CAREFLOW_LOAD_DSN_RO=postgresql://... \\
+        locust -f loadtests/locustfile.py --headless -u 20 -r 5 -t 60s
+
+The users, operations and shapes live in ``careflow_ha.load`` (users.py,
+emr.py, profiles.py); this file only hands them to Locust.
+"""
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the project, when not pip-installed
+
+from careflow_ha.load.users import AnalystUser, EmrShape, LabUser, ReceptionUser, VetUser  # noqa: E402
+
+__all__ = ["AnalystUser", "EmrShape", "LabUser", "ReceptionUser", "VetUser"]
