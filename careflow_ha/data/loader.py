@@ -37,7 +37,10 @@ class LoadSummary:
         return self.rows / self.copy_seconds if self.copy_seconds else 0.0
 
     def as_dict(self) -> dict:
-        return {**asdict(self), "rows_per_s": round(self.rows_per_s)}
+        d = asdict(self)
+        d.update(seconds=round(self.seconds, 1), copy_seconds=round(self.copy_seconds, 1),
+                 rows_per_s=round(self.rows_per_s))
+        return d
 
 
 def copy_rows(cur: psycopg.Cursor, table: str, columns: tuple[str, ...], rows: list[tuple]) -> None:
