@@ -77,6 +77,8 @@ def test_maintain_extends_the_window_back_on_request(emr):
         (["partitions", "maintain", "--from", "2999-01"], "is in the future"),
         (["bench", "partitioning", "--repeat", "0"], "--repeat 0 must be at least 1"),
         (["data", "migrate", "--dsn", "not a dsn"], "is not a libpq URI"),
+        (["data", "load", "--rows", "10", "--replace", "--dsn", "postgresql://x@127.0.0.1:1/x"], "add --force"),
+        (["bench", "partitioning", "--local", "--dsn", "postgresql://x@127.0.0.1:1/x"], "pick one target"),
     ],
 )
 def test_bad_flags_fail_early_with_exit_2_and_no_traceback(argv, message):
