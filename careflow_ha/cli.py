@@ -43,6 +43,9 @@ def _register_commands() -> None:
     from careflow_ha.drills_cli import register as register_drills
 
     register_drills(cli)
+    from careflow_ha.load_cli import register as register_load
+
+    register_load(cli)
 
 
 _register_commands()

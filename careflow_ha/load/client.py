@@ -10,6 +10,7 @@ failover would end the run instead of showing as errors and then recovery.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import os
 import random
@@ -176,10 +177,8 @@ class PgSession:
         """Forget the connection (closing it never blocks the user on a dead server)."""
         conn, self.conn = self.conn, None
         if conn is not None:
-            try:
+            with contextlib.suppress(Exception):  # already broken is fine
                 conn.pgconn.finish()  # no Terminate round trip to wait for
-            except Exception:  # noqa: BLE001,S110 - already broken is fine
-                pass
         self.server, self.recovery = "", None
 
     def close(self) -> None:

@@ -26,7 +26,7 @@ from locust import LoadTestShape, User, between, events, task
 
 from careflow_ha.load import emr
 from careflow_ha.load.client import Backoff, PgSession, node_names_from_env, request_log, short_error
-from careflow_ha.load.profiles import PROFILES, DEFAULT_WEIGHTS
+from careflow_ha.load.profiles import DEFAULT_WEIGHTS, PROFILES
 
 PROFILE = PROFILES.get(os.environ.get("CAREFLOW_LOAD_PROFILE", "steady"), PROFILES["steady"])
 THINK = float(os.environ.get("CAREFLOW_LOAD_THINK_SCALE", "1") or 1)
