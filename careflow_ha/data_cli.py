@@ -90,7 +90,7 @@ def import_cmd(csv_file: Path, dsn: str | None, fmt: str) -> None:
 
     target = resolve_dsn(dsn)
     _echo_target(target)
-    summary = import_csv(target, csv_file)
+    summary = import_csv(target, csv_file, progress=True)
 
     def pretty(d: dict) -> str:
         lines = [f"{d['file']}: {d['rows']} rows, {d['loaded']} loaded, {d['quarantined']} quarantined "

@@ -19,6 +19,8 @@ from datetime import date, datetime, timedelta
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
+from tqdm import tqdm
+
 from careflow_ha.data.catalog import flag_for
 from careflow_ha.data.db import connect
 from careflow_ha.data.partitions import covering_months
@@ -164,12 +166,16 @@ def load_reference(conn) -> Reference:  # noqa: ANN001 - psycopg connection
     return Reference(pets, tests, ranges, covering_months(conn), now)
 
 
-def import_csv(dsn: str, path: Path, *, batch_size: int = 20_000) -> ImportSummary:
-    """Validate and import ``path``; one transaction for the good rows, the quarantine and the batch record."""
+def import_csv(dsn: str, path: Path, *, batch_size: int = 20_000, progress: bool = False) -> ImportSummary:
+    """Validate and import ``path``; one transaction for the good rows, the quarantine and the batch record.
+
+    ``progress`` shows a bar over the file's bytes on stderr.
+    """
     if not path.is_file():
         raise UsageError(f"{path} does not exist or is not a file; pass the path of a CSV file")
     summary = ImportSummary(file=str(path))
-    with connect(dsn) as conn, conn.cursor() as cur, path.open(newline="", encoding="utf-8-sig") as fh:
+    bar = tqdm(total=path.stat().st_size, unit="B", unit_scale=True, desc=path.name, disable=not progress)
+    with bar, connect(dsn) as conn, conn.cursor() as cur, path.open(newline="", encoding="utf-8-sig") as fh:
         ref = load_reference(conn)
         batch_id = cur.execute("INSERT INTO lab_import_batches (file_name, rows_total, rows_loaded, rows_quarantined) "
                                "VALUES (%s, 0, 0, 0) RETURNING batch_id", (path.name,)).fetchone()[0]
@@ -178,7 +184,7 @@ def import_csv(dsn: str, path: Path, *, batch_size: int = 20_000) -> ImportSumma
         bad: list[tuple[int, int, str, list[str]]] = []
         days: tuple[date, date] | None = None
         try:
-            for line_no, raw, fields in read_rows(fh, path.name):
+            for line_no, raw, fields in read_rows(_counted(fh, bar), path.name):
                 summary.total += 1
                 if fields is None:
                     row, reasons = None, ["wrong number of fields for the header"]
@@ -205,6 +211,13 @@ def import_csv(dsn: str, path: Path, *, batch_size: int = 20_000) -> ImportSumma
                     "WHERE batch_id = %s", (summary.total, summary.loaded, summary.quarantined, batch_id))
         conn.commit()
     return summary
+
+
+def _counted(lines: Iterable[str], bar: tqdm) -> Iterator[str]:
+    """Pass lines through, advancing the progress bar by their size (UTF-8 bytes, roughly)."""
+    for line in lines:
+        bar.update(len(line.encode("utf-8", "replace")))
+        yield line
 
 
 def _kind(reason: str) -> str:
