@@ -7,6 +7,7 @@ from zoneinfo import ZoneInfo
 
 import psycopg
 import pytest
+from psycopg import sql
 
 from careflow_ha.data import migrate, prepare_database
 from careflow_ha.data.partitions import layout
@@ -144,3 +145,17 @@ def test_prepare_refuses_a_non_superuser(emr):
 
     with pytest.raises(UsageError, match="needs a superuser DSN"):
         prepare_database(emr.app_dsn)
+
+
+def test_a_month_can_be_detached_concurrently_for_archiving(emr):
+    """No month-level default partition, so archiving can DETACH ... CONCURRENTLY (then we re-attach it)."""
+    with psycopg.connect(emr.app_dsn, autocommit=True) as conn:
+        month = max((m for m in layout(conn) if m.start), key=lambda m: m.start)  # a premade, empty month
+        conn.execute(sql.SQL("ALTER TABLE lab_results DETACH PARTITION {} CONCURRENTLY").format(
+            sql.Identifier(month.table)))
+        try:
+            assert month.table not in {m.table for m in layout(conn)}
+        finally:
+            conn.execute(sql.SQL("ALTER TABLE lab_results ATTACH PARTITION {} FOR VALUES FROM ({}) TO ({})").format(
+                sql.Identifier(month.table), sql.Literal(month.start), sql.Literal(month.end)))
+        assert month.table in {m.table for m in layout(conn)}
