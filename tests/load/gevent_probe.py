@@ -11,7 +11,7 @@ import sys
 import time
 
 import gevent
-import locust  # noqa: F401 - first: monkey-patches for gevent, as in a real Locust run
+import locust  # noqa: F401 - before psycopg: monkey-patches for gevent, as in a real Locust run
 
 from careflow_ha.load.client import PgSession
 
