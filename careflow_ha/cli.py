@@ -46,6 +46,9 @@ def _register_commands() -> None:
     from careflow_ha.load_cli import register as register_load
 
     register_load(cli)
+    from careflow_ha.archive_cli import register as register_archive
+
+    register_archive(cli)
 
 
 _register_commands()
