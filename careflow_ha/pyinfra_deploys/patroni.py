@@ -1,0 +1,94 @@
+"""The ``patroni`` role in pyinfra: offline install, validated config, leader, DCS config, app roles."""
+
+from __future__ import annotations
+
+from pyinfra.api import deploy
+from pyinfra.operations import files, pip, postgres, systemd
+
+from careflow_ha.pyinfra_deploys._data import role_template, var
+from careflow_ha.pyinfra_deploys.ops import (
+    changed_unless,
+    is_primary,
+    login_role,
+    patroni_dynamic_config,
+    patroni_has_leader,
+    put_role_file,
+    role_membership,
+)
+
+POSTGRES = {"_sudo": True, "_sudo_user": "postgres"}
+
+
+@deploy("Patroni")
+def patroni() -> None:
+    venv = var("patroni_venv")
+    wheelhouse = f"{venv}-wheelhouse"
+    config_file = var("patroni_config_file")
+    api = f"http://{var('careflow_node_ip')}:{var('careflow_patroni_api_port')}"
+
+    # --- install (offline, from the wheelhouse built on the control host)
+    files.sync(
+        name="Ensure the wheelhouse is on the node",
+        src=str(var("careflow_wheelhouse_dir")) + "/", dest=wheelhouse + "/",
+        user="root", group="root", mode="644", dir_mode="755",
+    )
+    pip.venv(name="Ensure Patroni's virtualenv exists", path=venv, python="/usr/bin/python3")
+    pip.packages(
+        name="Ensure Patroni is installed in its virtualenv (offline)",
+        packages=var("patroni_pip_packages"), pip=f"{venv}/bin/pip",
+        extra_install_args=f"--no-index --find-links {wheelhouse}",
+    )
+    files.link(
+        name="Ensure patronictl is on the PATH", path="/usr/local/bin/patronictl", target=f"{venv}/bin/patronictl"
+    )
+
+    # --- configure
+    files.directory(
+        name="Ensure the Patroni config directory exists",
+        path=config_file.rsplit("/", 1)[0], user="postgres", group="postgres", mode="750",
+    )
+    config = put_role_file(
+        "Ensure the Patroni configuration is rendered and valid",
+        role_template("patroni", "configure.yml", "patroni.yml.j2"),
+    )
+    unit = put_role_file(
+        "Ensure the Patroni systemd unit is installed", role_template("patroni", "configure.yml", "patroni.service.j2")
+    )
+
+    # --- service: restart on a unit change, reload (SIGHUP) on a config change
+    systemd.daemon_reload(name="Ensure systemd has read the Patroni unit", _if=unit.did_change)
+    start = systemd.service(name="Ensure Patroni is enabled and running", service="patroni", running=True, enabled=True)
+    systemd.service(
+        name="Restart Patroni after a unit change", service="patroni", restarted=True,
+        _if=changed_unless((unit,), start),
+    )
+    systemd.service(
+        name="Reload Patroni after a configuration change", service="patroni", reloaded=True,
+        _if=changed_unless((config,), start),
+    )
+    patroni_has_leader(
+        name="Ensure the cluster has a leader", api_url=api,
+        retries=var("patroni_leader_retries"), delay=var("patroni_leader_delay"), _run_once=True,
+    )
+    patroni_dynamic_config(
+        name="Ensure the dynamic configuration matches the inventory (timing preset, sync mode)",
+        api_url=api, config_file=config_file, wanted=var("__patroni_dcs_wanted"), _run_once=True,
+    )
+
+    # --- application roles, on whichever member is primary now (Patroni decides)
+    port = var("careflow_pg_port")
+    primary = is_primary(api)
+    for user, secret in (("careflow_app_user", "careflow_app_password"), ("careflow_ro_user", "careflow_ro_password")):
+        login_role(
+            name=f"Ensure the application role {var(user)} exists", role=var(user), password=var(secret),
+            port=port, _if=primary, **POSTGRES,
+        )
+    postgres.database(
+        name="Ensure the EMR database exists, owned by the application role",
+        database=var("careflow_database"), owner=var("careflow_app_user"), encoding="UTF8",
+        psql_port=port, _if=primary, **POSTGRES,
+    )
+    role_membership(
+        name="Ensure the read-only role can read what the application role creates",
+        group="pg_read_all_data", member=var("careflow_ro_user"), port=port, _if=primary, **POSTGRES,
+    )
