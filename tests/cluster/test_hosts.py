@@ -84,6 +84,8 @@ def test_pg_hba_has_no_trust_and_only_the_cluster_network(host_of, name):
     for rule in rules:
         assert "trust" not in rule, f"trust rule on {name}: {' '.join(rule)}"
         if rule[0] == "local":
-            assert rule[2:] == ["postgres", "peer"], f"unexpected local rule: {' '.join(rule)}"
+            assert rule[1:] in (["all", "postgres", "peer"], ["replication", "replicator", "scram-sha-256"]), (
+                f"unexpected local rule: {' '.join(rule)}"
+            )
         else:
             assert rule[0] == "host" and rule[3] == "192.168.56.0/24" and rule[4] == "scram-sha-256", " ".join(rule)
