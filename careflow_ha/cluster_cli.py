@@ -12,9 +12,9 @@ from careflow_ha.cliutil import confirm_or_force, emit, force_option, format_opt
 from careflow_ha.cluster import cluster_status, wait_healthy
 from careflow_ha.engine import detect_engine
 from careflow_ha.lab_cli import engine_option, port_options, print_access, progress
-from careflow_ha.provision import LAB_INVENTORY, run_playbook
+from careflow_ha.provision import LAB_INVENTORY
 from careflow_ha.settings import ROLE_NAMES, Settings
-from careflow_ha.stack import bring_up
+from careflow_ha.stack import PROVISIONERS, bring_up, provision
 
 inventory_option = click.option(
     "-i",
@@ -29,6 +29,13 @@ preset_option = click.option(
     type=click.Choice(["default", "fast"]),
     default=None,
     help="Timing preset: Patroni's defaults, or tuned ttl/loop_wait/retry_timeout and HAProxy checks.",
+)
+provisioner_option = click.option(
+    "--provisioner",
+    type=click.Choice(PROVISIONERS),
+    default="ansible",
+    show_default=True,
+    help="Ansible (site.yml) or pyinfra (careflow_ha/pyinfra_deploys): same inventory, templates, hosts.",
 )
 sync_option = click.option(
     "--sync/--async",
@@ -79,16 +86,17 @@ def print_connections(settings: Settings, show_secrets: bool) -> None:
 @inventory_option
 @preset_option
 @sync_option
+@provisioner_option
 @click.option("--no-data", is_flag=True, help="Skip the EMR schema and demo data.")
 @click.option("--show-secrets", is_flag=True, help="Print connection strings with their passwords.")
 @click.option("--timeout", type=float, default=300, show_default=True, help="Seconds to wait for a healthy cluster.")
-def up_cmd(engine_name, inventory, preset, synchronous, no_data, show_secrets, timeout) -> None:
+def up_cmd(engine_name, inventory, preset, synchronous, provisioner, no_data, show_secrets, timeout) -> None:
     """Bring everything up: lab hosts, provisioning, a healthy cluster, demo data."""
     settings = get_settings()
     started = time.monotonic()
     _, status = bring_up(
         settings, detect_engine(engine_name), progress, inventory, _extra_vars(preset, synchronous),
-        data=not no_data, timeout_s=timeout,
+        data=not no_data, timeout_s=timeout, provisioner=provisioner,
     )
     click.echo(_render_status(status.as_dict()))
     print_connections(settings, show_secrets)
@@ -100,10 +108,11 @@ def up_cmd(engine_name, inventory, preset, synchronous, no_data, show_secrets, t
 @inventory_option
 @preset_option
 @sync_option
-def provision_cmd(inventory, preset, synchronous) -> None:
-    """Re-run the playbook (idempotent: a second run reports changed=0)."""
+@provisioner_option
+def provision_cmd(inventory, preset, synchronous, provisioner) -> None:
+    """Re-run the provisioning (idempotent: a second run reports changed=0)."""
     settings = get_settings()
-    result = run_playbook(settings, progress, inventory, _extra_vars(preset, synchronous))
+    result = provision(settings, progress, inventory, _extra_vars(preset, synchronous), provisioner)
     wait_healthy(settings, progress)
     click.echo(f"changed={result.changed} in {result.seconds:.0f}s (log: {result.log_file})")
 
