@@ -306,7 +306,8 @@ def _verdict(name: str, flat: dict, part: dict) -> str:
     ratio = round(flat["total_ms"] / part["total_ms"], 2)
     exec_ratio = round(flat["exec_ms"] / part["exec_ms"], 2)
     verdict = f": {'met' if ok(ratio) else 'NOT met'}" if target != "measure" else ""
-    return f"partitioned is {ratio}x faster (exec only {exec_ratio}x; target {target}{verdict})"
+    speed = f"{ratio}x faster" if ratio >= 1 else f"{round(1 / ratio, 2)}x slower"
+    return f"partitioned is {speed} (plain/partitioned time {ratio}, exec only {exec_ratio}; target {target}{verdict})"
 
 
 __all__ = ["render", "run_bench", "timedelta"]
