@@ -85,8 +85,10 @@ def restore_cmd(month: str, archive_dir: Path | None, dsn: str | None, fmt: str)
     key = month_key(parse_month(month))
     target, store = resolve_dsn(dsn), open_store(archive_dir)
     _echo_target(target, store.describe())
-    result = Archiver(target, store, progress=True, log=_log).restore(key)
+    archiver = Archiver(target, store, progress=True, log=_log)
+    result = archiver.restore(key)
     row = result.as_dict()
+    row["attach_scan_skipped"] = archiver.last_attach_skipped_scan
     if result.rows and result.seconds:
         row["s_per_million_rows"] = round(result.seconds / result.rows * 1_000_000, 1)
     emit(row, fmt, lambda d: table([d], list(d)))

@@ -187,6 +187,8 @@ class Archiver:
         self.dsn, self.store, self.table = dsn, store, table
         self.keep_detached, self.progress = keep_detached, progress
         self.log = log or (lambda _msg: None)
+        #: After a restore: whether ATTACH skipped its validation scan thanks to the CHECK (instant attach).
+        self.last_attach_skipped_scan: bool | None = None
 
     # -- planning -------------------------------------------------------------------------------------------
 
@@ -525,8 +527,14 @@ class Archiver:
                 conn.execute(sql.SQL("ALTER TABLE {} ADD CONSTRAINT {} {}").format(part, check_name, check))
                 rows = conn.execute(sql.SQL("SELECT count(*) FROM {}").format(part)).fetchone()[0]
             conn.execute(sql.SQL("SET LOCAL lock_timeout = {}").format(sql.Literal(LOCK_TIMEOUT)))
+            # PostgreSQL says at DEBUG1 whether the CHECK let it skip the validation scan: record it.
+            notices: list[str] = []
+            conn.add_notice_handler(lambda diag: notices.append(diag.message_primary or ""))
+            conn.execute("SET LOCAL client_min_messages = debug1")
             conn.execute(sql.SQL("ALTER TABLE {} ATTACH PARTITION {} {}").format(parent, part,
                                                                                 sql.SQL(manifest.bound)))
+            conn.execute("SET LOCAL client_min_messages = notice")
+            self.last_attach_skipped_scan = any("is implied by existing constraints" in n for n in notices)
             conn.execute(sql.SQL("ALTER TABLE {} DROP CONSTRAINT {}").format(part, check_name))
             conn.execute(sql.SQL("COMMENT ON TABLE {} IS NULL").format(part))
             checksum, count, _ = rowhash.checksum_in_postgres(conn, columns, manifest.partition)

@@ -99,8 +99,9 @@ def _explain(conn: psycopg.Connection, query: sql.Composable, runs: int = 3) -> 
 
 def table_sizes(conn: psycopg.Connection) -> tuple[list[dict], list[dict]]:
     """(per table, per lab_results month with its leaves) sizes in bytes."""
-    tables = [dict(zip(("table", "partitioned", "leaves", "heap", "indexes", "toast", "est_rows"), r, strict=True))
-              for r in conn.execute(_TABLE_SIZES)]
+    keys = ("table", "partitioned", "leaves", "heap", "indexes", "toast", "est_rows")
+    tables = [{k: (int(v) if k in ("leaves", "heap", "indexes", "toast", "est_rows") else v)
+               for k, v in zip(keys, r, strict=True)} for r in conn.execute(_TABLE_SIZES)]
     months: dict[str, dict] = {}
     for leaf, parent, heap, idx, toast, rows in conn.execute(_LEAF_SIZES, (TABLE,)):
         m = months.setdefault(parent, {"partition": parent, "heap": 0, "indexes": 0, "toast": 0, "est_rows": 0,
