@@ -24,3 +24,4 @@ bench:         ## benchmarks (ratios measured side by side)
 lint:          ## ruff + yamllint
 	.venv/bin/ruff check careflow_ha tests loadtests
 	.venv/bin/yamllint -s roles inventory site.yml docker-compose.yml
+	.venv/bin/ansible-lint --offline site.yml roles

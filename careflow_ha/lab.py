@@ -41,8 +41,15 @@ def _owner_id(settings: Settings) -> str:
     return str(settings.project_dir)
 
 
-def _stale(settings: Settings) -> bool:
-    return OWNER_FILE.exists() and OWNER_FILE.read_text().strip() != _owner_id(settings)
+def _project_volumes(engine: Engine) -> list[str]:
+    return [v for v in engine.cmd("volume", "ls", "-q").stdout.split() if v.startswith(f"{COMPOSE_PROJECT}_")]
+
+
+def is_stale(settings: Settings, engine: Engine) -> bool:
+    """True when the lab's containers or volumes were made by another checkout (or by nobody known)."""
+    if OWNER_FILE.exists():
+        return OWNER_FILE.read_text().strip() != _owner_id(settings)
+    return bool(engine.project_containers() or _project_volumes(engine))
 
 
 def purge(engine: Engine, progress: Progress) -> None:
@@ -52,12 +59,7 @@ def purge(engine: Engine, progress: Progress) -> None:
     if names:
         progress(f"lab: removing containers {', '.join(sorted(set(names)))}")
         engine.cmd("rm", "-f", "-t", "5", *sorted(set(names)))
-    volumes = engine.cmd(
-        "volume", "ls", "-q", "--filter", f"label=com.docker.compose.project={COMPOSE_PROJECT}"
-    ).stdout.split()
-    volumes += [
-        v for v in engine.cmd("volume", "ls", "-q").stdout.split() if v.startswith(f"{COMPOSE_PROJECT}_")
-    ]
+    volumes = _project_volumes(engine)
     if volumes:
         progress(f"lab: removing {len(set(volumes))} data volumes")
         engine.cmd("volume", "rm", "-f", *sorted(set(volumes)))
@@ -73,8 +75,9 @@ def lab_up(settings: Settings, engine: Engine, progress: Progress, timeout_s: fl
     """Bring the four hosts up and wait until each runs systemd and answers SSH."""
     preflight.require_root()
     preflight.require_disk([settings.project_dir, Path("/var/lib/containers")])
-    if _stale(settings):
-        progress(f"lab: found a stale lab from {OWNER_FILE.read_text().strip()}; removing it first")
+    if is_stale(settings, engine):
+        owner = OWNER_FILE.read_text().strip() if OWNER_FILE.exists() else "an unknown checkout"
+        progress(f"lab: found a stale lab from {owner}; removing it (and its data) first")
         purge(engine, progress)
     running = _all_running(engine)
     preflight.require_free_ports(settings, held_by_lab=running)

@@ -77,6 +77,7 @@ def run_playbook(
     inventory: Path = LAB_INVENTORY,
     extra_vars: dict[str, str] | None = None,
     check_only: bool = False,
+    limit: str | None = None,
 ) -> ProvisionResult:
     """Run site.yml; raise CommandFailed (with the log's path) if any host failed."""
     if not inventory.exists():
@@ -90,6 +91,8 @@ def run_playbook(
         argv += ["-e", f"{key}={value}"]
     if check_only:
         argv.append("--check")
+    if limit:
+        argv += ["--limit", limit]
     progress(f"provision: ansible-playbook site.yml -i {inventory.relative_to(PROJECT_DIR) if inventory.is_relative_to(PROJECT_DIR) else inventory} (log: {log_file.relative_to(settings.project_dir)})")
     started = time.monotonic()
     lines: list[str] = []
@@ -126,3 +129,11 @@ def run_playbook(
         )
     progress(f"provision: done in {result.seconds:.0f}s, changed={result.changed}")
     return result
+
+
+def apply_haproxy_timing(settings: Settings, preset: str, progress: Callable[[str], None]) -> ProvisionResult:
+    """Re-render HAProxy's check timing for ``preset`` on the balancers only (Patroni's half is dynamic
+    config, switched through its REST API). Run ``provision`` to return to the inventory's preset."""
+    return run_playbook(
+        settings, progress, extra_vars={"careflow_timing_preset": preset}, limit="balancers:localhost"
+    )

@@ -63,7 +63,9 @@ def engine() -> Engine:
 @pytest.fixture(scope="session")
 def lab_hosts(settings: Settings, engine: Engine) -> Iterator[Settings]:
     """The four lab hosts, up and answering SSH."""
-    already = all(engine.state(n) == "running" for n in LAB_NODES)
+    # A lab left by another checkout (CI's fresh clone after a session) is
+    # stale: lab_up replaces it, and this session then owns the teardown.
+    already = not lab.is_stale(settings, engine) and all(engine.state(n) == "running" for n in LAB_NODES)
     _SESSION.settings, _SESSION.engine = settings, engine
     _SESSION.started_here = not already
     lab.lab_up(settings, engine, progress)

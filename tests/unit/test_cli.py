@@ -6,6 +6,7 @@ Only the boundaries are faked: the container engine (subprocess) and the host's 
 from __future__ import annotations
 
 import socket
+import subprocess
 import sys
 
 import pytest
@@ -24,6 +25,10 @@ class AbsentEngine:
 
     def project_containers(self) -> list[str]:
         return []
+
+    def cmd(self, *args: str, **_kw) -> subprocess.CompletedProcess[str]:
+        assert args[:2] == ("volume", "ls"), f"unexpected engine call {args}"
+        return subprocess.CompletedProcess(list(args), 0, "", "")
 
 
 def run_cli(capsys, *argv: str) -> tuple[int, str, str]:
