@@ -278,17 +278,24 @@ class LoadRun:
         return self.proc.returncode
 
     def stop(self, grace_s: float | None = None) -> int:
-        """Ask Locust to stop now (SIGTERM: it still writes its CSV and HTML); kill it if it does not."""
+        """Ask Locust to stop now; it still writes its CSV and HTML. Escalate if it does not end.
+
+        SIGINT, not SIGTERM: a headless run with a shape installs its SIGTERM
+        handler only after the shape ends, but handles Ctrl+C at any time.
+        """
         assert self.proc is not None
-        if self.running():
+        grace = grace_s if grace_s is not None else self.cfg.stop_timeout_s + 30
+        for sig, whole_group, wait_s in ((signal.SIGINT, False, grace), (signal.SIGTERM, True, 10.0),
+                                         (signal.SIGKILL, True, 10.0)):
+            if not self.running():
+                break
             with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(grace_s if grace_s is not None else self.cfg.stop_timeout_s + 30)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(10)
+                if whole_group:
+                    os.killpg(self.proc.pid, sig)
+                else:
+                    os.kill(self.proc.pid, sig)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.proc.wait(wait_s)
         return self.proc.returncode
 
     def finish(self) -> LoadResult:

@@ -98,3 +98,19 @@ def test_restart_mid_run_counts_errors_and_every_user_recovers(emr_pg: LocalPost
     assert users_before <= recovered, f"users stuck after the restart: {sorted(users_before - recovered)}"
     outs = result.report["summary"]["outages"]
     assert outs and all(o["end"] is not None for o in outs), outs
+
+
+def test_background_load_stops_with_its_block_and_reports(emr_pg: LocalPostgres, tmp_path: Path) -> None:
+    """What a drill's --under-load uses: Locust runs while the block is open and stops when it closes."""
+    from careflow_ha.load.runner import background
+
+    cfg = _config(emr_pg, tmp_path, users=6, duration_s=600.0)
+    t0 = time.monotonic()
+    with background(cfg) as run:
+        wait_until(lambda: sum(r.ok for r in read_requests(run.folder)) >= 20, 20, 0.5, "20 successful requests")
+        folder = run.folder
+    assert time.monotonic() - t0 < scaled(60), "the 600 s bound did not keep Locust running past the block"
+    assert not run.running()
+    rep = json.loads((folder / "report.json").read_text())
+    assert rep["summary"]["requests"] >= 20 and rep["summary"]["failures"] == 0
+    assert (folder / "locust.html").is_file(), "stopped early, Locust still wrote its own report"
