@@ -25,10 +25,9 @@ from careflow_ha.drills.targets import compare_verdict
 from careflow_ha.engine import detect_engine
 from careflow_ha.errors import CheckFailed, UsageError
 
-#: Hook for ``--under-load``: the load-test work sets this to a factory of a
-#: context manager that runs EMR traffic (Locust) for as long as it is open,
-#: and adds the flag to ``run``/``all``/``compare`` (pass it on as
-#: ``DrillOptions.background``). Until then drills run without load.
+#: Hook for a custom background load: a factory of a context manager that runs
+#: traffic for as long as it is open (``DrillOptions.background``). When unset,
+#: ``--under-load`` uses careflow_ha.load.background.drill_background (Locust EMR users).
 background_load: Background | None = None
 
 
@@ -85,19 +84,32 @@ SUMMARY_COLUMNS = [
 ]  # fmt: skip
 
 
+under_load_option = click.option(
+    "--under-load",
+    is_flag=True,
+    help="Run EMR traffic (Locust, 10 users through HAProxy 5000/5001) for the whole drill; "
+    "its load report goes to reports/load/.",
+)
+
+
 #: Hook for HAProxy's half of a timing preset (check inter/fastinter/fall/rise), which provisioning owns:
 #: set it to a ``callable(preset_name)`` and presets switch HAProxy too. Until then only Patroni's half switches.
 haproxy_preset: Callable[[str], None] | None = None
 
 
-def _runner(engine_name: str | None) -> Callable[[str, str, bool], tuple[DrillRun, str]]:
+def _runner(engine_name: str | None, under_load: bool = False) -> Callable[[str, str, bool], tuple[DrillRun, str]]:
     """Build the engine and cluster control once; return a function that runs and reports one drill."""
     settings = get_settings()
+    background = background_load
+    if under_load and background is None:
+        from careflow_ha.load.background import drill_background
+
+        background = drill_background(settings, progress=progress)
     engine = detect_engine(engine_name)
     control = PatroniRestControl(PatroniApi(settings), haproxy_preset=haproxy_preset)
 
     def one(name: str, preset: str, asynchronous: bool) -> tuple[DrillRun, str]:
-        options = DrillOptions(preset=preset, synchronous=not asynchronous, background=background_load)
+        options = DrillOptions(preset=preset, synchronous=not asynchronous, background=background)
         run = run_drill(get_fault(name), settings, engine, control, options, progress)
         folder = write_report(run, settings.reports_dir, settings.secrets)
         progress(f"report: {folder.relative_to(settings.project_dir)}/report.md")
@@ -142,18 +154,20 @@ def list_cmd(fmt: str) -> None:
 @repeat_option
 @preset_option
 @async_option
+@under_load_option
 @engine_option
 @force_option
 @format_option
 def run_cmd(
-    name: str, repeat: int, preset: str, asynchronous: bool, engine_name: str | None, force: bool, fmt: str
+    name: str, repeat: int, preset: str, asynchronous: bool, under_load: bool, engine_name: str | None, force: bool,
+    fmt: str,
 ) -> None:
     """Run drill NAME (see 'drill list') and write its report."""
     fault = get_fault(name)  # an unknown name fails before anything is touched
     if asynchronous and fault.name == "sync-standby-loss":
         raise UsageError("drill 'sync-standby-loss' needs synchronous_mode on; run it without --async")
     confirm_or_force(f"Drill '{fault.name}' breaks the lab cluster on purpose ({fault.title}). Continue?", force)
-    one = _runner(engine_name)
+    one = _runner(engine_name, under_load)
     runs = []
     for i in range(repeat):
         if repeat > 1:
@@ -166,16 +180,19 @@ def run_cmd(
 @click.option("--ci", "ci_only", is_flag=True, help="Only the CI subset (switchover, node loss, partition).")
 @preset_option
 @async_option
+@under_load_option
 @engine_option
 @force_option
 @format_option
-def all_cmd(ci_only: bool, preset: str, asynchronous: bool, engine_name: str | None, force: bool, fmt: str) -> None:
+def all_cmd(
+    ci_only: bool, preset: str, asynchronous: bool, under_load: bool, engine_name: str | None, force: bool, fmt: str
+) -> None:
     """Run every drill once, in the order of the failure model."""
     faults = [f for f in FAULTS.values() if f.ci or not ci_only]
     if asynchronous:  # losing the sync standby means nothing without one
         faults = [f for f in faults if f.name != "sync-standby-loss"]
     confirm_or_force(f"Run {len(faults)} drills that break the lab cluster on purpose?", force)
-    one = _runner(engine_name)
+    one = _runner(engine_name, under_load)
     runs = []
     for i, fault in enumerate(faults, start=1):
         progress(f"drill {i} of {len(faults)}: {fault.name}")
@@ -187,14 +204,17 @@ def all_cmd(ci_only: bool, preset: str, asynchronous: bool, engine_name: str | N
 @click.argument("name")
 @repeat_option
 @async_option
+@under_load_option
 @engine_option
 @force_option
 @format_option
-def compare_cmd(name: str, repeat: int, asynchronous: bool, engine_name: str | None, force: bool, fmt: str) -> None:
+def compare_cmd(
+    name: str, repeat: int, asynchronous: bool, under_load: bool, engine_name: str | None, force: bool, fmt: str
+) -> None:
     """Run drill NAME under Patroni's defaults and under the tuned preset in one run; print both and the ratio."""
     fault = get_fault(name)
     confirm_or_force(f"Run '{fault.name}' {2 * repeat} times (both presets)? It breaks the lab cluster.", force)
-    one = _runner(engine_name)
+    one = _runner(engine_name, under_load)
     runs: list[tuple[DrillRun, str]] = []
     for i in range(repeat):  # interleaved, so both presets see the same machine load
         for preset in ("default", "fast"):
