@@ -85,5 +85,43 @@ def load_cmd(users: int, spawn_rate: float, duration: float, profile: str, proce
                           f"outside a role change; see {folder}/report.md")
 
 
+
+
+@click.command("load")
+@click.option("--steps", default="4,8,16,32,48", show_default=True,
+              help="Comma-separated user counts, one closed-loop step each (no think time).")
+@click.option("--step-duration", default="20s", show_default=True, callback=_duration, help="Length of each step.")
+@click.option("--p95-ms", type=float, default=100.0, show_default=True, help="Latency target a step must hold.")
+@format_option
+def bench_load_cmd(steps: str, step_duration: float, p95_ms: float, fmt: str) -> None:
+    """Highest EMR request rate the cluster holds with p95 under the target; pgbench through 5000 as reference."""
+    from careflow_ha.load.bench import bench_load
+
+    try:
+        counts = [int(x) for x in steps.split(",") if x.strip()]
+    except ValueError:
+        raise UsageError(f"--steps {steps!r} is not a list of user counts; use e.g. 4,8,16,32") from None
+    if not counts or any(not 1 <= c <= 5000 for c in counts):
+        raise UsageError(f"--steps {steps!r}: give user counts from 1 to 5000, e.g. 4,8,16,32")
+    result = bench_load(get_settings(), counts, step_duration, p95_ms, progress)
+
+    def pretty(r: dict[str, Any]) -> str:
+        lines = [table(r["steps"], ["users", "ok_rps", "p50_ms", "p95_ms", "p99_ms", "failures", "role_changes",
+                                    "locust_cpu_cores", "holds", "report"])]
+        best, ref = r["best"], r["pgbench"]
+        lines.append(f"highest rate holding p95 < {r['target_p95_ms']:g} ms: "
+                     + (f"{best['ok_rps']} req/s at {best['users']} users" if best else "none of the steps"))
+        lines.append(f"pgbench (one pet's history via 5000, {ref['clients']} clients): {ref['tps']:.1f} tps, "
+                     f"avg {ref['latency_avg_ms']} ms")
+        if r["ratio_emr_to_pgbench"] is not None:
+            lines.append(f"ratio EMR mix / pgbench reference: {r['ratio_emr_to_pgbench']:.2f}")
+        return "\n".join(lines)
+
+    emit(result, fmt, pretty)
+
+
 def register(cli: click.Group) -> None:
     cli.add_command(load_cmd)
+    bench = cli.commands.get("bench")
+    if isinstance(bench, click.Group):
+        bench.add_command(bench_load_cmd)
