@@ -88,12 +88,16 @@ def load_cmd(users: int, spawn_rate: float, duration: float, profile: str, proce
 
 
 @click.command("load")
-@click.option("--steps", default="4,8,16,32,48", show_default=True,
-              help="Comma-separated user counts, one closed-loop step each (no think time).")
+@click.option("--steps", default="16,32,64,96,128", show_default=True,
+              help="Comma-separated user counts, one step each (each user holds one connection).")
 @click.option("--step-duration", default="20s", show_default=True, callback=_duration, help="Length of each step.")
 @click.option("--p95-ms", type=float, default=100.0, show_default=True, help="Latency target a step must hold.")
+@click.option("--think-scale", type=float, default=0.1, show_default=True,
+              help="Multiply the clinic think times (0 = closed loop).")
+@click.option("--processes", type=int, default=1, show_default=True, help="Locust processes.")
 @format_option
-def bench_load_cmd(steps: str, step_duration: float, p95_ms: float, fmt: str) -> None:
+def bench_load_cmd(steps: str, step_duration: float, p95_ms: float, think_scale: float, processes: int,
+                   fmt: str) -> None:
     """Highest EMR request rate the cluster holds with p95 under the target; pgbench through 5000 as reference."""
     from careflow_ha.load.bench import bench_load
 
@@ -103,11 +107,12 @@ def bench_load_cmd(steps: str, step_duration: float, p95_ms: float, fmt: str) ->
         raise UsageError(f"--steps {steps!r} is not a list of user counts; use e.g. 4,8,16,32") from None
     if not counts or any(not 1 <= c <= 5000 for c in counts):
         raise UsageError(f"--steps {steps!r}: give user counts from 1 to 5000, e.g. 4,8,16,32")
-    result = bench_load(get_settings(), counts, step_duration, p95_ms, progress)
+    result = bench_load(get_settings(), counts, step_duration, p95_ms, progress, think_scale, processes)
 
     def pretty(r: dict[str, Any]) -> str:
         lines = [table(r["steps"], ["users", "ok_rps", "p50_ms", "p95_ms", "p99_ms", "failures", "role_changes",
-                                    "locust_cpu_cores", "holds", "report"])]
+                                    "locust_cpu_cores", "holds", "report"]),
+                 f"(think time x{r['think_scale']:g}, {r['processes']} Locust process(es), {r['cpus']} CPUs)"]
         best, ref = r["best"], r["pgbench"]
         lines.append(f"highest rate holding p95 < {r['target_p95_ms']:g} ms: "
                      + (f"{best['ok_rps']} req/s at {best['users']} users" if best else "none of the steps"))

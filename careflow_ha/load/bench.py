@@ -1,7 +1,8 @@
 """``careflow-ha bench load``: the highest EMR request rate the cluster holds with p95 under a target.
 
-Closed-loop steps (no think time): each step runs the EMR mix with more
-users through HAProxy; a step "holds" when p95 stays under the target and
+Steps of the EMR mix with short think times (x0.1 of a clinic's, so that a
+connection per user stays within max_connections), more users each step,
+through HAProxy; a step "holds" when p95 stays under the target and
 nothing failed. Locust's own CPU is reported per step, so a step limited by
 the load generator shows as such. pgbench runs the same kind of read (one
 pet's history) through port 5000 in the same run, as the driver-overhead-free
@@ -27,9 +28,11 @@ from careflow_ha.settings import Settings
 
 Progress = Callable[[str], None]
 
+#: vet.patient_history as a pgbench script (same statement, the pet's clinic looked up first).
 PGBENCH_SCRIPT = """\\set pid random(1, {max_pet})
+SELECT clinic_id AS clinic FROM pets WHERE pet_id = :pid \\gset
 SELECT v.visited_at, v.reason, r.test_code, r.value, r.flag
-  FROM visits v LEFT JOIN lab_results r ON r.pet_id = v.pet_id AND r.visit_id = v.visit_id
+  FROM visits v LEFT JOIN lab_results r ON r.clinic_id = :clinic AND r.pet_id = v.pet_id AND r.visit_id = v.visit_id
  WHERE v.pet_id = :pid ORDER BY v.visited_at DESC, r.test_code LIMIT 200;
 """
 
@@ -71,14 +74,15 @@ def pgbench(dsn: str, clients: int, seconds: int, max_pet: int) -> dict:
 
 
 def bench_load(settings: Settings, steps: Sequence[int], step_s: float, target_ms: float,
-               progress: Progress) -> dict:
+               progress: Progress, think_scale: float = 0.1, processes: int = 1) -> dict:
     """Run the steps, then pgbench at the best holding step's concurrency; return rows and the ratio."""
     import psycopg
 
     rows = []
     for users in steps:
-        progress(f"bench: {users} users, no think time, {step_s:g} s")
-        cfg = LoadConfig(users=users, spawn_rate=float(users), duration_s=step_s, think_scale=0.0,
+        progress(f"bench: {users} users, think time x{think_scale:g}, {step_s:g} s")
+        cfg = LoadConfig(users=users, spawn_rate=float(users), duration_s=step_s, think_scale=think_scale,
+                         processes=processes,
                          dsn_rw=settings.dsn("rw", "app"), dsn_ro=settings.dsn("ro", "ro"),
                          reports_dir=settings.reports_dir, cluster=settings, progress_every_s=step_s)
         result = run_load(cfg, lambda _: None)
@@ -101,6 +105,8 @@ def bench_load(settings: Settings, steps: Sequence[int], step_s: float, target_m
         "best": best,
         "pgbench": ref,
         "ratio_emr_to_pgbench": round(best["ok_rps"] / ref["tps"], 3) if best and ref["tps"] else None,
+        "think_scale": think_scale,
+        "processes": processes,
         "at": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
         "cpus": os.cpu_count(),
     }
