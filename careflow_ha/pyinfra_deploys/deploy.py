@@ -13,6 +13,7 @@ from pathlib import Path
 from pyinfra.api import BaseStateCallback, Config, Inventory, State
 from pyinfra.api.connect import connect_all
 from pyinfra.api.deploy import add_deploy
+from pyinfra.api.exceptions import PyinfraError
 from pyinfra.api.operations import run_ops
 
 from careflow_ha.pyinfra_deploys._data import INVENTORY_KEY
@@ -114,7 +115,10 @@ def run_play(
     for fn in deploys:
         add_deploy(state, fn)
     if not dry_run:
-        run_ops(state)
+        try:
+            run_ops(state)
+        except PyinfraError as exc:  # a check that never passed (no leader, unhealthy etcd)
+            outcome.failed.setdefault("cluster", []).append(str(exc))
     for host in state.inventory:
         changed = outcome.changed_ops.setdefault(host.name, [])
         for op_hash in host.op_hash_order:

@@ -215,3 +215,19 @@ def put_role_file(name: str, role_file: RoleFile) -> OperationMeta:
     return files.put(
         name=name, src=io.BytesIO(f.content.encode()), dest=f.dest, user=f.user, group=f.group, mode=f.mode
     )
+
+
+@operation()
+def pip_requirements(pip: str, requirements: list[str], extra_args: str = "") -> Iterator[Any]:
+    """Requirements (extras included, e.g. ``patroni[etcd3]``) installed with ``pip``.
+
+    pyinfra's pip.packages drops extras when it compares, so pip itself decides:
+    ``pip install --dry-run`` lists what it would install, and only then is
+    anything installed.
+    """
+    args = " ".join(shlex.quote(r) for r in requirements)
+    ok, out = _run(f"{shlex.quote(pip)} install --dry-run --disable-pip-version-check {extra_args} {args}")
+    if ok and "Would install" not in out:
+        host.noop("requirements already installed")
+        return
+    yield StringCommand(f"{shlex.quote(pip)} install --disable-pip-version-check {extra_args} {args}")

@@ -12,6 +12,7 @@ from careflow_ha.pyinfra_deploys.ops import (
     login_role,
     patroni_dynamic_config,
     patroni_has_leader,
+    pip_requirements,
     put_role_file,
     role_membership,
 )
@@ -33,10 +34,10 @@ def patroni() -> None:
         user="root", group="root", mode="644", dir_mode="755",
     )
     pip.venv(name="Ensure Patroni's virtualenv exists", path=venv, python="/usr/bin/python3")
-    pip.packages(
+    pip_requirements(
         name="Ensure Patroni is installed in its virtualenv (offline)",
-        packages=var("patroni_pip_packages"), pip=f"{venv}/bin/pip",
-        extra_install_args=f"--no-index --find-links {wheelhouse}",
+        pip=f"{venv}/bin/pip", requirements=var("patroni_pip_packages"),
+        extra_args=f"--no-index --find-links {wheelhouse}",
     )
     files.link(
         name="Ensure patronictl is on the PATH", path="/usr/local/bin/patronictl", target=f"{venv}/bin/patronictl"
