@@ -231,3 +231,26 @@ def pip_requirements(pip: str, requirements: list[str], extra_args: str = "") ->
         host.noop("requirements already installed")
         return
     yield StringCommand(f"{shlex.quote(pip)} install --disable-pip-version-check {extra_args} {args}")
+
+
+@operation()
+def patroni_pending_restarts(
+    api_url: str, config_file: str, scope: str, settle_s: float, after: OperationMeta
+) -> Iterator[Any]:
+    """Restart, one at a time, the members Patroni flags ``pending_restart`` (postmaster-level settings).
+
+    After a dynamic-config change, Patroni needs one HA loop to notice which
+    settings need a restart, hence ``settle_s`` then.
+    """
+    if after.did_change():
+        time.sleep(float(settle_s))
+    code, body = http_status(f"{api_url}/cluster")
+    if code != 200:
+        raise OperationError(f"GET {api_url}/cluster answered {code}; is Patroni running?")
+    pending = [m["name"] for m in json.loads(body).get("members", []) if m.get("pending_restart")]
+    if not pending:
+        host.noop("no member waits for a restart")
+        return
+    yield StringCommand(
+        f"patronictl -c {shlex.quote(config_file)} restart {shlex.quote(scope)} --pending --force"
+    )

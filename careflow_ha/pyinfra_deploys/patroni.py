@@ -12,6 +12,7 @@ from careflow_ha.pyinfra_deploys.ops import (
     login_role,
     patroni_dynamic_config,
     patroni_has_leader,
+    patroni_pending_restarts,
     pip_requirements,
     put_role_file,
     role_membership,
@@ -71,9 +72,14 @@ def patroni() -> None:
         name="Ensure the cluster has a leader", api_url=api,
         retries=var("patroni_leader_retries"), delay=var("patroni_leader_delay"), _run_once=True,
     )
-    patroni_dynamic_config(
+    patch = patroni_dynamic_config(
         name="Ensure the dynamic configuration matches the inventory (timing preset, sync mode)",
         api_url=api, config_file=config_file, wanted=var("__patroni_dcs_wanted"), _run_once=True,
+    )
+    patroni_pending_restarts(
+        name="Ensure members with pending restarts are restarted, one at a time",
+        api_url=api, config_file=config_file, scope=var("careflow_cluster_scope"),
+        settle_s=int(var("__patroni_timing")["loop_wait"]) + 3, after=patch, _run_once=True, **POSTGRES,
     )
 
     # --- application roles, on whichever member is primary now (Patroni decides)
