@@ -11,6 +11,7 @@ reference; the ratio is printed side by side.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -99,7 +100,7 @@ def bench_load(settings: Settings, steps: Sequence[int], step_s: float, target_m
     clients = best["users"] if best else steps[0]
     progress(f"bench: pgbench, {clients} clients, one pet's history through 5000, {step_s:g} s")
     ref = pgbench(settings.dsn("rw", "app"), clients, int(step_s), int(max_pet))
-    return {
+    result = {
         "target_p95_ms": target_ms,
         "steps": rows,
         "best": best,
@@ -110,3 +111,8 @@ def bench_load(settings: Settings, steps: Sequence[int], step_s: float, target_m
         "at": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
         "cpus": os.cpu_count(),
     }
+    out = settings.reports_dir / "load" / f"bench-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=1))
+    progress(f"bench: figures in {out}")
+    return result
