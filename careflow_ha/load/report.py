@@ -126,7 +126,9 @@ def build_report(rows: Sequence[Request], meta: dict, events: Sequence[Mapping[s
     summary = summarize(rows, t0, t1)
     s = series(rows, t0, t1, 1.0)
     lat = series(rows, t0, t1, 5.0)
-    s["tl"], s["lat_width_s"], s["latency"] = lat["t"], lat["width_s"], lat["latency"]
+    # latency points sit mid-bin: a 5-second percentile describes the whole bin, not its start
+    s["tl"] = [round(t + lat["width_s"] / 2, 3) for t in lat["t"]]
+    s["lat_width_s"], s["latency"] = lat["width_s"], lat["latency"]
     violations = routing_violations(rows, events) if meta.get("check_routing") else []
     return {
         "meta": meta,
