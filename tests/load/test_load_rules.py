@@ -135,7 +135,7 @@ def test_backoff_grows_and_resets() -> None:
     ("args", "message"),
     [(["--users", "0"], "--users"), (["--duration", "soon"], "--duration"),
      (["--dsn-ro", "postgresql://x@h/d"], "--dsn-rw"), (["--dsn-rw", "nonsense"], "libpq URI"),
-     (["--processes", "99"], "--processes")],
+     (["--processes", "99"], "--processes"), (["--profile", "lunch"], "emr-day")],
 )
 def test_cli_bad_flags_fail_with_one_line(args: list[str], message: str, capsys: pytest.CaptureFixture) -> None:
     from careflow_ha.cli import main
