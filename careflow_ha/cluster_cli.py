@@ -136,6 +136,20 @@ def down_cmd(purge: bool, force: bool, engine_name: str | None) -> None:
     progress("lab is down")
 
 
+@click.command("cluster")
+@click.option("--seconds", type=click.IntRange(5, 600), default=20, show_default=True, help="Length of each pgbench run.")
+@click.option("--clients", type=click.IntRange(1, 64), default=8, show_default=True)
+@click.option("--rounds", type=click.IntRange(1, 5), default=2, show_default=True, help="Alternating rounds per path.")
+@format_option
+def bench_cluster_cmd(seconds: int, clients: int, rounds: int, fmt: str) -> None:
+    """pgbench TPS through HAProxy 5000 vs straight to the primary: select-only and tpcb-like, with ratios."""
+    from careflow_ha.bench_cluster import run_bench, summarise
+
+    rows = summarise(run_bench(get_settings(), progress, seconds=seconds, clients=clients, rounds=rounds))
+    emit(rows, fmt, lambda r: table(r, list(r[0]) if r else ["mode"]))
+
+
 def register(cli: click.Group) -> None:
     for command in (up_cmd, provision_cmd, status_cmd, down_cmd):
         cli.add_command(command)
+    cli.commands["bench"].add_command(bench_cluster_cmd)
