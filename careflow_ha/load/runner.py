@@ -359,17 +359,22 @@ def _lab_secrets(settings: Settings | None) -> list[str]:
 
 
 def run_load(cfg: LoadConfig, progress: Progress = lambda _: None) -> LoadResult:
-    """Run Locust for ``cfg.duration_s`` and write the report; Locust is stopped even on Ctrl+C."""
+    """Run Locust for ``cfg.duration_s`` and write the report; on Ctrl+C, stop Locust, report, then re-raise."""
     run = LoadRun(cfg, progress)
     run.start()
+    interrupted = False
     try:
         run.wait()
+    except KeyboardInterrupt:
+        interrupted = True
+        progress("load: interrupted; stopping Locust and writing the report of what ran")
     finally:
         if run.running():
             run.stop()
-        if run.poller is not None and run.poller.is_alive() and sys.exc_info()[0] is not None:
-            run.poller.stop()
-    return run.finish()
+    result = run.finish()
+    if interrupted:
+        raise KeyboardInterrupt
+    return result
 
 
 @contextlib.contextmanager
