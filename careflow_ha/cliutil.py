@@ -27,6 +27,15 @@ format_option = click.option(
 
 force_option = click.option("--force", is_flag=True, help="Do not ask for confirmation.")
 
+engine_option = click.option(
+    "--engine",
+    "engine_name",
+    type=click.Choice(["docker", "podman"]),
+    envvar="CAREFLOW_ENGINE",
+    default=None,
+    help="Container engine. Default: Docker if its daemon answers, else Podman (env CAREFLOW_ENGINE).",
+)
+
 dsn_option = click.option(
     "--dsn",
     envvar="CAREFLOW_DSN",
@@ -75,10 +84,11 @@ def confirm_or_force(question: str, force: bool) -> None:
 
 def table(rows: list[dict[str, Any]], columns: list[str]) -> str:
     """A plain aligned text table (no dependency: it must work in any terminal and log)."""
-    cells = [[str(col) for col in columns]] + [["" if r.get(c) is None else str(r.get(c)) for c in columns] for r in rows]
+    header = [str(col) for col in columns]
+    cells = [header] + [["" if r.get(c) is None else str(r.get(c)) for c in columns] for r in rows]
     widths = [max(len(row[i]) for row in cells) for i in range(len(columns))]
     sep = "+-" + "-+-".join("-" * w for w in widths) + "-+"
-    lines = [sep, "| " + " | ".join(h.ljust(w) for h, w in zip(cells[0], widths)) + " |", sep]
-    lines += ["| " + " | ".join(c.ljust(w) for c, w in zip(row, widths)) + " |" for row in cells[1:]]
+    lines = [sep, "| " + " | ".join(h.ljust(w) for h, w in zip(cells[0], widths, strict=True)) + " |", sep]
+    lines += ["| " + " | ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) + " |" for row in cells[1:]]
     lines.append(sep)
     return "\n".join(lines)

@@ -56,7 +56,8 @@ def haproxy_backends(settings: Settings, timeout: float = 3.0) -> tuple[Backend,
         with urllib.request.urlopen(req, timeout=timeout) as resp:
             return parse_haproxy_csv(resp.read().decode())
     except (OSError, urllib.error.URLError) as exc:
-        raise NotReady(f"HAProxy stats on 127.0.0.1:{settings.port('CAREFLOW_STATS_PORT')} did not answer: {exc}") from None
+        port = settings.port("CAREFLOW_STATS_PORT")
+        raise NotReady(f"HAProxy stats on 127.0.0.1:{port} did not answer: {exc}") from None
 
 
 def routing_problems(snap: ClusterSnapshot, backends: tuple[Backend, ...]) -> tuple[str, ...]:
@@ -91,7 +92,9 @@ class ClusterStatus:
                 {"member": m.name, "role": m.role, "state": m.state, "timeline": m.timeline, "lag": m.lag}
                 for m in self.snapshot.members
             ],
-            "haproxy": [{"proxy": b.proxy, "server": b.server, "status": b.status, "check": b.check} for b in self.backends],
+            "haproxy": [
+                {"proxy": b.proxy, "server": b.server, "status": b.status, "check": b.check} for b in self.backends
+            ],
         }
 
 

@@ -7,11 +7,10 @@ from pathlib import Path
 
 import click
 
-from careflow_ha import lab
-from careflow_ha.cliutil import confirm_or_force, emit, force_option, format_option, get_settings, table
+from careflow_ha.cliutil import emit, engine_option, format_option, get_settings, table
 from careflow_ha.cluster import cluster_status, wait_healthy
 from careflow_ha.engine import detect_engine
-from careflow_ha.lab_cli import engine_option, port_options, print_access, progress
+from careflow_ha.lab_cli import lab_down_cmd, port_options, print_access, progress
 from careflow_ha.provision import LAB_INVENTORY
 from careflow_ha.settings import ROLE_NAMES, Settings
 from careflow_ha.stack import PROVISIONERS, bring_up, provision
@@ -124,20 +123,10 @@ def status_cmd(fmt: str) -> None:
     emit(cluster_status(get_settings()).as_dict(), fmt, _render_status)
 
 
-@click.command("down")
-@click.option("--purge", is_flag=True, help="Also delete the data volumes (the cluster's data is lost).")
-@force_option
-@engine_option
-def down_cmd(purge: bool, force: bool, engine_name: str | None) -> None:
-    """Stop and remove the lab hosts; data volumes are kept unless --purge."""
-    if purge:
-        confirm_or_force("Delete the lab's hosts AND all their data volumes?", force)
-    lab.lab_down(get_settings(), detect_engine(engine_name), progress, purge_data=purge)
-    progress("lab is down")
-
-
 @click.command("cluster")
-@click.option("--seconds", type=click.IntRange(5, 600), default=20, show_default=True, help="Length of each pgbench run.")
+@click.option(
+    "--seconds", type=click.IntRange(5, 600), default=20, show_default=True, help="Length of each pgbench run."
+)
 @click.option("--clients", type=click.IntRange(1, 64), default=8, show_default=True)
 @click.option("--rounds", type=click.IntRange(1, 5), default=2, show_default=True, help="Alternating rounds per path.")
 @format_option
@@ -150,6 +139,8 @@ def bench_cluster_cmd(seconds: int, clients: int, rounds: int, fmt: str) -> None
 
 
 def register(cli: click.Group) -> None:
-    for command in (up_cmd, provision_cmd, status_cmd, down_cmd):
+    for command in (up_cmd, provision_cmd, status_cmd):
         cli.add_command(command)
+    # `down` is `lab down`: the cluster lives on the lab hosts, removing them is the one way down.
+    cli.add_command(lab_down_cmd, name="down")
     cli.commands["bench"].add_command(bench_cluster_cmd)

@@ -15,7 +15,15 @@ from typing import Any
 
 import click
 
-from careflow_ha.cliutil import confirm_or_force, emit, force_option, format_option, get_settings, table
+from careflow_ha.cliutil import (
+    confirm_or_force,
+    emit,
+    engine_option,
+    force_option,
+    format_option,
+    get_settings,
+    table,
+)
 from careflow_ha.drills.control import TIMING_PRESETS, PatroniRestControl
 from careflow_ha.drills.faults import FAULTS, get_fault
 from careflow_ha.drills.patroni import PatroniApi
@@ -52,14 +60,6 @@ async_option = click.option(
 )
 repeat_option = click.option(
     "--repeat", type=click.IntRange(1, 50), default=1, show_default=True, help="Run the drill N times in a row."
-)
-engine_option = click.option(
-    "--engine",
-    "engine_name",
-    type=click.Choice(["docker", "podman"]),
-    envvar="CAREFLOW_ENGINE",
-    default=None,
-    help="Container engine. Default: Docker if its daemon answers, else Podman (env CAREFLOW_ENGINE).",
 )
 
 

@@ -11,7 +11,15 @@ from dataclasses import asdict
 import click
 
 from careflow_ha import lab
-from careflow_ha.cliutil import confirm_or_force, emit, force_option, format_option, get_settings, table
+from careflow_ha.cliutil import (
+    confirm_or_force,
+    emit,
+    engine_option,
+    force_option,
+    format_option,
+    get_settings,
+    table,
+)
 from careflow_ha.engine import detect_engine
 from careflow_ha.settings import PROJECT_DIR
 
@@ -41,14 +49,6 @@ def port_options(func):
     return func
 
 
-engine_option = click.option(
-    "--engine",
-    "engine_name",
-    type=click.Choice(["docker", "podman"]),
-    envvar="CAREFLOW_ENGINE",
-    default=None,
-    help="Container engine. Default: Docker if its daemon answers, else Podman (env CAREFLOW_ENGINE).",
-)
 
 
 def _render_hosts(statuses: list[dict]) -> str:

@@ -93,7 +93,8 @@ def run_playbook(
         argv.append("--check")
     if limit:
         argv += ["--limit", limit]
-    progress(f"provision: ansible-playbook site.yml -i {inventory.relative_to(PROJECT_DIR) if inventory.is_relative_to(PROJECT_DIR) else inventory} (log: {log_file.relative_to(settings.project_dir)})")
+    shown = inventory.relative_to(PROJECT_DIR) if inventory.is_relative_to(PROJECT_DIR) else inventory
+    progress(f"provision: ansible-playbook site.yml -i {shown} (log: {log_file.relative_to(settings.project_dir)})")
     started = time.monotonic()
     lines: list[str] = []
     with log_file.open("w", encoding="utf-8") as log, subprocess.Popen(

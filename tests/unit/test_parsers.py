@@ -70,7 +70,9 @@ SNAP = _snap(("pg1", "leader", "running"), ("pg2", "sync_standby", "streaming"),
 )
 def test_routing_problems(ups, expected):
     backends = tuple(
-        Backend(p, s, "UP" if (p, s) in ups else "DOWN", "") for p in ("primary", "replicas") for s in ("pg1", "pg2", "pg3")
+        Backend(proxy, server, "UP" if (proxy, server) in ups else "DOWN", "")
+        for proxy in ("primary", "replicas")
+        for server in ("pg1", "pg2", "pg3")
     )
     problems = routing_problems(SNAP, backends)
     assert len(problems) == len(expected)
