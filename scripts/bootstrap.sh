@@ -12,7 +12,7 @@ APT_PACKAGES=(
   # control host tools: ssh client for Ansible/pyinfra, local PostgreSQL 15 for
   # data tests and benchmarks, pgbench, psql
   openssh-client postgresql-15 postgresql-client-15 postgresql-15-partman postgresql-15-cron
-  python3-venv make git ca-certificates curl
+  python3 python3-venv make git ca-certificates curl
 )
 
 stamp_dir=".lab"
