@@ -108,7 +108,10 @@ def validated_file(
     candidate = f"{dest}.careflow-new"
     yield from files.put._inner(src=io.BytesIO(content.encode()), dest=candidate, user=user, group=group, mode=mode)
     check = validate.replace("%s", shlex.quote(candidate))
-    yield StringCommand(f"{check} >/dev/null || {{ rm -f {shlex.quote(candidate)}; exit 1; }}")
+    # The validator's output may quote the file (and its secrets): keep it off the log;
+    # on failure the candidate stays (same owner and mode) for `validate` by hand.
+    failed = shlex.quote(f"{dest}: the new version failed validation; kept as {candidate}")
+    yield StringCommand(f"{check} >/dev/null 2>&1 || {{ echo {failed} >&2; exit 1; }}")
     yield StringCommand(f"mv -f {shlex.quote(candidate)} {shlex.quote(dest)}")
 
 

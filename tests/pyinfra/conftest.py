@@ -14,6 +14,8 @@ pyinfra-built cluster too.
 
 from __future__ import annotations
 
+import json
+import time
 from types import ModuleType
 from typing import Any
 
@@ -45,6 +47,9 @@ def pyinfra_cold_run(lab_hosts: Settings, engine: Engine) -> PyinfraResult:
     lab.purge(engine, progress)
     result, _status = bring_up(lab_hosts, engine, progress, provisioner="pyinfra")
     progress(f"pyinfra: cold provisioning took {result.seconds:.0f}s, changed={result.changed}")
+    # Kept for the comparison with Ansible's cold run in the same session (its log is beside it).
+    record = lab_hosts.state_dir / "logs" / f"pyinfra-cold-{time.strftime('%Y%m%d-%H%M%S')}.json"
+    record.write_text(json.dumps({"seconds": round(result.seconds, 1), "changed": dict(result.per_host_changed)}))
     assert isinstance(result, PyinfraResult)
     return result
 
