@@ -245,7 +245,7 @@ def patroni_pending_restarts(
     After a dynamic-config change, Patroni needs one HA loop to notice which
     settings need a restart, hence ``settle_s`` then.
     """
-    if after.did_change():
+    if after.is_complete() and after.did_change():  # in a dry run nothing has executed
         time.sleep(float(settle_s))
     code, body = http_status(f"{api_url}/cluster")
     if code != 200:
