@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import subprocess
 from pathlib import Path
+from types import MappingProxyType
 
 import pytest
 
@@ -17,6 +18,7 @@ from careflow_ha import stack
 from careflow_ha.cli import main
 from careflow_ha.errors import CommandFailed, UsageError
 from careflow_ha.provision import LAB_INVENTORY
+from careflow_ha.settings import PORT_DEFAULTS, SECRET_KEYS, Settings
 
 _REAL_POPEN = subprocess.Popen
 
@@ -62,7 +64,19 @@ def no_wheelhouse_build(monkeypatch):
     monkeypatch.setattr(runner, "ensure_wheelhouse", lambda directory, progress: directory)
 
 
-def test_provision_with_pyinfra_counts_changes_per_host(capsys, monkeypatch, no_wheelhouse_build):
+@pytest.fixture
+def tmp_settings(tmp_path, monkeypatch) -> Settings:
+    """Settings whose state (.lab/logs) lives in tmp_path, for the CLI too."""
+    settings = Settings(
+        project_dir=tmp_path,
+        ports=MappingProxyType(dict(PORT_DEFAULTS)),
+        secrets=MappingProxyType({k: f"secret-{i}-value-long-enough" for i, k in enumerate(SECRET_KEYS)}),
+    )
+    monkeypatch.setattr(cluster_cli, "get_settings", lambda: settings)
+    return settings
+
+
+def test_provision_with_pyinfra_counts_changes_per_host(capsys, monkeypatch, no_wheelhouse_build, tmp_settings):
     child = FakeChild({"changed_ops": {"pg1": ["etcd | Ensure x"], "lb1": []}, "failed": {}, "unreachable": []})
     monkeypatch.setattr(runner.subprocess, "Popen", child)
     monkeypatch.setattr(cluster_cli, "wait_healthy", lambda settings, progress: None)
@@ -73,25 +87,23 @@ def test_provision_with_pyinfra_counts_changes_per_host(capsys, monkeypatch, no_
     assert "careflow_timing_preset=fast" in child.argv and "careflow_synchronous_mode=false" in child.argv
     assert "--ssh-config" in child.argv  # the lab inventory: hosts behind .lab/ssh_config
     # Secrets travel in the environment only, never on the command line.
-    assert child.env["CAREFLOW_APP_PASSWORD"] and child.env["CAREFLOW_APP_PASSWORD"] not in " ".join(child.argv)
+    assert child.env["CAREFLOW_APP_PASSWORD"] == tmp_settings.secrets["CAREFLOW_APP_PASSWORD"]
+    assert tmp_settings.secrets["CAREFLOW_APP_PASSWORD"] not in " ".join(child.argv)
+    assert list((tmp_settings.state_dir / "logs").glob("provision-pyinfra-*.log"))
 
 
-def test_a_failed_host_raises_with_the_operation_and_the_log(monkeypatch, no_wheelhouse_build, tmp_path):
-    from careflow_ha.settings import load_settings
-
+def test_a_failed_host_raises_with_the_operation_and_the_log(monkeypatch, no_wheelhouse_build, tmp_settings):
     child = FakeChild(
         {"changed_ops": {"pg1": []}, "failed": {"pg2": ["Patroni | Ensure the cluster has a leader"]},
          "unreachable": []}, rc=1, stdout="failed: pg2: Patroni | Ensure the cluster has a leader\n",
     )
     monkeypatch.setattr(runner.subprocess, "Popen", child)
     with pytest.raises(CommandFailed, match=r"pg2: Patroni \| Ensure the cluster has a leader\); see .*pyinfra"):
-        runner.run_pyinfra(load_settings(), lambda _m: None)
+        runner.run_pyinfra(tmp_settings, lambda _m: None)
 
 
-def test_a_bad_inventory_in_the_child_becomes_a_usage_error(monkeypatch, no_wheelhouse_build):
-    from careflow_ha.settings import load_settings
-
+def test_a_bad_inventory_in_the_child_becomes_a_usage_error(monkeypatch, no_wheelhouse_build, tmp_settings):
     child = FakeChild(None, rc=2, stdout="error: etcd_cluster has 2 members; it needs an odd number\n")
     monkeypatch.setattr(runner.subprocess, "Popen", child)
     with pytest.raises(UsageError, match="^etcd_cluster has 2 members; it needs an odd number$"):
-        runner.run_pyinfra(load_settings(), lambda _m: None)
+        runner.run_pyinfra(tmp_settings, lambda _m: None)
