@@ -30,9 +30,9 @@ from careflow_ha.settings import SECRET_KEYS
 _NOT_HOST_DATA = frozenset({"hostvars", "groups", "lookup", "omit"})
 
 
-@dataclass(frozen=True)
+@dataclass
 class DeployOutcome:
-    """What a pyinfra run did, per host: counted like Ansible's recap (changed, failed, unreachable)."""
+    """What a pyinfra run did, per host, accumulated play by play (like Ansible's recap)."""
 
     changed_ops: dict[str, list[str]] = field(default_factory=dict)
     failed: dict[str, list[str]] = field(default_factory=dict)

@@ -29,11 +29,6 @@ from careflow_ha.pyinfra_deploys._data import RoleFile
 APT_STAMP = "/var/lib/apt/periodic/update-success-stamp"
 
 
-def changed(*ops: OperationMeta) -> Callable[[], bool]:
-    """An ``_if=`` condition: true at run time when any of ``ops`` changed the host."""
-    return lambda: any(op.did_change() for op in ops)
-
-
 def changed_unless(ops: tuple[OperationMeta, ...], unless: OperationMeta) -> Callable[[], bool]:
     """Changed, unless ``unless`` (a start) changed: a service just started already runs the new config."""
     return lambda: any(op.did_change() for op in ops) and not unless.did_change()
