@@ -52,8 +52,14 @@ def _charts(folder: Path, s: dict, summary: dict, events: Sequence[Mapping[str, 
         ax.plot(t, [v / s["width_s"] for v in s["ok"][ep]], color=colour, label=f"{ep} ok/s")
         ax.plot(t, [v / s["width_s"] for v in s["failed"][ep]], color=colour, linestyle=":", label=f"{ep} failed/s")
     _mark_events(ax, events, t0)
-    ax.set(xlabel="seconds since start", ylabel="requests/s", title="Throughput (per-request log)")
+    ax.set(xlabel="seconds since start", ylabel="requests/s", title="Throughput (per-request log) and users")
     ax.legend(fontsize=7, loc="upper left")
+    if s.get("users"):
+        ax2 = ax.twinx()
+        ax2.step([u[0] for u in s["users"]], [u[1] for u in s["users"]], where="post", color="grey", alpha=0.6,
+                 linewidth=1.0)
+        ax2.set_ylabel("users (Locust)", color="grey")
+        ax2.set_ylim(bottom=0)
     ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(folder / "throughput.png", dpi=110)
@@ -121,7 +127,7 @@ def _table(rows: list[dict], cols: list[str]) -> list[str]:
 
 
 def build_report(rows: Sequence[Request], meta: dict, events: Sequence[Mapping[str, Any]], t0: float,
-                 t1: float) -> dict:
+                 t1: float, users: Sequence[tuple[float, int]] = ()) -> dict:
     """The JSON report: run metadata, summary, routing verdict, role changes and the time series."""
     summary = summarize(rows, t0, t1)
     s = series(rows, t0, t1, 1.0)
@@ -129,6 +135,7 @@ def build_report(rows: Sequence[Request], meta: dict, events: Sequence[Mapping[s
     # latency points sit mid-bin: a 5-second percentile describes the whole bin, not its start
     s["tl"] = [round(t + lat["width_s"] / 2, 3) for t in lat["t"]]
     s["lat_width_s"], s["latency"] = lat["width_s"], lat["latency"]
+    s["users"] = [(round(t - t0, 3), n) for t, n in users]
     violations = routing_violations(rows, events) if meta.get("check_routing") else []
     return {
         "meta": meta,
@@ -221,10 +228,27 @@ def check_no_secrets(folder: Path, secrets: Iterable[str]) -> None:
                 raise CheckFailed(f"{path.name} contained a password and was deleted; please report this bug")
 
 
+def users_over_time(folder: Path) -> list[tuple[float, int]]:
+    """(wall-clock time, running users) from Locust's ``locust_stats_history.csv``."""
+    import csv
+
+    out: list[tuple[float, int]] = []
+    path = folder / "locust_stats_history.csv"
+    if path.exists():
+        with path.open(newline="") as fh:
+            for row in csv.DictReader(fh):
+                if row.get("Name") == "Aggregated":
+                    try:
+                        out.append((float(row["Timestamp"]), int(row["User Count"])))
+                    except (KeyError, ValueError):
+                        continue
+    return out
+
+
 def write_report(folder: Path, rows: Sequence[Request], meta: dict, events: Sequence[Mapping[str, Any]],
                  t0: float, t1: float, secrets: Iterable[str] = ()) -> dict:
     """Write report.json, report.md and the charts into ``folder``; return the JSON report."""
-    rep = build_report(rows, meta, events, t0, t1)
+    rep = build_report(rows, meta, events, t0, t1, users_over_time(folder))
     charts = _charts(folder, rep["series"], rep["summary"], events, t0)
     (folder / "report.json").write_text(json.dumps(rep, indent=1, default=str))
     (folder / "report.md").write_text(render_markdown(rep, charts))
