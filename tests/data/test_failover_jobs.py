@@ -42,7 +42,12 @@ def test_jobs_skip_the_standby_and_run_after_promotion():
                              (name,))
         standby = primary.standby(Path(tempfile.mkdtemp(prefix="careflow-standby-")), free_port())
         standby.start()
-        primary_children = primary.child_processes()
+        # The launcher restarts itself (1 s) if it started before the database existed: wait for it.
+        def launcher_running() -> list[str] | None:
+            kids = primary.child_processes()
+            return kids if any("pg_cron launcher" in title for title in kids) else None
+
+        primary_children = wait_until(launcher_running, timeout=30, interval=0.5, what="pg_cron launcher up")
         primary.stop()  # the primary is gone: the standby stays in recovery, alone
 
         with psycopg.connect(standby.dsn("superuser"), autocommit=True) as conn:
