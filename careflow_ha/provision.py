@@ -71,6 +71,22 @@ def ansible_env(settings: Settings, inventory: Path) -> dict[str, str]:
     return env
 
 
+def start_run(settings: Settings, inventory: Path, tool: str, progress: Callable[[str], None]) -> Path:
+    """What every provisioner does first: check the inventory, build the wheelhouse, open a log.
+
+    Returns the log file's path (``.lab/logs/<tool>-<timestamp>.log``).
+    """
+    if not inventory.exists():
+        raise UsageError(f"inventory {inventory} does not exist; pass -i with an inventory file (see inventory/)")
+    ensure_wheelhouse(settings.state_dir / "wheelhouse", progress)
+    log_dir = settings.state_dir / "logs"
+    log_dir.mkdir(parents=True, exist_ok=True)
+    log_file = log_dir / f"{tool}-{time.strftime('%Y%m%d-%H%M%S')}.log"
+    shown = inventory.relative_to(PROJECT_DIR) if inventory.is_relative_to(PROJECT_DIR) else inventory
+    progress(f"provision: {tool} -i {shown} (log: {log_file.relative_to(settings.project_dir)})")
+    return log_file
+
+
 def run_playbook(
     settings: Settings,
     progress: Callable[[str], None],
@@ -80,12 +96,7 @@ def run_playbook(
     limit: str | None = None,
 ) -> ProvisionResult:
     """Run site.yml; raise CommandFailed (with the log's path) if any host failed."""
-    if not inventory.exists():
-        raise UsageError(f"inventory {inventory} does not exist; pass -i with an inventory file (see inventory/)")
-    ensure_wheelhouse(settings.state_dir / "wheelhouse", progress)
-    log_dir = settings.state_dir / "logs"
-    log_dir.mkdir(parents=True, exist_ok=True)
-    log_file = log_dir / f"provision-{time.strftime('%Y%m%d-%H%M%S')}.log"
+    log_file = start_run(settings, inventory, "provision-ansible", progress)
     argv = [str(Path(os.sys.executable).parent / "ansible-playbook"), "-i", str(inventory), str(PLAYBOOK)]
     for key, value in (extra_vars or {}).items():
         argv += ["-e", f"{key}={value}"]
@@ -93,8 +104,6 @@ def run_playbook(
         argv.append("--check")
     if limit:
         argv += ["--limit", limit]
-    shown = inventory.relative_to(PROJECT_DIR) if inventory.is_relative_to(PROJECT_DIR) else inventory
-    progress(f"provision: ansible-playbook site.yml -i {shown} (log: {log_file.relative_to(settings.project_dir)})")
     started = time.monotonic()
     lines: list[str] = []
     with log_file.open("w", encoding="utf-8") as log, subprocess.Popen(

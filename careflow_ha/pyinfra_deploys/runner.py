@@ -19,10 +19,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from careflow_ha.errors import CommandFailed, UsageError
-from careflow_ha.provision import LAB_INVENTORY, ProvisionResult
+from careflow_ha.provision import LAB_INVENTORY, ProvisionResult, start_run
 from careflow_ha.settings import PROJECT_DIR, Settings
 from careflow_ha.sshaccess import ssh_config_path
-from careflow_ha.wheelhouse import ensure_wheelhouse
 
 
 @dataclass(frozen=True)
@@ -54,15 +53,8 @@ def run_pyinfra(
 
     ``check_only`` changes nothing and reports which operations would change.
     """
-    if not inventory.exists():
-        raise UsageError(f"inventory {inventory} does not exist; pass -i with an inventory file (see inventory/)")
-    ensure_wheelhouse(settings.state_dir / "wheelhouse", progress)
-    log_dir = settings.state_dir / "logs"
-    log_dir.mkdir(parents=True, exist_ok=True)
-    log_file = log_dir / f"provision-pyinfra-{time.strftime('%Y%m%d-%H%M%S')}.log"
+    log_file = start_run(settings, inventory, "provision-pyinfra", progress)
     lab = inventory.resolve() == LAB_INVENTORY.resolve()
-    shown = inventory.relative_to(PROJECT_DIR) if inventory.is_relative_to(PROJECT_DIR) else inventory
-    progress(f"provision: pyinfra deploys -i {shown} (log: {log_file.relative_to(settings.project_dir)})")
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="careflow-pyinfra-") as tmp:
         result_file = Path(tmp) / "result.json"

@@ -61,7 +61,7 @@ class FakeChild:
 
 @pytest.fixture
 def no_wheelhouse_build(monkeypatch):
-    monkeypatch.setattr(runner, "ensure_wheelhouse", lambda directory, progress: directory)
+    monkeypatch.setattr("careflow_ha.provision.ensure_wheelhouse", lambda directory, progress: directory)
 
 
 @pytest.fixture
