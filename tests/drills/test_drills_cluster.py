@@ -30,6 +30,7 @@ import pytest
 from careflow_ha.drills.control import PatroniRestControl
 from careflow_ha.drills.faults import get_fault
 from careflow_ha.drills.patroni import PatroniApi
+from careflow_ha.drills_cli import haproxy_preset_switcher
 from careflow_ha.drills.report import write_report
 from careflow_ha.drills.runner import DrillOptions, DrillRun, run_drill
 from careflow_ha.settings import Settings
@@ -40,9 +41,10 @@ pytestmark = pytest.mark.drill
 REJOIN_DEADLINE_S = 60.0  # old primary streaming again after healing (issue target)
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def control(cluster: Settings) -> PatroniRestControl:
-    return PatroniRestControl(PatroniApi(cluster))
+    # Both halves of a preset: Patroni's timing (REST) and HAProxy's checks (re-rendered once).
+    return PatroniRestControl(PatroniApi(cluster), haproxy_preset=haproxy_preset_switcher(cluster))
 
 
 @pytest.fixture
