@@ -1,4 +1,4 @@
-"""The playbook and roles pass ansible-lint's production profile and yamllint."""
+"""Lint as part of the suite: ansible-lint (production profile), yamllint, ruff."""
 
 from __future__ import annotations
 
@@ -25,3 +25,11 @@ def test_yamllint():
         cwd=PROJECT_DIR, capture_output=True, text=True, timeout=120,
     )
     assert proc.returncode == 0, proc.stdout
+
+
+def test_ruff():
+    proc = subprocess.run(
+        [str(BIN / "ruff"), "check", "careflow_ha", "tests", "loadtests"],
+        cwd=PROJECT_DIR, capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:]
