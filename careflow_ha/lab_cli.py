@@ -111,7 +111,7 @@ def test_cmd(quick: bool, pytest_args: tuple[str, ...]) -> None:
     """
     argv = [sys.executable, "-m", "pytest", "tests"]
     if quick:
-        argv += ["-m", "not (lab or cluster or drill or localpg)"]
+        argv += ["-m", "not (lab or cluster or pyinfra or drill or localpg or teardown)"]
     argv += list(pytest_args)
     progress("running: pytest " + " ".join(argv[3:]))
     started = time.monotonic()
