@@ -28,17 +28,12 @@ from careflow_ha.drills.control import TIMING_PRESETS, PatroniRestControl
 from careflow_ha.drills.faults import FAULTS, get_fault
 from careflow_ha.drills.patroni import PatroniApi
 from careflow_ha.drills.report import write_report
-from careflow_ha.drills.runner import Background, DrillOptions, DrillRun, run_drill
+from careflow_ha.drills.runner import DrillOptions, DrillRun, run_drill
 from careflow_ha.drills.targets import compare_verdict
 from careflow_ha.engine import detect_engine
 from careflow_ha.errors import CheckFailed, UsageError
 from careflow_ha.provision import apply_haproxy_timing
 from careflow_ha.settings import Settings
-
-#: Hook for a custom background load: a factory of a context manager that runs
-#: traffic for as long as it is open (``DrillOptions.background``). When unset,
-#: ``--under-load`` uses careflow_ha.load.background.drill_background (Locust EMR users).
-background_load: Background | None = None
 
 
 def progress(line: str) -> None:
@@ -112,8 +107,8 @@ def haproxy_preset_switcher(settings: Settings) -> Callable[[str], None]:
 def _runner(engine_name: str | None, under_load: bool = False) -> Callable[[str, str, bool], tuple[DrillRun, str]]:
     """Build the engine and cluster control once; return a function that runs and reports one drill."""
     settings = get_settings()
-    background = background_load
-    if under_load and background is None:
+    background = None
+    if under_load:
         from careflow_ha.load.background import drill_background
 
         background = drill_background(settings, progress=progress)

@@ -7,15 +7,14 @@ on the same machine) before starting its own.
 
 from __future__ import annotations
 
-import json
 import subprocess
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 from careflow_ha import preflight
-from careflow_ha.engine import Engine, container_name, run
+from careflow_ha.engine import Engine, container_name
 from careflow_ha.errors import NotReady
 from careflow_ha.image import ensure_node_image
 from careflow_ha.settings import COMPOSE_PROJECT, LAB_NODES, Settings
@@ -157,10 +156,3 @@ def lab_down(settings: Settings, engine: Engine, progress: Progress, purge_data:
     leftovers = [container_name(n) for n in LAB_NODES if engine.state(n) != "absent"]
     if leftovers:
         engine.cmd("rm", "-f", *leftovers)
-
-
-def status_json(statuses: list[NodeStatus]) -> str:
-    return json.dumps([asdict(s) for s in statuses], indent=2)
-
-
-__all__ = ["NodeStatus", "lab_down", "lab_status", "lab_up", "purge", "run", "status_json", "wait_ready"]

@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import re
 import subprocess
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -87,29 +88,20 @@ def start_run(settings: Settings, inventory: Path, tool: str, progress: Callable
     return log_file
 
 
-def run_playbook(
-    settings: Settings,
+def stream_to_log(
+    argv: list[str],
+    env: dict[str, str],
+    log_file: Path,
     progress: Callable[[str], None],
-    inventory: Path = LAB_INVENTORY,
-    extra_vars: dict[str, str] | None = None,
-    check_only: bool = False,
-    limit: str | None = None,
-) -> ProvisionResult:
-    """Run site.yml; raise CommandFailed (with the log's path) if any host failed."""
-    log_file = start_run(settings, inventory, "provision-ansible", progress)
-    argv = [str(Path(os.sys.executable).parent / "ansible-playbook"), "-i", str(inventory), str(PLAYBOOK)]
-    for key, value in (extra_vars or {}).items():
-        argv += ["-e", f"{key}={value}"]
-    if check_only:
-        argv.append("--check")
-    if limit:
-        argv += ["--limit", limit]
-    started = time.monotonic()
+    is_failure: Callable[[str], bool],
+) -> tuple[int, list[str]]:
+    """Run a provisioner, writing all its output to ``log_file`` and one progress line per play,
+    task and failure. Returns the exit code and the output lines (for the recap)."""
     lines: list[str] = []
     with log_file.open("w", encoding="utf-8") as log, subprocess.Popen(
         argv,
         cwd=PROJECT_DIR,
-        env={**os.environ, **ansible_env(settings, inventory)},
+        env={**os.environ, **env},
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
@@ -120,9 +112,36 @@ def run_playbook(
             lines.append(line.rstrip("\n"))
             if line.startswith(("PLAY [", "TASK [")):
                 progress("provision: " + line.strip(" *\n").replace("TASK ", "").replace("PLAY ", "play "))
-            elif line.startswith(("fatal:", "failed:")) or "FAILED!" in line:
+            elif is_failure(line):
                 progress("provision: " + line.strip()[:300])
-        rc = proc.wait()
+        return proc.wait(), lines
+
+
+def run_playbook(
+    settings: Settings,
+    progress: Callable[[str], None],
+    inventory: Path = LAB_INVENTORY,
+    extra_vars: dict[str, str] | None = None,
+    check_only: bool = False,
+    limit: str | None = None,
+) -> ProvisionResult:
+    """Run site.yml; raise CommandFailed (with the log's path) if any host failed."""
+    log_file = start_run(settings, inventory, "provision-ansible", progress)
+    argv = [str(Path(sys.executable).parent / "ansible-playbook"), "-i", str(inventory), str(PLAYBOOK)]
+    for key, value in (extra_vars or {}).items():
+        argv += ["-e", f"{key}={value}"]
+    if check_only:
+        argv.append("--check")
+    if limit:
+        argv += ["--limit", limit]
+    started = time.monotonic()
+    rc, lines = stream_to_log(
+        argv,
+        ansible_env(settings, inventory),
+        log_file,
+        progress,
+        is_failure=lambda line: line.startswith(("fatal:", "failed:")) or "FAILED!" in line,
+    )
     recap = parse_recap(lines)
     result = ProvisionResult(
         changed=sum(h["changed"] for h in recap.values()),

@@ -9,8 +9,6 @@ result counts changed operations per host so a second run can assert zero.
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -19,8 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from careflow_ha.errors import CommandFailed, UsageError
-from careflow_ha.provision import LAB_INVENTORY, ProvisionResult, start_run
-from careflow_ha.settings import PROJECT_DIR, Settings
+from careflow_ha.provision import LAB_INVENTORY, ProvisionResult, start_run, stream_to_log
+from careflow_ha.settings import Settings
 from careflow_ha.sshaccess import ssh_config_path
 
 
@@ -59,24 +57,13 @@ def run_pyinfra(
     with tempfile.TemporaryDirectory(prefix="careflow-pyinfra-") as tmp:
         result_file = Path(tmp) / "result.json"
         argv = _argv(inventory, extra_vars or {}, ssh_config_path(settings) if lab else None, result_file, check_only)
-        lines: list[str] = []
-        with log_file.open("w", encoding="utf-8") as log, subprocess.Popen(
+        rc, lines = stream_to_log(
             argv,
-            cwd=PROJECT_DIR,
-            env={**os.environ, **settings.secrets, "PYTHONUNBUFFERED": "1"},
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        ) as proc:
-            assert proc.stdout is not None
-            for line in proc.stdout:
-                log.write(line)
-                lines.append(line.rstrip("\n"))
-                if line.startswith(("PLAY [", "TASK [")):
-                    progress("provision: " + line.strip().replace("TASK ", "").replace("PLAY ", "play "))
-                elif line.startswith(("failed:", "unreachable:", "error:")):
-                    progress("provision: " + line.strip()[:300])
-            rc = proc.wait()
+            {**settings.secrets, "PYTHONUNBUFFERED": "1"},
+            log_file,
+            progress,
+            is_failure=lambda line: line.startswith(("failed:", "unreachable:", "error:")),
+        )
         if rc == UsageError.exit_code:
             message = next((ln for ln in reversed(lines) if ln.startswith("error: ")), "error: bad inventory")
             raise UsageError(message.removeprefix("error: "))

@@ -6,8 +6,6 @@ months, which the EMR data tests on the shared server must never see half-way.
 
 from __future__ import annotations
 
-import contextlib
-import io
 import os
 import subprocess
 import sys
@@ -51,25 +49,6 @@ def archive_db() -> Iterator[ArchiveDb]:
         server.remove()
 
 
-@dataclass(frozen=True)
-class CliResult:
-    code: int
-    out: str
-    err: str
-
-
-def run_cli(*argv: str) -> CliResult:
-    """Run ``careflow-ha`` in-process like the console script: exit code, stdout, stderr."""
-    from careflow_ha.cli import main
-
-    out, err = io.StringIO(), io.StringIO()
-    code = 0
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        try:
-            main(list(argv))
-        except SystemExit as exc:
-            code = int(exc.code or 0)
-    return CliResult(code, out.getvalue(), err.getvalue())
 
 
 def run_cli_process(dsn: str, *argv: str, failpoint: str | None = None,

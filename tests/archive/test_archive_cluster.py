@@ -12,7 +12,8 @@ from careflow_ha.archive import rowhash
 from careflow_ha.archive.archiver import TABLE, Archiver, month_partitions, relation_state
 from careflow_ha.archive.manifest import load_manifest
 from careflow_ha.archive.store import LocalStore
-from tests.archive.conftest import month_snapshot, run_cli
+from tests.archive.conftest import month_snapshot
+from tests.cli import run_cli
 from tests.plugins.timeouts import wait_until
 
 pytestmark = pytest.mark.cluster

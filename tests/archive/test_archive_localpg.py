@@ -25,9 +25,9 @@ from tests.archive.conftest import (
     month_snapshot,
     populated_old_months,
     rows_in_range,
-    run_cli,
     run_cli_process,
 )
+from tests.cli import run_cli
 
 pytestmark = pytest.mark.localpg
 

@@ -22,11 +22,11 @@ def test_second_playbook_run_changes_nothing(cluster):
     assert set(result.per_host_changed) >= {"pg1", "pg2", "pg3", "lb1"}
 
 
-def _playbook(settings, inventory: Path) -> subprocess.CompletedProcess[str]:
+def _playbook(settings, inventory: Path, **env_overrides: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [str(Path(sys.executable).parent / "ansible-playbook"), "-i", str(inventory), str(PLAYBOOK)],
         cwd=PROJECT_DIR,
-        env={**os.environ, **ansible_env(settings, inventory)},
+        env={**os.environ, **ansible_env(settings, inventory), **env_overrides},
         capture_output=True,
         text=True,
         timeout=300,
@@ -48,12 +48,8 @@ def test_even_number_of_etcd_members_fails_in_preflight(cluster, tmp_path):
     assert "TASK [common" not in proc.stdout and "TASK [etcd" not in proc.stdout
 
 
-def test_missing_secret_fails_in_preflight_without_printing_any(cluster, tmp_path):
-    env = {**os.environ, **ansible_env(cluster, LAB_INVENTORY), "CAREFLOW_REWIND_PASSWORD": ""}
-    proc = subprocess.run(
-        [str(Path(sys.executable).parent / "ansible-playbook"), "-i", str(LAB_INVENTORY), str(PLAYBOOK)],
-        cwd=PROJECT_DIR, env=env, capture_output=True, text=True, timeout=300,
-    )
+def test_missing_secret_fails_in_preflight_without_printing_any(cluster):
+    proc = _playbook(cluster, LAB_INVENTORY, CAREFLOW_REWIND_PASSWORD="")
     assert proc.returncode != 0
     assert "careflow_rewind_password is empty or too short" in proc.stdout
     for secret in cluster.secrets.values():

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
-import io
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
@@ -35,22 +33,3 @@ def emr(local_pg) -> Emr:
     return Emr(local_pg.app_dsn, local_pg.ro_dsn, local_pg.superuser_dsn, SPEC)
 
 
-@dataclass(frozen=True)
-class CliResult:
-    code: int
-    out: str
-    err: str
-
-
-def run_cli(*argv: str) -> CliResult:
-    """Run ``careflow-ha`` in-process like the console script: exit code, stdout, stderr."""
-    from careflow_ha.cli import main
-
-    out, err = io.StringIO(), io.StringIO()
-    code = 0
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        try:
-            main(list(argv))
-        except SystemExit as exc:
-            code = int(exc.code or 0)
-    return CliResult(code, out.getvalue(), err.getvalue())

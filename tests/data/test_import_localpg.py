@@ -10,7 +10,7 @@ import psycopg
 import pytest
 from psycopg.conninfo import conninfo_to_dict
 
-from tests.data.conftest import run_cli
+from tests.cli import run_cli
 
 pytestmark = pytest.mark.localpg
 SEOUL = ZoneInfo("Asia/Seoul")

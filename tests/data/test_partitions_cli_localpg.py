@@ -7,7 +7,7 @@ import json
 import psycopg
 import pytest
 
-from tests.data.conftest import run_cli
+from tests.cli import run_cli
 
 pytestmark = pytest.mark.localpg
 

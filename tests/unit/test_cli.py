@@ -12,7 +12,7 @@ import sys
 import pytest
 
 from careflow_ha import lab
-from careflow_ha.cli import main
+from tests.cli import run_cli
 
 
 class AbsentEngine:
@@ -31,13 +31,6 @@ class AbsentEngine:
         return subprocess.CompletedProcess(list(args), 0, "", "")
 
 
-def run_cli(capsys, *argv: str) -> tuple[int, str, str]:
-    with pytest.raises(SystemExit) as exc:
-        main(list(argv))
-        raise SystemExit(0)
-    out, err = capsys.readouterr()
-    return int(exc.value.code or 0), out, err
-
 
 @pytest.fixture
 def no_lab(monkeypatch, tmp_path):
@@ -46,40 +39,40 @@ def no_lab(monkeypatch, tmp_path):
     monkeypatch.setattr(lab.preflight, "require_disk", lambda paths: None)
 
 
-def test_port_in_use_names_the_port_and_both_fixes(capsys, no_lab):
+def test_port_in_use_names_the_port_and_both_fixes(no_lab):
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        code, _out, err = run_cli(capsys, "lab", "up", "--rw-port", str(port))
+        code, _out, err = run_cli("lab", "up", "--rw-port", str(port))
     assert code == 3
     assert f"port 127.0.0.1:{port} (CAREFLOW_RW_PORT) is already in use" in err
     assert "set CAREFLOW_RW_PORT=<free port> in .env or pass --rw-port" in err
     assert "Traceback" not in err and len(err.strip().splitlines()) == 1
 
 
-def test_purge_without_a_terminal_or_force_refuses(capsys, monkeypatch, no_lab):
+def test_purge_without_a_terminal_or_force_refuses(monkeypatch, no_lab):
     monkeypatch.setattr(sys, "stdin", open("/dev/null"))  # noqa: SIM115 - closed at interpreter exit
-    code, _out, err = run_cli(capsys, "down", "--purge")
+    code, _out, err = run_cli("down", "--purge")
     assert code == 2
     assert "add --force to proceed" in err
 
 
-def test_bad_flag_value_is_a_usage_error(capsys):
-    code, _out, err = run_cli(capsys, "lab", "up", "--rw-port", "fivethousand")
+def test_bad_flag_value_is_a_usage_error():
+    code, _out, err = run_cli("lab", "up", "--rw-port", "fivethousand")
     assert code == 2
     assert "'fivethousand' is not a valid integer" in err
 
 
-def test_unknown_command_is_a_usage_error(capsys):
-    code, _out, err = run_cli(capsys, "launch")
+def test_unknown_command_is_a_usage_error():
+    code, _out, err = run_cli("launch")
     assert code == 2
     assert "No such command 'launch'" in err
 
 
-def test_missing_root_is_refused_before_any_change(capsys, monkeypatch, no_lab):
+def test_missing_root_is_refused_before_any_change(monkeypatch, no_lab):
     monkeypatch.setattr(lab.preflight.os, "geteuid", lambda: 1000)
-    code, _out, err = run_cli(capsys, "lab", "up")
+    code, _out, err = run_cli("lab", "up")
     assert code == 3
     assert "needs root" in err and "sudo ./careflow-ha up" in err
 
@@ -93,8 +86,8 @@ def test_too_little_disk_names_the_amount(monkeypatch, tmp_path):
         preflight.require_disk([tmp_path])
 
 
-def test_help_lists_the_verbs(capsys):
-    code, out, _err = run_cli(capsys, "--help")
+def test_help_lists_the_verbs():
+    code, out, _err = run_cli("--help")
     assert code == 0
     for verb in ("up", "down", "status", "provision", "lab", "test", "drill", "bench"):
         assert f"  {verb} " in out, f"{verb} missing from --help"

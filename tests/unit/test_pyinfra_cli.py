@@ -15,25 +15,18 @@ import pytest
 import careflow_ha.cluster_cli as cluster_cli
 import careflow_ha.pyinfra_deploys.runner as runner
 from careflow_ha import stack
-from careflow_ha.cli import main
 from careflow_ha.errors import CommandFailed, UsageError
 from careflow_ha.provision import LAB_INVENTORY
 from careflow_ha.settings import PORT_DEFAULTS, SECRET_KEYS, Settings
+from tests.cli import run_cli
 
 _REAL_POPEN = subprocess.Popen
 
 
-def run_cli(capsys, *argv: str) -> tuple[int, str, str]:
-    with pytest.raises(SystemExit) as exc:
-        main(list(argv))
-        raise SystemExit(0)
-    out, err = capsys.readouterr()
-    return int(exc.value.code or 0), out, err
-
 
 @pytest.mark.parametrize("verb", ["up", "provision"])
-def test_unknown_provisioner_is_refused_by_the_cli(capsys, verb):
-    code, _, err = run_cli(capsys, verb, "--provisioner", "chef")
+def test_unknown_provisioner_is_refused_by_the_cli(verb):
+    code, _, err = run_cli(verb, "--provisioner", "chef")
     assert code == 2
     assert "'chef' is not one of 'ansible', 'pyinfra'" in err
     assert "Traceback" not in err
@@ -76,11 +69,11 @@ def tmp_settings(tmp_path, monkeypatch) -> Settings:
     return settings
 
 
-def test_provision_with_pyinfra_counts_changes_per_host(capsys, monkeypatch, no_wheelhouse_build, tmp_settings):
+def test_provision_with_pyinfra_counts_changes_per_host(monkeypatch, no_wheelhouse_build, tmp_settings):
     child = FakeChild({"changed_ops": {"pg1": ["etcd | Ensure x"], "lb1": []}, "failed": {}, "unreachable": []})
-    monkeypatch.setattr(runner.subprocess, "Popen", child)
+    monkeypatch.setattr("careflow_ha.provision.subprocess.Popen", child)
     monkeypatch.setattr(cluster_cli, "wait_healthy", lambda settings, progress: None)
-    code, out, err = run_cli(capsys, "provision", "--provisioner", "pyinfra", "--preset", "fast", "--async")
+    code, out, err = run_cli("provision", "--provisioner", "pyinfra", "--preset", "fast", "--async")
     assert code == 0, err
     assert "changed=1" in out
     assert child.argv[child.argv.index("-i") + 1] == str(LAB_INVENTORY)
@@ -97,13 +90,13 @@ def test_a_failed_host_raises_with_the_operation_and_the_log(monkeypatch, no_whe
         {"changed_ops": {"pg1": []}, "failed": {"pg2": ["Patroni | Ensure the cluster has a leader"]},
          "unreachable": []}, rc=1, stdout="failed: pg2: Patroni | Ensure the cluster has a leader\n",
     )
-    monkeypatch.setattr(runner.subprocess, "Popen", child)
+    monkeypatch.setattr("careflow_ha.provision.subprocess.Popen", child)
     with pytest.raises(CommandFailed, match=r"pg2: Patroni \| Ensure the cluster has a leader\); see .*pyinfra"):
         runner.run_pyinfra(tmp_settings, lambda _m: None)
 
 
 def test_a_bad_inventory_in_the_child_becomes_a_usage_error(monkeypatch, no_wheelhouse_build, tmp_settings):
     child = FakeChild(None, rc=2, stdout="error: etcd_cluster has 2 members; it needs an odd number\n")
-    monkeypatch.setattr(runner.subprocess, "Popen", child)
+    monkeypatch.setattr("careflow_ha.provision.subprocess.Popen", child)
     with pytest.raises(UsageError, match="^etcd_cluster has 2 members; it needs an odd number$"):
         runner.run_pyinfra(tmp_settings, lambda _m: None)
