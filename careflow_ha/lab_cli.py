@@ -21,7 +21,7 @@ from careflow_ha.cliutil import (
     table,
 )
 from careflow_ha.engine import detect_engine
-from careflow_ha.settings import PROJECT_DIR
+from careflow_ha.settings import LAB_NODES, PROJECT_DIR
 
 
 def progress(message: str) -> None:
@@ -57,7 +57,7 @@ def _render_hosts(statuses: list[dict]) -> str:
 
 def print_access(settings) -> None:
     click.echo("\nHosts (SSH as root with the lab key):")
-    for node in ("pg1", "pg2", "pg3", "lb1"):
+    for node in LAB_NODES:
         click.echo(f"  ssh -F .lab/ssh_config {node}    # 127.0.0.1:{settings.node_port(node, 'SSH')}")
 
 
@@ -70,7 +70,7 @@ def lab_group() -> None:
 @port_options
 @engine_option
 def lab_up_cmd(engine_name: str | None) -> None:
-    """Start pg1, pg2, pg3 and lb1 (build the node image if needed) and wait for SSH."""
+    """Start the lab hosts (pg1..pg3, lb1, lb2; build the node image if needed) and wait for SSH."""
     settings = get_settings()
     started = time.monotonic()
     statuses = lab.lab_up(settings, detect_engine(engine_name), progress)

@@ -25,7 +25,7 @@ PROJECT_DIR = Path(__file__).resolve().parent.parent
 #: The lab hosts, in start order. The compose file, the lab inventory and the
 #: Vagrantfile must agree with this (tests/unit/test_topology.py checks it).
 PG_NODES: tuple[str, ...] = ("pg1", "pg2", "pg3")
-LB_NODES: tuple[str, ...] = ("lb1",)
+LB_NODES: tuple[str, ...] = ("lb1", "lb2")
 LAB_NODES: tuple[str, ...] = PG_NODES + LB_NODES
 
 #: Compose project name: also the label that marks containers as ours, so a
@@ -39,6 +39,7 @@ PORT_DEFAULTS: Mapping[str, int] = MappingProxyType(
         "CAREFLOW_RO_PORT": 5001,  # HAProxy -> Patroni replicas
         "CAREFLOW_STATS_PORT": 7000,  # HAProxy stats page
         "CAREFLOW_LB1_SSH_PORT": 2220,
+        "CAREFLOW_LB2_SSH_PORT": 2224,
         "CAREFLOW_PG1_SSH_PORT": 2221,
         "CAREFLOW_PG2_SSH_PORT": 2222,
         "CAREFLOW_PG3_SSH_PORT": 2223,
@@ -61,6 +62,7 @@ SECRET_KEYS: tuple[str, ...] = (
     "CAREFLOW_RO_PASSWORD",  # careflow_ro: read-only
     "CAREFLOW_PATRONI_API_PASSWORD",  # Patroni REST basic auth (user: patroni)
     "CAREFLOW_HAPROXY_STATS_PASSWORD",  # HAProxy stats basic auth (user: admin)
+    "CAREFLOW_VRRP_PASSWORD",  # keepalived VRRP authentication between the balancers
 )
 
 DB_NAME = "careflow"

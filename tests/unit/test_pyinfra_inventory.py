@@ -34,8 +34,8 @@ def lab():
 def test_groups_and_hosts_come_from_the_ansible_inventory(lab):
     assert lab.group("etcd_cluster") == ("pg1", "pg2", "pg3")
     assert lab.group("postgres_cluster") == ("pg1", "pg2", "pg3")
-    assert lab.group("balancers") == ("lb1",)
-    assert set(lab.hosts) == {"pg1", "pg2", "pg3", "lb1"}
+    assert lab.group("balancers") == ("lb1", "lb2")
+    assert set(lab.hosts) == {"pg1", "pg2", "pg3", "lb1", "lb2"}
 
 
 @pytest.mark.parametrize(
@@ -90,7 +90,7 @@ def test_pyinfra_host_data_mirrors_the_inventory(lab):
     assert host.data.careflow_node_ip == "192.168.56.12"
     assert host.data.ssh_user == "root"  # from ansible_user
     assert host.data.ssh_config_file.endswith(".lab/ssh_config")
-    assert sorted(h.name for h in pinv.get_group("balancers")) == ["lb1"]
+    assert sorted(h.name for h in pinv.get_group("balancers")) == ["lb1", "lb2"]
 
 
 def test_patroni_config_carries_the_secrets_and_the_wanted_dcs(lab):
