@@ -19,6 +19,7 @@ from urllib.parse import quote
 from dotenv import dotenv_values
 
 from careflow_ha.errors import UsageError
+from careflow_ha.vip import Vip, configured_vip
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
 
@@ -132,6 +133,8 @@ class Settings:
     ports: Mapping[str, int]
     secrets: Mapping[str, str] = field(repr=False)
     host: str = "127.0.0.1"
+    #: The client VIP (the inventory's careflow_vip); None: clients use the published 127.0.0.1 ports.
+    vip: Vip | None = None
 
     @property
     def env_file(self) -> Path:
@@ -155,23 +158,31 @@ class Settings:
     def password(self, role: str) -> str:
         return self.secrets[SECRET_FOR_ROLE[role]]
 
+    def endpoint(self, endpoint: Endpoint = "rw") -> tuple[str, int]:
+        """Where clients connect: HAProxy's port on the VIP when there is one, else the published 127.0.0.1 port."""
+        key = "CAREFLOW_RW_PORT" if endpoint == "rw" else "CAREFLOW_RO_PORT"
+        if self.vip is not None:
+            return self.vip.address, self.vip.ports[key]
+        return self.host, self.ports[key]
+
     def dsn(self, endpoint: Endpoint = "rw", role: Role = "app", dbname: str = DB_NAME) -> str:
-        """A libpq URI through HAProxy: ``rw`` is port 5000, ``ro`` is 5001."""
-        port = self.ports["CAREFLOW_RW_PORT" if endpoint == "rw" else "CAREFLOW_RO_PORT"]
-        return self._uri(port, role, dbname)
+        """A libpq URI through HAProxy (on the VIP by default): ``rw`` is port 5000, ``ro`` is 5001."""
+        host, port = self.endpoint(endpoint)
+        return self._uri(port, role, dbname, host)
 
     def node_dsn(self, node: str, role: Role = "superuser", dbname: str = "postgres") -> str:
         """A libpq URI straight to one node's PostgreSQL, bypassing HAProxy."""
         return self._uri(self.node_port(node, "PG"), role, dbname)
 
     def redacted_dsn(self, endpoint: Endpoint = "rw", role: Role = "app", dbname: str = DB_NAME) -> str:
-        port = self.ports["CAREFLOW_RW_PORT" if endpoint == "rw" else "CAREFLOW_RO_PORT"]
-        return f"postgresql://{ROLE_NAMES[role]}:***@{self.host}:{port}/{dbname}"
+        host, port = self.endpoint(endpoint)
+        return f"postgresql://{ROLE_NAMES[role]}:***@{host}:{port}/{dbname}"
 
-    def _uri(self, port: int, role: str, dbname: str) -> str:
+    def _uri(self, port: int, role: str, dbname: str, host: str | None = None) -> str:
         user = ROLE_NAMES[role]
         pw = quote(self.password(role), safe="")
-        return f"postgresql://{user}:{pw}@{self.host}:{port}/{dbname}?connect_timeout=5&application_name=careflow-ha"
+        host = host or self.host
+        return f"postgresql://{user}:{pw}@{host}:{port}/{dbname}?connect_timeout=5&application_name=careflow-ha"
 
     def compose_env(self) -> dict[str, str]:
         """Variables for ``docker-compose.yml`` interpolation (ports only, no secrets)."""
@@ -204,4 +215,7 @@ def load_settings(
         port, keys = next(iter(dupes.items()))
         raise UsageError(f"port {port} is assigned to {', '.join(keys)}; give each a different port in .env")
     secret_values = {key: environ.get(key) or file_values[key] for key in SECRET_KEYS}
-    return Settings(project_dir=project_dir, ports=MappingProxyType(ports), secrets=MappingProxyType(secret_values))
+    vip = configured_vip(project_dir / "inventory" / "lab.yml", {**file_values, **environ})
+    return Settings(
+        project_dir=project_dir, ports=MappingProxyType(ports), secrets=MappingProxyType(secret_values), vip=vip
+    )

@@ -10,7 +10,8 @@ from careflow_ha.cluster import ClusterStatus, wait_healthy
 from careflow_ha.engine import Engine
 from careflow_ha.errors import UsageError
 from careflow_ha.provision import LAB_INVENTORY, ProvisionResult, run_playbook
-from careflow_ha.settings import Settings
+from careflow_ha.settings import LB_NODES, Settings
+from careflow_ha.vip import wait_single_holder
 
 Progress = Callable[[str], None]
 
@@ -61,13 +62,17 @@ def bring_up(
     timeout_s: float = 300,
     provisioner: str = "ansible",
 ) -> tuple[ProvisionResult, ClusterStatus]:
-    """Lab hosts (for the lab inventory) -> provisioning (Ansible or pyinfra) -> healthy cluster -> demo data."""
+    """Lab hosts (for the lab inventory) -> provisioning (Ansible or pyinfra) -> healthy cluster, VIP on one
+    balancer -> demo data."""
     if provisioner not in PROVISIONERS:
         raise UsageError(f"unknown provisioner {provisioner!r}; use one of {', '.join(PROVISIONERS)}")
     if inventory.resolve() == LAB_INVENTORY.resolve():
         lab.lab_up(settings, engine, progress)
     result = provision(settings, progress, inventory, extra_vars, provisioner)
     status = wait_healthy(settings, progress, timeout_s)
+    if settings.vip is not None and inventory.resolve() == LAB_INVENTORY.resolve():
+        # Clients (and the demo data load below) go through the VIP: one balancer must hold it.
+        wait_single_holder(engine, LB_NODES, settings.vip.address, timeout_s, progress)
     if data:
         load_demo_data(settings, progress)
     return result, status

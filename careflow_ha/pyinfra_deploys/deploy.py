@@ -21,6 +21,7 @@ from careflow_ha.pyinfra_deploys.common import common
 from careflow_ha.pyinfra_deploys.etcd import etcd
 from careflow_ha.pyinfra_deploys.haproxy import haproxy
 from careflow_ha.pyinfra_deploys.inventory import ClusterInventory, load_inventory
+from careflow_ha.pyinfra_deploys.keepalived import keepalived
 from careflow_ha.pyinfra_deploys.patroni import patroni
 from careflow_ha.pyinfra_deploys.postgresql import postgresql
 from careflow_ha.pyinfra_deploys.preflight import check_inventory
@@ -73,7 +74,7 @@ PLAYS: tuple[tuple[tuple[str, ...], tuple[Callable[[], None], ...]], ...] = (
     (("postgres_cluster", "etcd_cluster"), (common,)),
     (("etcd_cluster",), (etcd,)),
     (("postgres_cluster",), (postgresql, patroni)),
-    (("balancers",), (common, haproxy)),
+    (("balancers",), (common, haproxy, keepalived)),
 )
 
 
@@ -144,7 +145,7 @@ def run_play(
 def deploy_cluster(
     inventory_path: Path, extra_vars: dict[str, str], ssh_config: Path | None, dry_run: bool = False
 ) -> DeployOutcome:
-    """Preflight, then site.yml's plays: common, etcd, postgresql + patroni, common + haproxy.
+    """Preflight, then site.yml's plays: common, etcd, postgresql + patroni, common + haproxy + keepalived.
 
     ``dry_run`` only prepares: ``changed_ops`` lists what would change (restarts
     and reloads, which depend on earlier changes, are left out).

@@ -34,7 +34,7 @@ from careflow_ha.settings import PROJECT_DIR
 
 ROLES_DIR = PROJECT_DIR / "roles"
 #: The roles whose defaults and templates the pyinfra deploys use (site.yml's).
-ROLES: tuple[str, ...] = ("preflight", "common", "etcd", "postgresql", "patroni", "haproxy")
+ROLES: tuple[str, ...] = ("preflight", "common", "etcd", "postgresql", "patroni", "haproxy", "keepalived")
 #: Ansible's own default for ``ansible_managed`` (ansible.cfg may override it).
 ANSIBLE_MANAGED_DEFAULT = "Ansible managed"
 #: Inventory connection variables and their pyinfra SSH connector equivalents.

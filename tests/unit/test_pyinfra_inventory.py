@@ -113,6 +113,8 @@ def test_haproxy_config_lists_every_postgres_member_in_both_listeners(lab):
         ("etcd", "configure.yml", "etcd.default.j2", "/etc/default/etcd", "0644", None),
         ("patroni", "configure.yml", "patroni.yml.j2", "{{ patroni_config_file }}", "0600", "--validate-config"),
         ("haproxy", "configure.yml", "haproxy.cfg.j2", "/etc/haproxy/haproxy.cfg", "0600", "haproxy -c -f %s"),
+        ("keepalived", "configure.yml", "keepalived.conf.j2", "/etc/keepalived/keepalived.conf", "0600",
+         "keepalived -t -f %s"),
     ],
 )
 def test_role_template_tasks_are_read_not_copied(role, tasks, src, dest, mode, validate):
@@ -188,6 +190,9 @@ def _ansible_render(host: str, role: str, template: str, dest: Path) -> str:
         ("pg1", "patroni", "patroni.yml.j2"),
         ("pg3", "patroni", "patroni.service.j2"),
         ("lb1", "haproxy", "haproxy.cfg.j2"),
+        ("lb1", "keepalived", "keepalived.conf.j2"),
+        ("lb2", "keepalived", "keepalived.conf.j2"),
+        ("lb2", "keepalived", "careflow-check-haproxy.sh.j2"),
     ],
 )
 def test_pyinfra_renders_each_role_template_exactly_as_ansible_does(lab, tmp_path, host, role, template):
