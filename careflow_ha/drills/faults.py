@@ -15,8 +15,10 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any, Protocol
 
+from careflow_ha.drills.balancer import observe_vrrp, pick_vip_holder
 from careflow_ha.drills.control import ClusterControl
 from careflow_ha.drills.model import ClusterSnapshot
+from careflow_ha.drills.targets import Observation
 from careflow_ha.engine import run as host_run
 from careflow_ha.errors import CommandFailed, NotReady, UsageError
 
@@ -52,6 +54,7 @@ class FaultContext:
     engine: NodeEngine
     control: ClusterControl
     host_run: HostRun = host_run
+    vip: str | None = None  # the client VIP (balancer faults aim at its holder)
 
 
 @dataclass(frozen=True)
@@ -84,6 +87,10 @@ class Fault:
     hold: Hold
     expects_failover: bool | None  # None: either outcome is correct
     ci: bool = False  # in the CI subset
+    #: Aim at run time from the lab itself instead of Patroni's topology (the balancer holding the VIP).
+    pick_live: Callable[[FaultContext], Targets] | None = None
+    #: After recovery: wait for and report what this fault's own machinery did (keepalived's VRRP).
+    observe: Callable[[FaultContext, Targets, float, float | None, Callable[[str], None]], Observation] | None = None
 
 
 # -- target selection --------------------------------------------------------------------------------------------------
@@ -93,6 +100,11 @@ def _primary(snap: ClusterSnapshot) -> str:
     if snap.leader is None:
         raise NotReady("no leader in the cluster: a drill needs a healthy cluster to start from")
     return snap.leader
+
+
+def _pick_nothing(snap: ClusterSnapshot) -> Targets:
+    """For faults aimed by ``pick_live``: Patroni's topology names no target."""
+    return ()
 
 
 def pick_primary(snap: ClusterSnapshot) -> Targets:
@@ -367,6 +379,35 @@ _FAULTS: tuple[Fault, ...] = (
         heal_start_etcd,
         Hold(min_s=30.0, max_s=30.0),
         expects_failover=None,
+    ),
+    Fault(
+        "balancer-loss",
+        "loss of the balancer that holds the VIP",
+        "Container kill of the balancer holding the VIP. The other balancer hears no VRRP advert for 3 x "
+        "advert_int and takes the VIP; clients reconnect to the same address. Healed by starting the container: "
+        "it must come back as BACKUP (nopreempt) without taking the VIP back.",
+        _pick_nothing,
+        inject_kill_node,
+        heal_start_node,
+        Hold(min_s=2.0, max_s=60.0, until_writes_resume=True),
+        expects_failover=False,
+        ci=True,
+        pick_live=pick_vip_holder,
+        observe=observe_vrrp,
+    ),
+    Fault(
+        "balancer-partition",
+        "network partition of the balancer that holds the VIP",
+        "iptables DROP of everything but loopback in the VIP holder's network namespace. Its peer takes the "
+        "VIP after 3 x advert_int; the cut-off one still believes it is MASTER. After healing the two masters "
+        "see each other and the lower priority yields, so the VIP may move once more.",
+        _pick_nothing,
+        inject_partition,
+        heal_partition,
+        Hold(min_s=5.0, max_s=60.0, until_writes_resume=True),
+        expects_failover=False,
+        pick_live=pick_vip_holder,
+        observe=observe_vrrp,
     ),
 )
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pyinfra import host
 from pyinfra.api import deploy
-from pyinfra.operations import apt, server, systemd
+from pyinfra.operations import apt, systemd
 
 from careflow_ha.pyinfra_deploys._data import role_template, var
 from careflow_ha.pyinfra_deploys.ops import apt_cache_fresh, changed_unless, put_role_file, wait_until_ok
@@ -21,10 +21,6 @@ def keepalived() -> None:
         return
     apt_cache_fresh(name="Ensure the apt cache is fresh (at most an hour old)", max_age_s=3600)
     apt.packages(name="Ensure keepalived is installed", packages=var("keepalived_packages"), no_recommends=True)
-    server.user(
-        name="Ensure the unprivileged user for keepalived's checks exists",
-        user=var("keepalived_script_user"), system=True, shell="/usr/sbin/nologin", create_home=False,
-    )
     put_role_file(
         "Ensure the HAProxy check script is in place",
         role_template("keepalived", "configure.yml", "careflow-check-haproxy.sh.j2"),
