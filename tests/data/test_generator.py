@@ -10,7 +10,9 @@ import numpy as np
 import pyarrow.csv as pacsv
 import pytest
 
-from careflow_ha.data.generator import RESULT_COLUMNS, DataSpec, build_world, iter_chunks
+from careflow_ha.data import clock
+from careflow_ha.data.clock import KST, seoul_month_start
+from careflow_ha.data.generator import RESULT_COLUMNS, DataSpec, build_world, iter_chunks, month_budgets
 from careflow_ha.errors import UsageError
 
 END = datetime(2026, 11, 20, 6, 0, tzinfo=UTC)
@@ -112,8 +114,85 @@ def test_species_ranges_differ_for_the_same_test(sample):
         ({"rows": 10, "months": 121}, "--months 121"),
         ({"rows": 10, "seed": -1}, "--seed -1"),
         ({"rows": 10, "end": datetime.now(UTC) + timedelta(days=2)}, "in the future"),
+        ({"rows": 10, "end": datetime.now(UTC) + timedelta(minutes=6)}, "in the future"),
     ],
 )
 def test_bad_specs_fail_early_naming_the_flag(kwargs, message):
     with pytest.raises(UsageError, match=message.replace("-", r"\-")):
         DataSpec(**kwargs).validated()
+
+
+def collected_seoul(spec: DataSpec) -> np.ndarray:
+    """Every result's collected_at as Seoul wall-clock datetime64 (seconds)."""
+    world = build_world(spec)
+    csv = b"".join(c.results_csv for c in iter_chunks(world, spec))
+    t = pacsv.read_csv(io.BytesIO(csv), read_options=pacsv.ReadOptions(column_names=list(RESULT_COLUMNS)),
+                       convert_options=pacsv.ConvertOptions(column_types={"collected_at": "string"}))
+    utc = np.array([s.rstrip("Z") for s in t.column("collected_at").to_pylist()], dtype="datetime64[s]")
+    return utc + np.timedelta64(9, "h")
+
+
+#: Window ends where UTC and Seoul disagree about the day or the month, the year end and leap day included.
+AWKWARD_ENDS = [
+    datetime(2026, 11, 30, 14, 59, 59, tzinfo=UTC),  # Seoul: the last second of November
+    datetime(2026, 11, 30, 16, 0, tzinfo=UTC),  # Seoul: 01:00 on 1 December (the data fixtures' shape)
+    datetime(2026, 12, 31, 15, 0, tzinfo=UTC),  # Seoul: the first instant of 2027
+    datetime(2026, 12, 31, 23, 30, tzinfo=UTC),  # Seoul: 08:30 on 1 January, before the clinics open
+    datetime(2028, 2, 29, 6, 0, tzinfo=UTC),  # leap day, mid-afternoon in Seoul
+    datetime(2026, 12, 1, 3, 0, tzinfo=UTC),  # the day CI went red
+]
+
+
+@pytest.fixture
+def pin_clock(monkeypatch):
+    """Pin the generator's clock: ``pin_clock(at)`` makes ``at`` now."""
+    return lambda at: monkeypatch.setattr(clock, "now", lambda: at)
+
+
+@pytest.mark.parametrize("end", AWKWARD_ENDS)
+def test_rows_spread_over_every_month_of_the_window_up_to_its_end(end, pin_clock):
+    """The whole window is filled, not just its start: the recent months are what an EMR reads most."""
+    pin_clock(end)
+    spec = DataSpec(rows=30_000, clinics=4, months=6, seed=3, end=end)
+    stamps = collected_seoul(spec)
+    assert len(stamps) == spec.rows
+    start_local = np.datetime64(spec.window_start.replace(tzinfo=None), "s")
+    end_local = np.datetime64(end.astimezone(KST).replace(tzinfo=None), "s")
+    assert stamps.min() >= start_local and stamps.max() < end_local
+    months = stamps.astype("datetime64[M]")
+    for k in range(spec.months):
+        first = seoul_month_start(end, -k)
+        days_in_window = (min(seoul_month_start(end, -k + 1), end) - first).total_seconds() / 86400
+        n = int((months == np.datetime64(first.replace(tzinfo=None), "M")).sum())
+        if days_in_window >= 1:  # a month the window holds at least a day of gets its share (~1,000 rows/week)
+            assert n >= 0.5 * spec.rows / (spec.months * 30.4) * days_in_window, (first, n)
+    last_day = np.datetime64((end.astimezone(KST) - timedelta(days=2)).replace(tzinfo=None), "s")
+    assert (stamps >= last_day).sum() > 0, "rows reach the window's last days"
+
+
+def test_month_budgets_grow_gently_and_add_up(pin_clock):
+    pin_clock(datetime(2026, 11, 1, tzinfo=KST))
+    # The window ends at the first instant of November: November is in it with no time, so no rows.
+    spec = DataSpec(rows=1_000_000, clinics=8, months=37, seed=1, end=datetime(2026, 11, 1, tzinfo=KST))
+    budgets = month_budgets(spec)
+    assert sum(b[2] for b in budgets) == spec.rows
+    assert [b[0] for b in budgets] == sorted(b[0] for b in budgets) and len(budgets) == 37
+    assert budgets[-1][1:] == (budgets[-1][0], 0), "an empty month gets no rows"
+    budgets = budgets[:-1]
+    per_day = np.array([rows / ((hi - lo) / 86400) for lo, hi, rows in budgets])
+    years_later = per_day[24:36].mean() / per_day[0:12].mean()  # same months, two years apart
+    assert 1.12 < years_later < 1.22, "about 8% a year"
+    by_month = {datetime.fromtimestamp(lo, KST).month: rate for (lo, _, _), rate in zip(budgets, per_day,
+                                                                                            strict=True)}
+    assert by_month[5] > by_month[1], "spring is busier than midwinter"
+
+
+def test_a_window_that_ends_minutes_into_a_month_still_spreads_and_stays_inside(pin_clock):
+    end = datetime(2027, 1, 1, 0, 20, tzinfo=KST)  # 20 minutes of January in the window
+    pin_clock(end)
+    spec = DataSpec(rows=5_000, clinics=2, months=3, seed=9, end=end)
+    budgets = month_budgets(spec)
+    assert budgets[-1][2] <= 2, "a 20-minute month gets at most a couple of rows"
+    stamps = collected_seoul(spec)
+    assert stamps.max() < np.datetime64("2027-01-01T00:20:00")
+    assert (stamps.astype("datetime64[M]") == np.datetime64("2026-12", "M")).sum() > 1000
