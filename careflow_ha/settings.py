@@ -23,7 +23,7 @@ from careflow_ha.errors import UsageError
 PROJECT_DIR = Path(__file__).resolve().parent.parent
 
 #: The lab hosts, in start order. The compose file, the lab inventory and the
-#: Vagrantfile must agree with this (tests/unit/test_topology.py checks it).
+#: Vagrantfile must agree with this (tests/unit/lab/test_topology.py checks it).
 PG_NODES: tuple[str, ...] = ("pg1", "pg2", "pg3")
 LB_NODES: tuple[str, ...] = ("lb1",)
 LAB_NODES: tuple[str, ...] = PG_NODES + LB_NODES

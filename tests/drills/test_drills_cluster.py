@@ -27,12 +27,12 @@ from collections.abc import Callable
 import psycopg
 import pytest
 
+from careflow_ha.cli.drills import haproxy_preset_switcher
+from careflow_ha.cluster.patroni import PatroniApi
 from careflow_ha.drills.control import PatroniRestControl
 from careflow_ha.drills.faults import get_fault
-from careflow_ha.drills.patroni import PatroniApi
 from careflow_ha.drills.report import write_report
 from careflow_ha.drills.runner import DrillOptions, DrillRun, run_drill
-from careflow_ha.drills_cli import haproxy_preset_switcher
 from careflow_ha.settings import Settings
 from tests.plugins.timeouts import scaled, wait_until
 
