@@ -13,18 +13,18 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
-from typing import Literal
+from typing import Any, Literal
 from urllib.parse import quote
 
+import yaml
 from dotenv import dotenv_values
 
 from careflow_ha.errors import UsageError
-from careflow_ha.vip import Vip, configured_vip
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
 
 #: The lab hosts, in start order. The compose file, the lab inventory and the
-#: Vagrantfile must agree with this (tests/unit/test_topology.py checks it).
+#: Vagrantfile must agree with this (tests/unit/lab/test_topology.py checks it).
 PG_NODES: tuple[str, ...] = ("pg1", "pg2", "pg3")
 LB_NODES: tuple[str, ...] = ("lb1", "lb2")
 LAB_NODES: tuple[str, ...] = PG_NODES + LB_NODES
@@ -90,6 +90,47 @@ HAPROXY_STATS_USER = "admin"
 
 Endpoint = Literal["rw", "ro"]
 Role = Literal["superuser", "app", "ro"]
+
+
+#: The in-host HAProxy port variable behind each published-port key.
+VIP_PORT_VARS: Mapping[str, str] = MappingProxyType(
+    {
+        "CAREFLOW_RW_PORT": "careflow_haproxy_rw_port",
+        "CAREFLOW_RO_PORT": "careflow_haproxy_ro_port",
+        "CAREFLOW_STATS_PORT": "careflow_haproxy_stats_port",
+    }
+)
+
+
+@dataclass(frozen=True)
+class Vip:
+    """The VIP and HAProxy's ports on it, keyed like the published ports (``CAREFLOW_RW_PORT``...)."""
+
+    address: str
+    ports: Mapping[str, int]
+
+
+def inventory_vars(inventory: Path) -> dict[str, Any]:
+    """``group_vars/all.yml`` beside ``inventory``, overridden by the inventory's ``all.vars`` (Ansible's order)."""
+    merged: dict[str, Any] = {}
+    group_vars = inventory.parent / "group_vars" / "all.yml"
+    if group_vars.exists():
+        merged.update(yaml.safe_load(group_vars.read_text(encoding="utf-8")) or {})
+    if inventory.exists():
+        data = yaml.safe_load(inventory.read_text(encoding="utf-8")) or {}
+        merged.update(((data.get("all") or {}).get("vars")) or {})
+    return merged
+
+
+def configured_vip(inventory: Path, environ: Mapping[str, str]) -> Vip | None:
+    """The inventory's VIP for clients, or None when it is off (empty) or CAREFLOW_USE_VIP=0."""
+    if environ.get("CAREFLOW_USE_VIP", "1").strip().lower() in ("0", "no", "false", "off"):
+        return None
+    values = inventory_vars(inventory)
+    address = str(values.get("careflow_vip") or "").strip()
+    if not address:
+        return None
+    return Vip(address, {key: int(values[var]) for key, var in VIP_PORT_VARS.items()})
 
 
 def _parse_port(name: str, raw: str | int) -> int:

@@ -5,35 +5,14 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from careflow_ha import lab
-from careflow_ha.cluster import ClusterStatus, wait_healthy
-from careflow_ha.engine import Engine
-from careflow_ha.errors import UsageError
-from careflow_ha.provision import LAB_INVENTORY, ProvisionResult, run_playbook
+from careflow_ha.cluster.health import ClusterStatus, wait_healthy
+from careflow_ha.lab import hosts
+from careflow_ha.lab.engine import Engine
+from careflow_ha.lab.vip import wait_single_holder
+from careflow_ha.provision import LAB_INVENTORY, ProvisionResult, check_provisioner, provision
 from careflow_ha.settings import LB_NODES, Settings
-from careflow_ha.vip import wait_single_holder
 
 Progress = Callable[[str], None]
-
-#: Both read the same inventory and templates and must give the same hosts (docs/pyinfra.md).
-PROVISIONERS: tuple[str, ...] = ("ansible", "pyinfra")
-
-
-def provision(
-    settings: Settings,
-    progress: Progress,
-    inventory: Path = LAB_INVENTORY,
-    extra_vars: dict[str, str] | None = None,
-    provisioner: str = "ansible",
-) -> ProvisionResult:
-    """Provision the inventory's hosts with the chosen tool; the result counts changes either way."""
-    if provisioner == "ansible":
-        return run_playbook(settings, progress, inventory, extra_vars)
-    if provisioner == "pyinfra":
-        from careflow_ha.pyinfra_deploys.runner import run_pyinfra
-
-        return run_pyinfra(settings, progress, inventory, extra_vars)
-    raise UsageError(f"unknown provisioner {provisioner!r}; use one of {', '.join(PROVISIONERS)}")
 
 
 def load_demo_data(settings: Settings, progress: Progress) -> None:
@@ -64,10 +43,9 @@ def bring_up(
 ) -> tuple[ProvisionResult, ClusterStatus]:
     """Lab hosts (for the lab inventory) -> provisioning (Ansible or pyinfra) -> healthy cluster, VIP on one
     balancer -> demo data."""
-    if provisioner not in PROVISIONERS:
-        raise UsageError(f"unknown provisioner {provisioner!r}; use one of {', '.join(PROVISIONERS)}")
+    check_provisioner(provisioner)  # an unknown name fails before the lab is touched
     if inventory.resolve() == LAB_INVENTORY.resolve():
-        lab.lab_up(settings, engine, progress)
+        hosts.lab_up(settings, engine, progress)
     result = provision(settings, progress, inventory, extra_vars, provisioner)
     status = wait_healthy(settings, progress, timeout_s)
     if settings.vip is not None and inventory.resolve() == LAB_INVENTORY.resolve():

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from careflow_ha.lab import lab_down
+from careflow_ha.lab.hosts import lab_down
 from careflow_ha.settings import LAB_NODES
 
 

@@ -27,7 +27,8 @@ from pathlib import Path
 import psycopg
 from psycopg import sql
 
-from careflow_ha.data.db import connect, redact
+from careflow_ha.data.db import connect
+from careflow_ha.dsn import redact
 
 BENCH_PET, BENCH_TEST = 0, "BENCH"
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from datetime import date, datetime
 
+from careflow_ha.data import clock
 from careflow_ha.errors import UsageError
 
 _DURATION = re.compile(r"^\s*(\d+)\s*(months?|mo|m|years?|y)\s*$", re.IGNORECASE)
@@ -26,14 +27,13 @@ def parse_older_than(text: str) -> int:
     return months
 
 
-def parse_month(text: str, *, what: str = "month") -> date:
-    """'YYYY-MM' -> first day of that month; a real calendar month, not in the future."""
+def parse_month(text: str, *, what: str = "month", at: datetime | None = None) -> date:
+    """'YYYY-MM' -> first day of that month; a real calendar month, not after the Seoul month of ``at`` (now)."""
     try:
         parsed = datetime.strptime((text or "").strip(), "%Y-%m").date()
     except ValueError:
         raise UsageError(f"{what} {text!r} is not a month; use YYYY-MM, e.g. 2024-07") from None
-    today = date.today()
-    if (parsed.year, parsed.month) > (today.year, today.month):
+    if clock.is_future_month(parsed, at):
         raise UsageError(f"{what} {text} is in the future; only past months can be archived or restored")
     return parsed
 

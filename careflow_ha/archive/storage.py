@@ -33,7 +33,8 @@ from careflow_ha.archive import rowhash
 from careflow_ha.archive.archiver import TABLE, month_partitions, parquet_options
 from careflow_ha.archive.manifest import all_manifests
 from careflow_ha.archive.store import ArchiveStore
-from careflow_ha.data.db import connect, redact
+from careflow_ha.data.db import connect
+from careflow_ha.dsn import redact
 
 REPORTS_DIR = Path(__file__).resolve().parent.parent.parent / "reports" / "storage"
 #: PostgreSQL compresses/moves a value out of line only when the row exceeds about this many bytes.

@@ -27,10 +27,11 @@ from pathlib import Path
 import psycopg
 from psycopg import sql
 
-from careflow_ha.data.db import connect, migrate, redact
+from careflow_ha.data.db import connect, migrate
 from careflow_ha.data.generator import RESULT_COLUMNS, DataSpec, build_world, iter_chunks
 from careflow_ha.data.localserver import LocalPostgres
 from careflow_ha.data.partitions import ensure_coverage, layout
+from careflow_ha.dsn import redact
 from careflow_ha.errors import EnvironmentProblem
 
 SCHEMA = "bench"

@@ -14,6 +14,7 @@ import psycopg
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
+from careflow_ha.dsn import redact
 from careflow_ha.errors import CheckFailed, EnvironmentProblem, UsageError
 from careflow_ha.settings import DB_NAME, ROLE_NAMES
 
@@ -27,17 +28,6 @@ REQUIRED_GUCS: dict[str, str] = {
     "cron.database_name": DB_NAME,
     "cron.use_background_workers": "on",
 }
-
-
-def redact(dsn: str) -> str:
-    """The DSN with its password replaced, safe to print or log."""
-    try:
-        params = conninfo_to_dict(dsn)
-    except psycopg.ProgrammingError:
-        return "<unparseable DSN>"
-    if "password" in params:
-        params["password"] = "***"
-    return make_conninfo(**{k: v for k, v in params.items() if v is not None})
 
 
 def with_dbname(dsn: str, dbname: str) -> str:

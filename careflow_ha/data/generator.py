@@ -1,10 +1,14 @@
 """Deterministic synthetic EMR data for a Korean veterinary clinic network.
 
 The small tables (clinics, vets, owners, pets) are built in memory (Faker's
-ko_KR locale for people and addresses). The fact table is streamed: visits are
-generated in fixed-size chunks, each from its own seeded random stream, and
-each chunk becomes one CSV block for COPY. Nothing holds the fact table in
-memory, and the same (seed, window end) always yields the same bytes.
+ko_KR locale for people and addresses). The fact table is streamed: the rows
+are first budgeted to the window's Asia/Seoul months (by each month's length,
+the network's growth and the season), then each month's visits are generated
+inside that month in chunks, each from its own seeded random stream, and each
+chunk becomes one CSV block for COPY. So every month of the window gets its
+share, the most recent ones included (an EMR reads those most), nothing holds
+the fact table in memory, and the same (seed, window end) always yields the
+same bytes.
 
 Realism, so that analyses show something:
 - species and breed mix as seen in Korean clinics, ages from a gamma law;
@@ -25,20 +29,27 @@ from __future__ import annotations
 import io
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import UTC, date, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.csv as pacsv
 
+from careflow_ha.data import clock
 from careflow_ha.data.catalog import BREEDS, LAB_TESTS, PANELS, SPECIES, SPECIES_SHARE
+from careflow_ha.data.clock import KST, seoul_month_start
 from careflow_ha.errors import UsageError
 
-KST = timezone(timedelta(hours=9), "KST")
 #: Visits per chunk: about 50,000 lab results, a few MB of CSV.
 VISITS_PER_CHUNK = 3000
 #: Mean results per visit: CBC (9 tests) in 75% of visits, chemistry (12) in 85%.
 MEAN_RESULTS_PER_VISIT = 0.75 * len(PANELS["CBC"]) + 0.85 * len(PANELS["CHEM"])
+#: Visits grow as the network gains clients: about 8% a year.
+ANNUAL_GROWTH = 0.08
+#: Seasonality of visits, +-12% around the year: spring (vaccination and heartworm season in Korea,
+#: April-May) is busiest, midwinter quietest.
+SEASON_AMPLITUDE = 0.12
+SEASON_PEAK_MONTH = 4.5
 MAX_ROWS = 200_000_000
 MAX_CLINICS = 200
 MAX_MONTHS = 120
@@ -121,10 +132,11 @@ class DataSpec:
             raise UsageError(f"--months {self.months} is out of range; use 1 to {MAX_MONTHS}")
         if self.seed < 0:
             raise UsageError(f"--seed {self.seed} is negative; use a non-negative integer")
-        end = self.end or datetime.now(UTC).replace(microsecond=0)
+        now = clock.now()
+        end = self.end or now
         if end.tzinfo is None:
             raise UsageError("the window end must carry a time zone")
-        if end > datetime.now(UTC) + timedelta(minutes=5):
+        if end > now + timedelta(minutes=5):
             raise UsageError(f"the window end {end.isoformat()} is in the future; lab results cannot be")
         return DataSpec(self.rows, self.clinics, self.months, self.seed, end)
 
@@ -132,12 +144,7 @@ class DataSpec:
     def window_start(self) -> datetime:
         """First instant of the first month (Asia/Seoul) of the window."""
         assert self.end is not None
-        local = self.end.astimezone(KST)
-        year, month = local.year, local.month - (self.months - 1)
-        while month < 1:
-            month += 12
-            year -= 1
-        return datetime(year, month, 1, tzinfo=KST)
+        return seoul_month_start(self.end, -(self.months - 1))
 
     @property
     def n_pets(self) -> int:
@@ -160,7 +167,7 @@ class World:
     pet_birth_s: np.ndarray  # birth, epoch seconds
     pet_conditions: np.ndarray  # bool [pet, condition]
     pet_severity: np.ndarray  # 0..1 per pet
-    pet_cdf: np.ndarray  # visit likelihood, cumulative
+    pet_weight: np.ndarray  # relative visit likelihood per pet
     vet_first: np.ndarray  # per clinic id: first vet id
     vet_count: np.ndarray  # per clinic id: number of vets
 
@@ -252,7 +259,7 @@ def build_world(spec: DataSpec) -> World:
     return World(clinics=clinics, vets=vets, owners=owners, pets=pets, pet_id=np.arange(1, n_pets + 1),
                  pet_clinic=pet_clinic.astype(np.int64), pet_species=species, pet_birth_s=birth_s,
                  pet_conditions=conditions, pet_severity=severity,
-                 pet_cdf=np.cumsum(likelihood) / likelihood.sum(), vet_first=vet_first, vet_count=vet_count)
+                 pet_weight=likelihood, vet_first=vet_first, vet_count=vet_count)
 
 
 @dataclass
@@ -270,50 +277,82 @@ RESULT_COLUMNS = ("clinic_id", "collected_at", "pet_id", "visit_id", "test_code"
 VISIT_COLUMNS = ("visit_id", "clinic_id", "pet_id", "vet_id", "visited_at", "reason", "notes")
 
 
-def iter_chunks(world: World, spec: DataSpec, first_visit_id: int = 1) -> Iterator[Chunk]:
-    """Stream the visits and lab results, ``VISITS_PER_CHUNK`` visits at a time, exactly ``spec.rows`` results."""
+def month_budgets(spec: DataSpec) -> list[tuple[int, int, int]]:
+    """``(start_s, end_s, rows)`` per Asia/Seoul month of the window, oldest first; rows add up to ``spec.rows``.
+
+    A month's share is its length inside the window (the last month ends at ``spec.end``) times the growth
+    since the window's start times its season. Largest-remainder rounding keeps the total exact.
+    """
     spec = spec.validated()
     assert spec.end is not None
-    start_s, end_s = int(spec.window_start.timestamp()), int(spec.end.timestamp())
-    remaining, chunk_no, next_visit = spec.rows, 0, first_visit_id
-    while remaining > 0:
-        chunk = _make_chunk(world, spec.seed, chunk_no, next_visit, start_s, end_s, remaining)
-        remaining -= chunk.n_results
-        next_visit += len(chunk.visits)
-        chunk_no += 1
-        yield chunk
+    end_s = int(spec.end.timestamp())
+    starts = [int(seoul_month_start(spec.window_start, k).timestamp()) for k in range(spec.months)]
+    bounds = [(lo, min(hi, end_s)) for lo, hi in zip(starts, [*starts[1:], end_s], strict=True)]
+    weights = []
+    for lo, hi in bounds:
+        years = (lo - starts[0]) / (365.25 * 86400)
+        month = datetime.fromtimestamp(lo, KST).month
+        season = 1.0 + SEASON_AMPLITUDE * np.cos(2 * np.pi * (month - SEASON_PEAK_MONTH) / 12)
+        weights.append(max(0, hi - lo) * (1.0 + ANNUAL_GROWTH) ** years * season)
+    share = np.array(weights) / sum(weights) * spec.rows
+    rows = np.floor(share).astype(np.int64)
+    for i in np.argsort(-(share - rows), kind="stable")[: spec.rows - int(rows.sum())]:
+        rows[i] += 1
+    return [(lo, hi, int(n)) for (lo, hi), n in zip(bounds, rows, strict=True)]
 
 
-def _make_chunk(world: World, seed: int, chunk_no: int, first_visit: int, start_s: int, end_s: int,
-                budget: int) -> Chunk:
+def iter_chunks(world: World, spec: DataSpec, first_visit_id: int = 1) -> Iterator[Chunk]:
+    """Stream the visits and lab results month by month, at most ``VISITS_PER_CHUNK`` visits at a time.
+
+    Exactly ``spec.rows`` results in all, each month's budget inside that month (see ``month_budgets``).
+    """
+    chunk_no, next_visit = 0, first_visit_id
+    for month_start_s, month_end_s, budget in month_budgets(spec):
+        # Only pets already born by the month's end can visit in it.
+        weight = np.where(world.pet_birth_s < month_end_s, world.pet_weight, 0.0)
+        if budget == 0 or weight.sum() == 0:
+            continue
+        cdf = np.cumsum(weight) / weight.sum()
+        remaining = budget
+        while remaining > 0:
+            # A little more than the budget needs (results per visit vary); the excess is cut at random.
+            visits = min(VISITS_PER_CHUNK, int(remaining / MEAN_RESULTS_PER_VISIT * 1.25) + 8)
+            chunk = _make_chunk(world, cdf, spec.seed, chunk_no, next_visit, visits, month_start_s, month_end_s,
+                                remaining)
+            remaining -= chunk.n_results
+            next_visit += len(chunk.visits)
+            chunk_no += 1
+            yield chunk
+
+
+def _make_chunk(world: World, cdf: np.ndarray, seed: int, chunk_no: int, first_visit: int, n: int,
+                start_s: int, end_s: int, budget: int) -> Chunk:
+    """``n`` visits (fewer if ``budget`` results are reached) between ``start_s`` and ``end_s`` (exclusive)."""
     rng = np.random.default_rng([seed, 1, chunk_no])
-    n = VISITS_PER_CHUNK
-    pet_idx = np.searchsorted(world.pet_cdf, rng.random(n), side="right").clip(0, len(world.pet_id) - 1)
-    # Visit day uniform between max(window start, birth) and the end; clinic hours 09:00-20:00 KST.
+    pet_idx = np.searchsorted(cdf, rng.random(n), side="right").clip(0, len(world.pet_id) - 1)
+    # Visit day uniform between max(month start, birth) and the month's end; clinic hours 09:00-20:00 KST.
     lo = np.maximum(start_s, world.pet_birth_s[pet_idx])
     day0 = (lo + 9 * 3600) // 86400
-    day1 = (end_s + 9 * 3600) // 86400
+    day1 = (end_s - 1 + 9 * 3600) // 86400
     day = day0 + (rng.random(n) * (day1 - day0 + 1)).astype(np.int64)
     # KST midnight of ``day`` is day * 86400 - 9 h (UTC); opening at 09:00 KST cancels that out.
     visited = day * 86400 + (rng.beta(2.0, 2.5, n) * 11 * 3600).astype(np.int64)
-    visited = np.minimum(visited, end_s - 3600)
-    visited = np.maximum(visited, lo)
-    order = np.argsort(visited, kind="stable")  # results arrive in time order
-    pet_idx, visited = pet_idx[order], visited[order]
-    clinic = world.pet_clinic[pet_idx]
-    vet = world.vet_first[clinic] + (rng.random(n) * world.vet_count[clinic]).astype(np.int64)
+    visited = np.clip(visited, lo, end_s - 1)  # the month (or the window) never spills
     inflamed = rng.random(n) < 0.10
-
     has_cbc = rng.random(n) < 0.75
     has_chem = rng.random(n) < 0.85
     has_cbc |= ~(has_cbc | has_chem)
     n_tests = has_cbc * len(_CBC) + has_chem * len(_CHEM)
-    # Exactly ``budget`` results in the last chunk: keep whole visits, trim the last one.
+    vet_pick = rng.random(n)
+    # Exactly ``budget`` results: keep whole visits, trim the last one. The visits are still in random
+    # order here, so the cut drops a random subset of the month, never its latest days.
     cum = np.cumsum(n_tests)
-    keep_visits = int(np.searchsorted(cum, budget, side="left")) + 1 if cum[-1] >= budget else n
-    n = min(n, keep_visits)
-    pet_idx, visited, clinic, vet, inflamed = pet_idx[:n], visited[:n], clinic[:n], vet[:n], inflamed[:n]
-    has_cbc, has_chem, n_tests = has_cbc[:n], has_chem[:n], n_tests[:n]
+    n = min(n, int(np.searchsorted(cum, budget, side="left")) + 1 if cum[-1] >= budget else n)
+    order = np.argsort(visited[:n], kind="stable")  # then results arrive in time order
+    pet_idx, visited, inflamed = pet_idx[order], visited[order], inflamed[order]
+    has_cbc, has_chem, n_tests, vet_pick = has_cbc[order], has_chem[order], n_tests[order], vet_pick[order]
+    clinic = world.pet_clinic[pet_idx]
+    vet = world.vet_first[clinic] + (vet_pick * world.vet_count[clinic]).astype(np.int64)
 
     ordered = np.zeros((n, len(LAB_TESTS)), dtype=bool)  # [visit, test]: which tests each visit ran
     ordered[:, _CBC] = has_cbc[:, None]
@@ -349,7 +388,7 @@ def _make_chunk(world: World, seed: int, chunk_no: int, first_visit: int, start_
     value = np.round(value * scale) / scale
     flag = np.where(value < low, "L", np.where(value > high, "H", "N"))
 
-    collected = np.minimum(visited[visit_of_row] + (rng.random(m) * 1800).astype(np.int64), end_s)
+    collected = np.minimum(visited[visit_of_row] + (rng.random(m) * 1800).astype(np.int64), end_s - 1)
     visit_ids = first_visit + np.arange(n)
     table = pa.table({
         "clinic_id": clinic[visit_of_row],

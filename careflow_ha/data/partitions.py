@@ -14,6 +14,7 @@ from zoneinfo import ZoneInfo
 import psycopg
 from psycopg import sql
 
+from careflow_ha.data import clock
 from careflow_ha.errors import EnvironmentProblem, UsageError
 
 PARENT = "public.lab_results"
@@ -124,13 +125,13 @@ def covering_months(conn: psycopg.Connection, parent: str = PARENT) -> list[tupl
     return [(m.start, m.end) for m in layout(conn, parent) if m.start is not None and m.end is not None]
 
 
-def parse_month(text: str) -> date:
-    """'YYYY-MM' -> first day of that month, or a UsageError naming the format."""
+def parse_month(text: str, at: datetime | None = None) -> date:
+    """'YYYY-MM' -> first day of that month, or a UsageError naming the format; ``at``: now (Seoul months)."""
     try:
         parsed = datetime.strptime(text, "%Y-%m")
     except ValueError:
         raise UsageError(f"--from {text!r} is not a month; use YYYY-MM, e.g. 2024-01") from None
-    if parsed.date() > datetime.now(UTC).date():
+    if clock.is_future_month(parsed.date(), at):
         raise UsageError(f"--from {text} is in the future; partitions for the future are premade by maintenance")
     return parsed.date()
 
@@ -258,7 +259,7 @@ def maintain(conn: psycopg.Connection, first_month: date | None = None) -> dict[
     """
     before = layout(conn)
     firsts = [m.start.astimezone(_tz(conn)).date() for m in before if m.start]
-    start = first_month or (min(firsts) if firsts else datetime.now(UTC).date().replace(day=1))
+    start = first_month or (min(firsts) if firsts else clock.clinic_date().replace(day=1))
     with conn.transaction():
         created = ensure_coverage(conn, start)
         moved = conn.execute("SELECT move_parked_rows()").fetchone()[0]

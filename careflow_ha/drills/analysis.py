@@ -10,7 +10,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from careflow_ha.drills.model import Ack, ClusterSnapshot, HistoryEntry, NodeSample, Recording, TimelineEvent
+from careflow_ha.cluster.model import ClusterSnapshot, HistoryEntry, TimelineEvent
+from careflow_ha.drills.model import Ack, NodeSample, Recording
 
 #: A gap between acknowledgements counts as an outage when it is longer than
 #: this many probe intervals (and at least MIN_OUTAGE_S): ordinary jitter on a

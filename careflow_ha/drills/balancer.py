@@ -15,11 +15,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from careflow_ha.drills.model import TimelineEvent
+from careflow_ha.cluster.model import TimelineEvent
 from careflow_ha.drills.targets import Observation, Verdict
 from careflow_ha.errors import UsageError
+from careflow_ha.lab.vip import vip_holders, wait_single_holder
 from careflow_ha.settings import LB_NODES
-from careflow_ha.vip import vip_holders, wait_single_holder
 
 if TYPE_CHECKING:
     from careflow_ha.drills.faults import FaultContext, Targets

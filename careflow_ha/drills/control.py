@@ -1,8 +1,7 @@
 """What a drill needs from the cluster (``ClusterControl``), and its implementation over Patroni's REST API.
 
-The interface is deliberately small so that the cluster work
-(``careflow_ha.cluster``) can provide its own implementation later; until
-then :class:`PatroniRestControl` implements it with ``PATCH /config`` (ttl,
+The interface is deliberately small: :class:`PatroniRestControl` implements
+it over the shared Patroni client (``careflow_ha.cluster.patroni``) with ``PATCH /config`` (ttl,
 loop_wait, retry_timeout and synchronous_mode are dynamic configuration, so
 no restart is needed) and by polling ``GET /cluster``.
 
@@ -12,48 +11,14 @@ HAProxy's check timing is part of provisioning, not of this module.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
-from types import MappingProxyType
+from collections.abc import Callable
 from typing import Protocol
 
-from careflow_ha.drills.model import ClusterSnapshot, HistoryEntry
-from careflow_ha.drills.patroni import PatroniApi
-from careflow_ha.errors import NotReady, UsageError
-
-
-@dataclass(frozen=True)
-class Timing:
-    """Patroni's leader-lease timing (seconds). Patroni requires loop_wait + 2 * retry_timeout <= ttl."""
-
-    ttl: int
-    loop_wait: int
-    retry_timeout: int
-
-    def __post_init__(self) -> None:
-        if self.loop_wait + 2 * self.retry_timeout > self.ttl:
-            raise UsageError(f"timing {self} breaks Patroni's rule loop_wait + 2*retry_timeout <= ttl")
-
-
-#: The Patroni half of each timing preset (HAProxy's half is in provisioning).
-#: ``default`` is Patroni's own defaults. ``fast`` keeps the 20 s lease (the
-#: floor we accept: shorter leases fail over on a busy 2-core box for nothing)
-#: but runs the HA loop every 2 s, so the replicas notice the expired lease and
-#: promote sooner than the common (20, 5, 5) preset.
-TIMING_PRESETS: Mapping[str, Timing] = MappingProxyType(
-    {
-        "default": Timing(ttl=30, loop_wait=10, retry_timeout=10),
-        "fast": Timing(ttl=20, loop_wait=2, retry_timeout=5),
-    }
-)
-
-
-def timing_preset(name: str) -> Timing:
-    """The preset called ``name``, or a UsageError listing the valid names."""
-    try:
-        return TIMING_PRESETS[name]
-    except KeyError:
-        raise UsageError(f"unknown timing preset {name!r}; use one of: {', '.join(TIMING_PRESETS)}") from None
+from careflow_ha.cluster.health import health_problems
+from careflow_ha.cluster.model import ClusterSnapshot, HistoryEntry
+from careflow_ha.cluster.patroni import PatroniApi
+from careflow_ha.cluster.timing import Timing, timing_preset
+from careflow_ha.errors import NotReady
 
 
 class ClusterControl(Protocol):
@@ -103,34 +68,6 @@ class ClusterControl(Protocol):
     def switchover(self, leader: str, candidate: str | None, timeout: float) -> None:
         """A planned switchover from ``leader`` (to ``candidate`` if given); returns once Patroni reports it done."""
         ...
-
-
-def health_problems(snap: ClusterSnapshot, synchronous: bool, expected_members: int = 3) -> tuple[str, ...]:
-    """What keeps ``snap`` from being healthy (empty when healthy). Pure, so it is unit-tested."""
-    problems: list[str] = []
-    leaders = [m for m in snap.members if m.is_leader]
-    if len(leaders) != 1:
-        problems.append(f"{len(leaders)} leaders (want 1)")
-        return tuple(problems)
-    leader = leaders[0]
-    if leader.state != "running":
-        problems.append(f"leader {leader.name} is {leader.state or 'in an unknown state'}")
-    others = [m for m in snap.members if not m.is_leader]
-    streaming = [m for m in others if m.is_streaming_replica]
-    if len(snap.members) != expected_members:
-        problems.append(f"{len(snap.members)} members registered (want {expected_members})")
-    for m in others:
-        if not m.is_streaming_replica:
-            problems.append(f"{m.name} is {m.role}/{m.state or '?'} (want a streaming replica)")
-        elif leader.timeline is not None and m.timeline is not None and m.timeline != leader.timeline:
-            problems.append(f"{m.name} is on timeline {m.timeline}, leader on {leader.timeline}")
-    if len(streaming) != expected_members - 1 and not problems:
-        problems.append(f"{len(streaming)} streaming replicas (want {expected_members - 1})")
-    if synchronous and len(snap.sync_standbys) != 1:
-        problems.append(f"{len(snap.sync_standbys)} sync standbys (want 1: synchronous_mode is on)")
-    if not synchronous and snap.sync_standbys:
-        problems.append("a sync standby is still listed although synchronous_mode is off")
-    return tuple(problems)
 
 
 class PatroniRestControl:

@@ -15,12 +15,12 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any, Protocol
 
+from careflow_ha.cluster.model import ClusterSnapshot
 from careflow_ha.drills.balancer import observe_vrrp, pick_vip_holder
 from careflow_ha.drills.control import ClusterControl
-from careflow_ha.drills.model import ClusterSnapshot
 from careflow_ha.drills.targets import Observation
-from careflow_ha.engine import run as host_run
 from careflow_ha.errors import CommandFailed, NotReady, UsageError
+from careflow_ha.lab.engine import run as host_run
 
 PGDATA = "/var/lib/postgresql/15/main"
 #: iptables rules that cut a node off its network but keep loopback (Patroni
@@ -33,7 +33,7 @@ PARTITION_RULES: tuple[tuple[str, ...], ...] = (
 
 
 class NodeEngine(Protocol):
-    """The container-engine operations faults use (``careflow_ha.engine.Engine`` provides them)."""
+    """The container-engine operations faults use (``careflow_ha.lab.engine.Engine`` provides them)."""
 
     def exec(self, node: str, argv: Sequence[str], **kw: Any) -> Any: ...
     def kill(self, node: str, signal: str = "KILL") -> None: ...

@@ -10,10 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-#: Patroni member roles that count as "the primary".
-LEADER_ROLES: frozenset[str] = frozenset({"leader", "standby_leader"})
-#: Patroni member roles that are standbys.
-REPLICA_ROLES: frozenset[str] = frozenset({"replica", "sync_standby", "quorum_standby"})
+from careflow_ha.cluster.model import ClusterSnapshot, HistoryEntry, TimelineEvent
 
 
 @dataclass(frozen=True)
@@ -49,66 +46,6 @@ class NodeSample:
     node: str
     writable: bool | None
     via: Literal["tcp", "exec", "none"] = "tcp"
-
-
-@dataclass(frozen=True)
-class Member:
-    """One Patroni member as ``GET /cluster`` describes it."""
-
-    name: str
-    role: str
-    state: str
-    timeline: int | None = None
-    lag: int | None = None  # bytes; None when unknown or not a replica
-
-    @property
-    def is_leader(self) -> bool:
-        return self.role in LEADER_ROLES
-
-    @property
-    def is_streaming_replica(self) -> bool:
-        return self.role in REPLICA_ROLES and self.state == "streaming"
-
-
-@dataclass(frozen=True)
-class ClusterSnapshot:
-    """The cluster as one Patroni node reported it at ``at`` (``source`` = the node asked)."""
-
-    at: float
-    members: tuple[Member, ...]
-    source: str = ""
-
-    @property
-    def leader(self) -> str | None:
-        leaders = [m.name for m in self.members if m.is_leader]
-        return leaders[0] if len(leaders) == 1 else None
-
-    @property
-    def sync_standbys(self) -> tuple[str, ...]:
-        return tuple(m.name for m in self.members if m.role in ("sync_standby", "quorum_standby"))
-
-    def member(self, name: str) -> Member | None:
-        return next((m for m in self.members if m.name == name), None)
-
-
-@dataclass(frozen=True)
-class HistoryEntry:
-    """One line of Patroni's ``GET /history``: a timeline switch."""
-
-    timeline: int
-    lsn: int
-    reason: str
-    at: float | None
-    new_leader: str | None = None
-
-
-@dataclass(frozen=True)
-class TimelineEvent:
-    """A named moment on the drill timeline (fault, heal, leaderless, promotion, HAProxy switch, ...)."""
-
-    at: float
-    kind: str
-    detail: str = ""
 
 
 @dataclass(frozen=True)

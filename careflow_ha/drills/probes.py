@@ -25,6 +25,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
+from careflow_ha.cluster.watch import BoundedLoop
 from careflow_ha.drills.model import Ack, NodeSample, ProbeError
 
 PROBE_TABLE = "drill_probe"
@@ -122,81 +123,10 @@ def fetch_seqs(dsn: str, run_id: str) -> frozenset[int]:
     return frozenset(int(r[0]) for r in rows)
 
 
-def node_addresses(node_dsns: Mapping[str, str]) -> dict[str, str]:
-    """Map each node's own server address (``inet_server_addr()``) to its name.
-
-    Lets a probe through HAProxy say which node answered. Nodes that do not
-    answer are left out (the probe then reports the address itself).
-    """
-    out: dict[str, str] = {}
-    for node, dsn in node_dsns.items():
-        try:
-            with connect(dsn, 5_000) as conn:
-                row = conn.execute("SELECT host(inet_server_addr())").fetchone()
-        except psycopg.Error:
-            continue
-        if row and row[0]:
-            out[str(row[0])] = node
-    return out
-
-
 def _short(exc: BaseException) -> str:
     """One line of an error, for the record (psycopg messages never contain the password)."""
     text = str(exc).strip().splitlines()
     return (text[0] if text else type(exc).__name__)[:200]
-
-
-class BoundedLoop(threading.Thread):
-    """A probe thread: one operation per ``interval_s``, at most ``max_ops`` and ``max_seconds``.
-
-    When an operation overruns its slot the schedule restarts from now (no
-    catch-up burst after an outage).
-    """
-
-    def __init__(self, name: str, interval_s: float, max_seconds: float, max_ops: int) -> None:
-        super().__init__(name=name, daemon=True)
-        if interval_s <= 0 or max_seconds <= 0 or max_ops <= 0:
-            raise ValueError("probe interval, time and count bounds must be positive")
-        self.interval_s = interval_s
-        self.max_seconds = max_seconds
-        self.max_ops = max_ops
-        self._halt = threading.Event()
-        self._lock = threading.Lock()
-        #: An unexpected exception that ended the loop (a bug), for the caller to raise.
-        self.failure: Exception | None = None
-
-    def run(self) -> None:
-        deadline = time.monotonic() + self.max_seconds
-        next_at = time.monotonic()
-        try:
-            self._loop(deadline, next_at)
-        except Exception as exc:  # noqa: BLE001 - kept for the caller: a probe bug must not pass silently
-            self.failure = exc
-        finally:
-            self.close()
-
-    def _loop(self, deadline: float, next_at: float) -> None:
-        for n in range(self.max_ops):
-            if self._halt.is_set() or time.monotonic() >= deadline:
-                break
-            self.once(n)
-            next_at += self.interval_s
-            now = time.monotonic()
-            if next_at < now:
-                next_at = now
-            self._halt.wait(min(next_at - now, max(deadline - now, 0.0)))
-
-    def stop(self, timeout: float = 15.0) -> None:
-        """Ask the loop to end and wait for it (an operation in flight finishes within its timeouts)."""
-        self._halt.set()
-        if self.is_alive():
-            self.join(timeout)
-
-    def once(self, n: int) -> None:  # pragma: no cover - abstract
-        raise NotImplementedError
-
-    def close(self) -> None:
-        """Release connections; called once when the loop ends."""
 
 
 class _SqlProbe(BoundedLoop):

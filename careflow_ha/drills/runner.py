@@ -22,19 +22,20 @@ from collections.abc import Callable, Iterator, Mapping
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 
+from careflow_ha.cluster.model import ClusterSnapshot, HistoryEntry, TimelineEvent
+from careflow_ha.cluster.nodes import node_addresses
+from careflow_ha.cluster.timing import Timing, timing_preset
+from careflow_ha.cluster.watch import BoundedLoop, ClusterPoller, role_change_events
 from careflow_ha.drills.analysis import Analysis, analyse
-from careflow_ha.drills.control import ClusterControl, Timing, timing_preset
-from careflow_ha.drills.events import ClusterPoller, role_change_events
+from careflow_ha.drills.control import ClusterControl
 from careflow_ha.drills.faults import PGDATA, Fault, FaultContext, NodeEngine
-from careflow_ha.drills.model import ClusterSnapshot, HistoryEntry, Recording, TimelineEvent
+from careflow_ha.drills.model import Recording
 from careflow_ha.drills.probes import (
-    BoundedLoop,
     NodeSampler,
     ProbeReader,
     ProbeWriter,
     ensure_probe_table,
     fetch_seqs,
-    node_addresses,
 )
 from careflow_ha.drills.targets import Observation, Verdict, verdicts
 from careflow_ha.errors import CareflowError, CheckFailed, NotReady

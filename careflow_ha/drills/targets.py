@@ -12,8 +12,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
+from careflow_ha.cluster.model import TimelineEvent
 from careflow_ha.drills.analysis import Analysis
-from careflow_ha.drills.model import TimelineEvent
 
 #: Client-observed write outage targets (seconds), tuned preset.
 WRITE_OUTAGE_TARGETS_S: Mapping[str, float] = MappingProxyType(

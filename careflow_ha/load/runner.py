@@ -25,7 +25,7 @@ from types import MappingProxyType
 import psycopg
 from psycopg.conninfo import conninfo_to_dict
 
-from careflow_ha.data.db import redact
+from careflow_ha.dsn import redact
 from careflow_ha.errors import CommandFailed, EnvironmentProblem, UsageError
 from careflow_ha.load import emr
 from careflow_ha.load.analysis import read_requests
@@ -220,9 +220,9 @@ class LoadRun:
         return self.folder
 
     def _start_cluster_watch(self, settings: Settings) -> None:
-        from careflow_ha.drills.events import ClusterPoller
-        from careflow_ha.drills.patroni import PatroniApi
-        from careflow_ha.drills.probes import node_addresses
+        from careflow_ha.cluster.nodes import node_addresses
+        from careflow_ha.cluster.patroni import PatroniApi
+        from careflow_ha.cluster.watch import ClusterPoller
         from careflow_ha.settings import PG_NODES
 
         if not self.node_names:
@@ -308,7 +308,7 @@ class LoadRun:
         events: list[dict] = []
         events_note = ""
         if self.poller is not None:
-            from careflow_ha.drills.events import role_change_events
+            from careflow_ha.cluster.watch import role_change_events
 
             self.poller.stop()
             events = [{"at": e.at, "kind": e.kind, "detail": e.detail}

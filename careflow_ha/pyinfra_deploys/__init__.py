@@ -2,5 +2,6 @@
 
 One ``@deploy`` per component (common, etcd, postgresql, patroni, haproxy),
 driven by the Ansible inventory and rendering the roles' own templates (see
-``inventory``). ``runner.run_pyinfra`` is the entry point the CLI uses.
+``careflow_ha.provision.inventory``). Only code that runs inside pyinfra's
+process lives here; the CLI starts it through ``careflow_ha.provision.pyinfra``.
 """

@@ -8,7 +8,7 @@ from typing import Any
 import yaml
 from pyinfra import host
 
-from careflow_ha.pyinfra_deploys.inventory import ROLES_DIR, ClusterInventory
+from careflow_ha.provision.inventory import ROLES_DIR, ClusterInventory
 
 #: Global pyinfra data key holding the ClusterInventory (templates need its lazy context).
 INVENTORY_KEY = "careflow_inventory"

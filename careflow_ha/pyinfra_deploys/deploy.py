@@ -16,15 +16,15 @@ from pyinfra.api.deploy import add_deploy
 from pyinfra.api.exceptions import PyinfraError
 from pyinfra.api.operations import run_ops
 
+from careflow_ha.provision.checks import check_inventory
+from careflow_ha.provision.inventory import ClusterInventory, load_inventory
 from careflow_ha.pyinfra_deploys._data import INVENTORY_KEY
 from careflow_ha.pyinfra_deploys.common import common
 from careflow_ha.pyinfra_deploys.etcd import etcd
 from careflow_ha.pyinfra_deploys.haproxy import haproxy
-from careflow_ha.pyinfra_deploys.inventory import ClusterInventory, load_inventory
 from careflow_ha.pyinfra_deploys.keepalived import keepalived
 from careflow_ha.pyinfra_deploys.patroni import patroni
 from careflow_ha.pyinfra_deploys.postgresql import postgresql
-from careflow_ha.pyinfra_deploys.preflight import check_inventory
 from careflow_ha.settings import SECRET_KEYS
 
 #: Magic variables that stay in the ClusterInventory, not copied into pyinfra host data.
@@ -145,7 +145,7 @@ def run_play(
 def deploy_cluster(
     inventory_path: Path, extra_vars: dict[str, str], ssh_config: Path | None, dry_run: bool = False
 ) -> DeployOutcome:
-    """Preflight, then site.yml's plays: common, etcd, postgresql + patroni, common + haproxy + keepalived.
+    """The inventory check, then site.yml's plays: common, etcd, postgresql + patroni, common + haproxy + keepalived.
 
     ``dry_run`` only prepares: ``changed_ops`` lists what would change (restarts
     and reloads, which depend on earlier changes, are left out).

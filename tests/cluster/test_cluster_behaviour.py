@@ -7,8 +7,8 @@ import uuid
 import psycopg
 import pytest
 
-from careflow_ha.cluster import cluster_status
-from careflow_ha.drills.patroni import PatroniApi
+from careflow_ha.cluster.health import cluster_status
+from careflow_ha.cluster.patroni import PatroniApi
 from tests.inventory import host_vars
 from tests.plugins.timeouts import wait_until
 

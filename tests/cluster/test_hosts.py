@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 import testinfra
 
-from careflow_ha.sshaccess import ssh_config_path
+from careflow_ha.lab.ssh import ssh_config_path
 from tests.inventory import hosts
 from tests.plugins.timeouts import wait_until
 

@@ -11,7 +11,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from careflow_ha.provision import LAB_INVENTORY, PLAYBOOK, PROJECT_DIR, ansible_env, run_playbook
+from careflow_ha.provision import LAB_INVENTORY
+from careflow_ha.provision.ansible import PLAYBOOK, ansible_env, run_playbook
+from careflow_ha.settings import PROJECT_DIR
 
 pytestmark = pytest.mark.cluster
 

@@ -10,17 +10,25 @@ import pytest
 from psycopg import sql
 
 from careflow_ha.data import migrate, prepare_database
+from careflow_ha.data.clock import seoul_month_start
 from careflow_ha.data.partitions import layout
 
 pytestmark = pytest.mark.localpg
 SEOUL = ZoneInfo("Asia/Seoul")
 
 
-def month_start(offset: int) -> datetime:
-    """First instant (Seoul) of the month ``offset`` months from now."""
-    now = datetime.now(SEOUL)
-    y, m = divmod(now.year * 12 + now.month - 1 + offset, 12)
-    return datetime(y, m + 1, 1, tzinfo=SEOUL)
+def data_month(emr, offset: int) -> datetime:
+    """First instant (Seoul) of the month ``offset`` months from the loaded window's last month.
+
+    Anchored to the data, not to the wall clock: the window ends "yesterday 16:00 UTC", which is a
+    different Seoul month from "now" on some hours of a month's first and last days.
+    """
+    return seoul_month_start(emr.spec.end, offset)
+
+
+def db_month(conn: psycopg.Connection, offset: int) -> datetime:
+    """Like ``data_month``, from the database's own clock (which pg_partman premakes from)."""
+    return seoul_month_start(conn.execute("SELECT now()").fetchone()[0], offset)
 
 
 def relations_scanned(conn: psycopg.Connection, query: str, params: tuple = ()) -> set[str]:
@@ -47,8 +55,9 @@ def test_every_month_of_the_window_and_every_clinic_has_a_leaf(emr):
     with psycopg.connect(emr.app_dsn) as conn:
         months = layout(conn)
         clinics = {r[0] for r in conn.execute("SELECT clinic_id FROM clinics")}
+        premade = {db_month(conn, k) for k in range(4)}  # this month + 3 premade
     starts = {m.start.astimezone(SEOUL) for m in months}
-    wanted = {month_start(k) for k in range(-(emr.spec.months - 1), 4)}  # loaded window + 3 premade
+    wanted = {data_month(emr, -k) for k in range(emr.spec.months)} | premade  # the loaded window + premade
     assert wanted <= starts
     assert clinics == {1, 2, 3, 4}
     assert all(clinics <= m.clinics() for m in months)
@@ -56,7 +65,7 @@ def test_every_month_of_the_window_and_every_clinic_has_a_leaf(emr):
 
 
 def test_a_row_lands_in_its_month_and_clinic_leaf(emr):
-    last_day = month_start(-1) - timedelta(minutes=30)  # 23:30 Seoul, last day of the month before last
+    last_day = data_month(emr, -1) - timedelta(minutes=30)  # 23:30 Seoul, the last day of a month in the data
     with psycopg.connect(emr.app_dsn) as conn:
         pet = conn.execute("SELECT pet_id FROM pets WHERE clinic_id = 3 LIMIT 1").fetchone()[0]
         leaves = [
@@ -66,7 +75,7 @@ def test_a_row_lands_in_its_month_and_clinic_leaf(emr):
             for at in (last_day, last_day + timedelta(hours=1))  # 00:30 Seoul next day = next month
         ]
         conn.rollback()
-    before, after = month_start(-2), month_start(-1)
+    before, after = data_month(emr, -2), data_month(emr, -1)
     assert leaves == [f"lab_results_p{before:%Y_%m}_p3", f"lab_results_p{after:%Y_%m}_p3"]
 
 
@@ -77,14 +86,14 @@ def test_a_row_outside_every_month_is_rejected_not_parked(emr):
 
 
 def test_clinic_and_month_query_is_pruned_to_one_leaf(emr):
-    month = month_start(-2)
+    month, next_month = data_month(emr, -1), data_month(emr, 0)  # the window's last whole month
     with psycopg.connect(emr.app_dsn) as conn:
         scanned = relations_scanned(
             conn, "SELECT test_code, count(*) FROM lab_results WHERE clinic_id = 2 AND collected_at >= %s "
-                  "AND collected_at < %s GROUP BY 1", (month, month_start(-1)))
+                  "AND collected_at < %s GROUP BY 1", (month, next_month))
         all_leaves = relations_scanned(conn, "SELECT count(*) FROM lab_results WHERE value > 0")
         n = conn.execute("SELECT count(*) FROM lab_results WHERE clinic_id = 2 AND collected_at >= %s "
-                         "AND collected_at < %s", (month, month_start(-1))).fetchone()[0]
+                         "AND collected_at < %s", (month, next_month)).fetchone()[0]
     assert scanned == {f"lab_results_p{month:%Y_%m}_p2"}
     assert n > 0, "the pruned leaf holds that clinic's month"
     assert len(all_leaves) > 20, "a query without keys plans every leaf"

@@ -28,16 +28,16 @@ from collections.abc import Callable
 import psycopg
 import pytest
 
+from careflow_ha.cli.drills import haproxy_preset_switcher
+from careflow_ha.cluster.patroni import PatroniApi
 from careflow_ha.drills.balancer import BACK_IN_VRRP_TARGET_S
 from careflow_ha.drills.control import PatroniRestControl
 from careflow_ha.drills.faults import get_fault
-from careflow_ha.drills.patroni import PatroniApi
 from careflow_ha.drills.report import write_report
 from careflow_ha.drills.runner import DrillOptions, DrillRun, run_drill
 from careflow_ha.drills.targets import WRITE_OUTAGE_TARGETS_S
-from careflow_ha.drills_cli import haproxy_preset_switcher
+from careflow_ha.lab.vip import vip_holders
 from careflow_ha.settings import LB_NODES, Settings
-from careflow_ha.vip import vip_holders
 from tests.plugins.timeouts import scaled, wait_until
 
 pytestmark = pytest.mark.drill

@@ -16,8 +16,8 @@ from types import MappingProxyType
 import psycopg
 import pytest
 
+from careflow_ha.cluster.model import ClusterSnapshot, Member
 from careflow_ha.drills.faults import Fault, Hold
-from careflow_ha.drills.model import ClusterSnapshot, Member
 from careflow_ha.drills.report import write_report
 from careflow_ha.drills.runner import DrillOptions, run_drill
 from careflow_ha.errors import NotReady

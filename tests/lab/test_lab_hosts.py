@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from careflow_ha.engine import container_name
-from careflow_ha.lab import lab_up
-from careflow_ha.provision import PROJECT_DIR
-from careflow_ha.sshaccess import ssh_argv, ssh_config_path
+from careflow_ha.lab.engine import container_name
+from careflow_ha.lab.hosts import lab_up
+from careflow_ha.lab.ssh import ssh_argv, ssh_config_path
+from careflow_ha.settings import PROJECT_DIR
 from tests.inventory import hosts
 
 pytestmark = pytest.mark.lab

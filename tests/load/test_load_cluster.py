@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from careflow_ha.cluster import wait_healthy
+from careflow_ha.cluster.health import wait_healthy
 from careflow_ha.load.analysis import read_requests
 from careflow_ha.load.runner import LoadConfig, run_load
 from careflow_ha.settings import PG_NODES, Settings

@@ -18,8 +18,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from careflow_ha import lab
-from careflow_ha.engine import Engine, detect_engine
+from careflow_ha.lab import hosts
+from careflow_ha.lab.engine import Engine, detect_engine
 from careflow_ha.settings import LAB_NODES, Settings, load_settings
 
 _RANK = {"localpg": 1, "lab": 2, "cluster": 3, "pyinfra": 4, "drill": 5, "teardown": 9}
@@ -65,10 +65,10 @@ def lab_hosts(settings: Settings, engine: Engine) -> Iterator[Settings]:
     """The four lab hosts, up and answering SSH."""
     # A lab left by another checkout (CI's fresh clone after a session) is
     # stale: lab_up replaces it, and this session then owns the teardown.
-    already = not lab.is_stale(settings, engine) and all(engine.state(n) == "running" for n in LAB_NODES)
+    already = not hosts.is_stale(settings, engine) and all(engine.state(n) == "running" for n in LAB_NODES)
     _SESSION.settings, _SESSION.engine = settings, engine
     _SESSION.started_here = not already
-    lab.lab_up(settings, engine, progress)
+    hosts.lab_up(settings, engine, progress)
     yield settings
 
 
@@ -90,6 +90,6 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         return
     # Teardown must happen even after failures; errors here must not mask the result.
     try:
-        lab.lab_down(_SESSION.settings, _SESSION.engine, progress, purge_data=True)
+        hosts.lab_down(_SESSION.settings, _SESSION.engine, progress, purge_data=True)
     except Exception as exc:  # noqa: BLE001
         progress(f"lab: teardown failed: {exc}")

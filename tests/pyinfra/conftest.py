@@ -21,9 +21,9 @@ from typing import Any
 
 import pytest
 
-from careflow_ha import lab
-from careflow_ha.engine import Engine
-from careflow_ha.pyinfra_deploys.runner import PyinfraResult
+from careflow_ha.lab import hosts
+from careflow_ha.lab.engine import Engine
+from careflow_ha.provision.pyinfra import PyinfraResult
 from careflow_ha.settings import Settings
 from tests.plugins.lab import progress
 
@@ -44,7 +44,7 @@ def pyinfra_cold_run(lab_hosts: Settings, engine: Engine) -> PyinfraResult:
     from careflow_ha.stack import bring_up
 
     progress("pyinfra: purging the lab so that pyinfra provisions bare hosts")
-    lab.purge(engine, progress)
+    hosts.purge(engine, progress)
     result, _status = bring_up(lab_hosts, engine, progress, provisioner="pyinfra")
     progress(f"pyinfra: cold provisioning took {result.seconds:.0f}s, changed={result.changed}")
     # Kept for the comparison with Ansible's cold run in the same session (its log is beside it).

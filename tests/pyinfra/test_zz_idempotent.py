@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import pytest
 
-from careflow_ha.provision import run_playbook
-from careflow_ha.pyinfra_deploys.runner import run_pyinfra
+from careflow_ha.provision.ansible import run_playbook
+from careflow_ha.provision.pyinfra import run_pyinfra
 
 pytestmark = pytest.mark.pyinfra
 

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 
-from careflow_ha.cluster import Backend, parse_haproxy_csv, routing_problems
-from careflow_ha.drills.model import ClusterSnapshot, Member
+from careflow_ha.cluster.health import Backend, parse_haproxy_csv, routing_problems
+from careflow_ha.cluster.model import ClusterSnapshot, Member
 from careflow_ha.errors import EnvironmentProblem
-from careflow_ha.image import apt_mirror
-from careflow_ha.provision import parse_recap
+from careflow_ha.lab.image import apt_mirror
+from careflow_ha.provision.ansible import parse_recap
 
 RECAP = """
 TASK [haproxy : Ensure HAProxy listens] ****

@@ -1,0 +1,195 @@
+"""Commands for the EMR data: ``data prepare|migrate|load|import``, ``partitions status|maintain|check``,
+and ``bench partitioning``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from careflow_ha.cli.common import (
+    confirm_or_force,
+    dsn_option,
+    emit,
+    force_option,
+    format_option,
+    get_settings,
+    resolve_dsn,
+    table,
+)
+from careflow_ha.errors import CheckFailed, UsageError
+
+
+def _echo_target(dsn: str) -> None:
+    from careflow_ha.dsn import redact
+
+    click.echo(f"target: {redact(dsn)}", err=True)
+
+
+@click.group("data")
+def data_group() -> None:
+    """EMR schema and data: prepare, migrate, load synthetic data, import lab CSV."""
+
+
+@data_group.command("prepare")
+@click.option("--admin-dsn", envvar="CAREFLOW_ADMIN_DSN", default=None,
+              help="Superuser libpq URI. Default: the cluster through port 5000 as postgres (env CAREFLOW_ADMIN_DSN).")
+def prepare_cmd(admin_dsn: str | None) -> None:
+    """Create the careflow database, pg_partman and pg_cron, and the roles' grants (superuser; idempotent)."""
+    from careflow_ha.data.db import prepare_database
+
+    dsn = admin_dsn or get_settings().dsn(endpoint="rw", role="superuser", dbname="postgres")
+    _echo_target(dsn)
+    changed = prepare_database(dsn)
+    click.echo("\n".join(changed) if changed else "nothing to change: database, extensions and grants in place")
+
+
+@data_group.command("migrate")
+@dsn_option
+def migrate_cmd(dsn: str | None) -> None:
+    """Apply pending schema migrations (yoyo) as the app role; a second run applies nothing."""
+    from careflow_ha.data.db import migrate
+
+    target = resolve_dsn(dsn)
+    _echo_target(target)
+    applied = migrate(target)
+    click.echo(("applied: " + ", ".join(applied)) if applied else "schema up to date: nothing to apply")
+
+
+@data_group.command("load")
+@click.option("--rows", type=int, required=True, help="Number of lab results to generate (e.g. 1000000).")
+@click.option("--clinics", type=int, default=8, show_default=True, help="Clinics in the network.")
+@click.option("--months", type=int, default=12, show_default=True, help="Months of history, ending now.")
+@click.option("--seed", type=int, default=42, show_default=True, help="Same seed and window, same data.")
+@click.option("--replace", is_flag=True, help="Truncate the EMR tables first (asks unless --force).")
+@force_option
+@dsn_option
+@format_option
+def load_cmd(rows: int, clinics: int, months: int, seed: int, replace: bool, force: bool, dsn: str | None,
+             fmt: str) -> None:
+    """Generate a realistic EMR data set and COPY it in, with a progress bar."""
+    from careflow_ha.data.generator import DataSpec
+    from careflow_ha.data.loader import load
+
+    spec = DataSpec(rows=rows, clinics=clinics, months=months, seed=seed).validated()  # bad flags fail here
+    target = resolve_dsn(dsn)
+    _echo_target(target)
+    if replace:
+        confirm_or_force("Truncate clinics, owners, pets, vets, visits and lab_results before loading?", force)
+    summary = load(target, spec, replace=replace, progress=True)
+    emit(summary.as_dict(), fmt, lambda d: table([d], list(d)))
+
+
+@data_group.command("import")
+@click.argument("csv_file", type=click.Path(path_type=Path))
+@dsn_option
+@format_option
+def import_cmd(csv_file: Path, dsn: str | None, fmt: str) -> None:
+    """Import lab results from CSV (pet_id,test_code,collected_at,value[,visit_id]); bad rows are quarantined."""
+    from careflow_ha.data.importer import import_csv
+
+    target = resolve_dsn(dsn)
+    _echo_target(target)
+    summary = import_csv(target, csv_file, progress=True)
+
+    def pretty(d: dict) -> str:
+        lines = [f"{d['file']}: {d['rows']} rows, {d['loaded']} loaded, {d['quarantined']} quarantined "
+                 f"(batch {d['batch_id']})"]
+        if d["reasons"]:
+            lines.append(table([{"reason": k, "rows": v} for k, v in d["reasons"].items()], ["reason", "rows"]))
+            lines.append(f"see: SELECT line_no, reasons, raw FROM lab_results_quarantine WHERE batch_id = "
+                         f"{d['batch_id']};")
+        return "\n".join(lines)
+
+    emit(summary.as_dict(), fmt, pretty)
+
+
+@click.group("partitions")
+def partitions_group() -> None:
+    """lab_results partitions (months x clinics, pg_partman): status, maintain, check."""
+
+
+@partitions_group.command("status")
+@dsn_option
+@format_option
+def status_cmd(dsn: str | None, fmt: str) -> None:
+    """Months, clinic leaves, sizes, partman settings and the scheduled jobs."""
+    from careflow_ha.data.db import connect
+    from careflow_ha.data.partitions import status
+
+    with connect(resolve_dsn(dsn), autocommit=True) as conn:
+        data = status(conn)
+
+    def pretty(d: dict) -> str:
+        head = (f"{d['parent']}: {d['months']} months, {d['leaves']} leaf partitions; premake {d['premake_months']} "
+                f"months, clinic premake {d['clinic_premake']}; retention {d['retention']} "
+                f"(keep table: {d['retention_keep_table']})")
+        return "\n".join([head, table(d["partitions"], ["month", "table", "leaves", "clinics", "default", "est_rows",
+                                                         "mb"]),
+                          table(d["jobs"], ["job", "schedule", "active", "last_status", "last_start"])])
+
+    emit(data, fmt, pretty)
+
+
+@partitions_group.command("maintain")
+@click.option("--from", "from_month", default=None, metavar="YYYY-MM",
+              help="Also make sure months from this one on exist (e.g. before importing old results).")
+@dsn_option
+@format_option
+def maintain_cmd(from_month: str | None, dsn: str | None, fmt: str) -> None:
+    """Run pg_partman maintenance now; cover every clinic; move rows parked in clinic defaults."""
+    from careflow_ha.data.db import connect
+    from careflow_ha.data.partitions import maintain, parse_month
+
+    first = parse_month(from_month) if from_month else None
+    with connect(resolve_dsn(dsn), autocommit=True) as conn:
+        result = maintain(conn, first)
+    emit(result, fmt, lambda d: table([{"what": k, "count": v} for k, v in d.items()], ["what", "count"]))
+
+
+@partitions_group.command("check")
+@dsn_option
+@format_option
+def check_cmd(dsn: str | None, fmt: str) -> None:
+    """Check partition health; exits 5 if a check fails (each failure names its fix)."""
+    from careflow_ha.data.db import connect
+    from careflow_ha.data.partitions import check
+
+    with connect(resolve_dsn(dsn), autocommit=True) as conn:
+        results = [c.__dict__ for c in check(conn)]
+    emit(results, fmt, lambda rows: table(rows, ["name", "status", "detail"]))
+    failed = [r["name"] for r in results if r["status"] == "FAIL"]
+    if failed:
+        raise CheckFailed(f"partition check failed: {', '.join(failed)}")
+
+
+@click.command("partitioning")
+@click.option("--rows", type=int, default=5_000_000, show_default=True, help="Lab results loaded into each table.")
+@click.option("--clinics", type=int, default=8, show_default=True)
+@click.option("--months", type=int, default=24, show_default=True)
+@click.option("--seed", type=int, default=1, show_default=True)
+@click.option("--repeat", type=int, default=7, show_default=True, help="Runs per query; the median is reported.")
+@click.option("--local", is_flag=True, help="Start a throwaway local PostgreSQL 15 for the run (default: --dsn).")
+@click.option("--keep", is_flag=True, help="Keep the bench schema afterwards (default: drop it).")
+@dsn_option
+@format_option
+def bench_partitioning_cmd(rows: int, clinics: int, months: int, seed: int, repeat: int, local: bool, keep: bool,
+                           dsn: str | None, fmt: str) -> None:
+    """Partitioned vs unpartitioned lab_results, same data, same run: load rows/s and three queries."""
+    from careflow_ha.data.bench import render, run_bench
+    from careflow_ha.data.generator import DataSpec
+
+    spec = DataSpec(rows=rows, clinics=clinics, months=months, seed=seed).validated()
+    if repeat < 1:
+        raise UsageError(f"--repeat {repeat} must be at least 1")
+    if local and dsn:
+        raise UsageError("--local and --dsn both given; pick one target")
+    result = run_bench(None if local else resolve_dsn(dsn), spec, repeat=repeat, keep=keep)
+    emit(result, fmt, render)
+
+
+def register(cli: click.Group) -> None:
+    """Add ``data``, ``partitions`` and ``bench partitioning`` to the CLI."""
+    cli.add_command(data_group)
+    cli.add_command(partitions_group)
+    cli.commands["bench"].add_command(bench_partitioning_cmd)  # type: ignore[attr-defined]

@@ -1,0 +1,261 @@
+"""``careflow-ha drill ...``: list, run, all, compare.
+
+Drills break the lab cluster on purpose, so they ask first unless ``--force``.
+Progress goes to stderr while a drill runs; the result (table or JSON) goes to
+stdout; every run leaves a report under ``reports/drills/``. A run that
+misses a target exits 5 (CheckFailed) after all reports are written.
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import click
+
+from careflow_ha.cli.common import (
+    confirm_or_force,
+    emit,
+    engine_option,
+    force_option,
+    format_option,
+    get_settings,
+    preset_option,
+    progress,
+    table,
+)
+from careflow_ha.cluster.patroni import PatroniApi
+from careflow_ha.drills.control import PatroniRestControl
+from careflow_ha.drills.faults import FAULTS, get_fault
+from careflow_ha.drills.report import write_report
+from careflow_ha.drills.runner import DrillOptions, DrillRun, run_drill
+from careflow_ha.drills.targets import compare_verdict
+from careflow_ha.errors import CheckFailed, UsageError
+from careflow_ha.lab.engine import detect_engine
+from careflow_ha.provision.ansible import apply_haproxy_timing
+from careflow_ha.settings import Settings
+
+drill_preset_option = preset_option(
+    "fast", "Patroni timing preset: 'default' is ttl 30/loop_wait 10/retry_timeout 10; 'fast' is the tuned one."
+)
+async_option = click.option(
+    "--async",
+    "asynchronous",
+    is_flag=True,
+    help="Run with synchronous_mode off (shows the acknowledged writes lost at failover); restored afterwards.",
+)
+repeat_option = click.option(
+    "--repeat", type=click.IntRange(1, 50), default=1, show_default=True, help="Run the drill N times in a row."
+)
+
+
+def _summary(run: DrillRun, folder: str = "") -> dict[str, Any]:
+    a = run.analysis
+    return {
+        "drill": run.name,
+        "preset": run.preset,
+        "sync": "on" if run.synchronous else "off",
+        "write_outage_s": None if a.write_outage.seconds is None else round(a.write_outage.seconds, 2),
+        "read_outage_s": None if a.read_outage.seconds is None else round(a.read_outage.seconds, 2),
+        "lost_acked": None if a.lost_writes is None else len(a.lost_writes),
+        "split_brain": len(a.split_brain),
+        "leader": f"{a.old_primary}->{a.new_primary or a.old_primary}",
+        "rejoin_s": None if a.rejoin_seconds is None else round(a.rejoin_seconds, 1),
+        "result": "PASS" if run.passed else "MISS",
+        "report": folder,
+    }
+
+
+SUMMARY_COLUMNS = [
+    "drill", "preset", "sync", "write_outage_s", "read_outage_s", "lost_acked", "split_brain", "leader", "rejoin_s",
+    "result", "report",
+]  # fmt: skip
+
+
+under_load_option = click.option(
+    "--under-load",
+    is_flag=True,
+    help="Run EMR traffic (Locust, 10 users through HAProxy 5000/5001) for the whole drill; "
+    "its load report goes to reports/load/.",
+)
+
+
+def haproxy_preset_switcher(settings: Settings) -> Callable[[str], None]:
+    """HAProxy's half of a timing preset (check inter/fastinter/fall/rise) is provisioned config:
+    re-render it on the balancers, but only when the preset actually changes within this run."""
+    applied: list[str] = []
+
+    def switch(name: str) -> None:
+        if applied and applied[-1] == name:
+            return
+        progress(f"HAProxy: applying the '{name}' check timing on the balancers")
+        apply_haproxy_timing(settings, name, lambda _line: None)
+        applied.append(name)
+
+    return switch
+
+
+def _runner(engine_name: str | None, under_load: bool = False) -> Callable[[str, str, bool], tuple[DrillRun, str]]:
+    """Build the engine and cluster control once; return a function that runs and reports one drill."""
+    settings = get_settings()
+    background = None
+    if under_load:
+        from careflow_ha.load.background import drill_background
+
+        background = drill_background(settings, progress=progress)
+    engine = detect_engine(engine_name)
+    control = PatroniRestControl(PatroniApi(settings), haproxy_preset=haproxy_preset_switcher(settings))
+
+    def one(name: str, preset: str, asynchronous: bool) -> tuple[DrillRun, str]:
+        options = DrillOptions(preset=preset, synchronous=not asynchronous, background=background)
+        run = run_drill(get_fault(name), settings, engine, control, options, progress)
+        folder = write_report(run, settings.reports_dir, settings.secrets)
+        progress(f"report: {folder.relative_to(settings.project_dir)}/report.md")
+        return run, str(folder.relative_to(settings.project_dir))
+
+    return one
+
+
+def _finish(runs: Sequence[tuple[DrillRun, str]], fmt: str) -> None:
+    rows = [_summary(run, folder) for run, folder in runs]
+    emit(rows, fmt, lambda r: table(r, SUMMARY_COLUMNS))
+    missed = [run for run, _ in runs if not run.passed]
+    if missed:
+        names = ", ".join(sorted({r.name for r in missed}))
+        raise CheckFailed(f"{len(missed)} of {len(runs)} drill run(s) missed a target ({names}); see the reports")
+
+
+@click.group("drill")
+def drill_group() -> None:
+    """Failover drills: break the cluster on purpose and measure, as a client, how it recovers."""
+
+
+@drill_group.command("list")
+@format_option
+def list_cmd(fmt: str) -> None:
+    """The drills of the failure model, with what each breaks."""
+    rows = [
+        {
+            "name": f.name,
+            "breaks": f.title,
+            "failover": {True: "expected", False: "must not", None: "either"}[f.expects_failover],
+            "ci": "yes" if f.ci else "",
+            "how": f.description,
+        }
+        for f in FAULTS.values()
+    ]
+    emit(rows, fmt, lambda r: table(r, ["name", "breaks", "failover", "ci"]))  # "how" is in --format json
+
+
+@drill_group.command("run")
+@click.argument("name")
+@repeat_option
+@drill_preset_option
+@async_option
+@under_load_option
+@engine_option
+@force_option
+@format_option
+def run_cmd(
+    name: str, repeat: int, preset: str, asynchronous: bool, under_load: bool, engine_name: str | None, force: bool,
+    fmt: str,
+) -> None:
+    """Run drill NAME (see 'drill list') and write its report."""
+    fault = get_fault(name)  # an unknown name fails before anything is touched
+    if asynchronous and fault.name == "sync-standby-loss":
+        raise UsageError("drill 'sync-standby-loss' needs synchronous_mode on; run it without --async")
+    confirm_or_force(f"Drill '{fault.name}' breaks the lab cluster on purpose ({fault.title}). Continue?", force)
+    one = _runner(engine_name, under_load)
+    runs = []
+    for i in range(repeat):
+        if repeat > 1:
+            progress(f"repetition {i + 1} of {repeat}")
+        runs.append(one(fault.name, preset, asynchronous))
+    _finish(runs, fmt)
+
+
+@drill_group.command("all")
+@click.option(
+    "--ci", "ci_only", is_flag=True, help="Only the CI subset (switchover, node loss, partition, balancer loss)."
+)
+@drill_preset_option
+@async_option
+@under_load_option
+@engine_option
+@force_option
+@format_option
+def all_cmd(
+    ci_only: bool, preset: str, asynchronous: bool, under_load: bool, engine_name: str | None, force: bool, fmt: str
+) -> None:
+    """Run every drill once, in the order of the failure model."""
+    faults = [f for f in FAULTS.values() if f.ci or not ci_only]
+    if asynchronous:  # losing the sync standby means nothing without one
+        faults = [f for f in faults if f.name != "sync-standby-loss"]
+    confirm_or_force(f"Run {len(faults)} drills that break the lab cluster on purpose?", force)
+    one = _runner(engine_name, under_load)
+    runs = []
+    for i, fault in enumerate(faults, start=1):
+        progress(f"drill {i} of {len(faults)}: {fault.name}")
+        runs.append(one(fault.name, preset, asynchronous))
+    _finish(runs, fmt)
+
+
+@drill_group.command("compare")
+@click.argument("name")
+@repeat_option
+@async_option
+@under_load_option
+@engine_option
+@force_option
+@format_option
+def compare_cmd(
+    name: str, repeat: int, asynchronous: bool, under_load: bool, engine_name: str | None, force: bool, fmt: str
+) -> None:
+    """Run drill NAME under Patroni's defaults and under the tuned preset in one run; print both and the ratio."""
+    fault = get_fault(name)
+    confirm_or_force(f"Run '{fault.name}' {2 * repeat} times (both presets)? It breaks the lab cluster.", force)
+    one = _runner(engine_name, under_load)
+    runs: list[tuple[DrillRun, str]] = []
+    for i in range(repeat):  # interleaved, so both presets see the same machine load
+        for preset in ("default", "fast"):
+            progress(f"repetition {i + 1} of {repeat}, preset {preset}")
+            runs.append(one(fault.name, preset, asynchronous))
+
+    def median(preset: str) -> float | None:
+        values = [r.analysis.write_outage.seconds for r, _ in runs if r.preset == preset]
+        known = [v for v in values if v is not None]
+        return statistics.median(known) if known and len(known) == len(values) else None
+
+    default_s, fast_s = median("default"), median("fast")
+    verdict = compare_verdict(default_s, fast_s)
+    result = {
+        "drill": fault.name,
+        "repeat": repeat,
+        "default_write_outage_s": default_s,
+        "fast_write_outage_s": fast_s,
+        "ratio_fast_to_default": None if not default_s or fast_s is None else round(fast_s / default_s, 3),
+        "ratio_target": verdict.target if fault.name == "primary-node-loss" else None,
+        "ratio_ok": verdict.ok if fault.name == "primary-node-loss" else None,
+        "runs": [_summary(r, folder) for r, folder in runs],
+    }
+
+    def pretty(res: dict[str, Any]) -> str:
+        lines = [table(res["runs"], SUMMARY_COLUMNS), ""]
+        fmt_s = lambda v: "-" if v is None else f"{v:.2f} s"  # noqa: E731 - tiny local formatter
+        lines.append(f"write outage (median of {repeat}): default {fmt_s(default_s)}, fast {fmt_s(fast_s)}")
+        ratio = res["ratio_fast_to_default"]
+        lines.append(f"ratio fast/default: {'-' if ratio is None else f'{ratio:.2f}'}")
+        if res["ratio_target"]:
+            lines.append(f"target {res['ratio_target']}: {'PASS' if res['ratio_ok'] else 'MISS'}")
+        return "\n".join(lines)
+
+    emit(result, fmt, pretty)
+    missed = [r for r, _ in runs if not r.passed]
+    if missed or result["ratio_ok"] is False:
+        raise CheckFailed(f"'{fault.name}' missed a target ({len(missed)} run(s) or the ratio); see the reports")
+
+
+def register(cli: click.Group) -> None:
+    """Add the ``drill`` command group to the ``careflow-ha`` CLI."""
+    cli.add_command(drill_group)

@@ -1,0 +1,121 @@
+"""pgbench through HAProxy (port 5000) against pgbench straight to the primary, in one run.
+
+Absolute TPS drift between runs on a shared 2-core box; the ratio of the two
+paths measured minutes apart in the same run is the figure to trust. Each
+mode alternates HAProxy and direct runs so that drift hits both sides alike.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import statistics
+import subprocess
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import quote
+
+import psycopg
+
+from careflow_ha.cluster.patroni import PatroniApi
+from careflow_ha.errors import CommandFailed, NotReady
+from careflow_ha.settings import ROLE_NAMES, Settings
+
+PGBENCH = Path("/usr/lib/postgresql/15/bin/pgbench")
+BENCH_DB = "careflow_pgbench"
+MODES = {"select-only": ["-S"], "tpcb-like": []}
+
+
+@dataclass(frozen=True)
+class PgbenchResult:
+    mode: str
+    path: str  # "haproxy:5000" or "direct:pgN"
+    tps: float
+    latency_ms: float
+
+
+def _dsn(settings: Settings, port: int, dbname: str) -> str:
+    pw = quote(settings.password("superuser"), safe="")
+    return f"postgresql://{ROLE_NAMES['superuser']}:{pw}@{settings.host}:{port}/{dbname}"
+
+
+def _pgbench(settings: Settings, args: list[str], port: int, timeout: float) -> str:
+    # The password goes through the environment (PGPASSWORD), never argv.
+    env = {**os.environ, "PGPASSWORD": settings.password("superuser")}
+    proc = subprocess.run(
+        [str(PGBENCH), "-h", settings.host, "-p", str(port), "-U", ROLE_NAMES["superuser"], *args, BENCH_DB],
+        env=env, capture_output=True, text=True, timeout=timeout, check=False,
+    )
+    if proc.returncode != 0:
+        raise CommandFailed(f"pgbench {' '.join(args)} failed: {proc.stderr.strip()[-400:]}")
+    return proc.stdout
+
+
+def parse_pgbench(output: str) -> tuple[float, float]:
+    """(tps, average latency in ms) from pgbench's summary."""
+    tps = re.search(r"^tps = ([\d.]+)", output, re.M)
+    lat = re.search(r"^latency average = ([\d.]+) ms", output, re.M)
+    if not tps or not lat:
+        raise CommandFailed("pgbench printed no tps/latency summary:\n" + output[-500:])
+    return float(tps.group(1)), float(lat.group(1))
+
+
+def run_bench(
+    settings: Settings,
+    progress: Callable[[str], None],
+    seconds: int = 20,
+    clients: int = 8,
+    scale: int = 10,
+    rounds: int = 2,
+) -> list[PgbenchResult]:
+    """Initialise a pgbench database through 5000, then alternate HAProxy and direct runs per mode."""
+    snap = PatroniApi(settings).cluster()
+    leaders = [m.name for m in snap.members if m.is_leader]
+    if len(leaders) != 1:
+        raise NotReady("no single leader to benchmark against; see `careflow-ha status`")
+    leader = leaders[0]
+    rw = settings.port("CAREFLOW_RW_PORT")
+    direct = settings.node_port(leader, "PG")
+    with psycopg.connect(_dsn(settings, rw, "postgres"), autocommit=True) as conn:
+        if not conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (BENCH_DB,)).fetchone():
+            conn.execute(f"CREATE DATABASE {BENCH_DB}")
+    progress(f"bench: pgbench -i -s {scale} through 5000 (leader {leader})")
+    _pgbench(settings, ["-i", "-q", "-s", str(scale)], rw, timeout=600)
+    results: list[PgbenchResult] = []
+    common = ["-c", str(clients), "-j", "2", "-T", str(seconds), "-n"]
+    try:
+        for mode, extra in MODES.items():
+            for round_no in range(rounds):
+                for path, port in (("haproxy:5000", rw), (f"direct:{leader}", direct)):
+                    progress(f"bench: {mode} via {path} (round {round_no + 1}/{rounds}, {seconds}s)")
+                    out = _pgbench(settings, [*common, *extra], port, timeout=seconds * 3 + 60)
+                    tps, lat = parse_pgbench(out)
+                    results.append(PgbenchResult(mode, path, tps, lat))
+    finally:
+        with psycopg.connect(_dsn(settings, rw, "postgres"), autocommit=True) as conn:
+            conn.execute(f"DROP DATABASE IF EXISTS {BENCH_DB} WITH (FORCE)")
+    return results
+
+
+def summarise(results: list[PgbenchResult]) -> list[dict]:
+    """Median TPS per mode and path, and the HAProxy/direct ratio per mode."""
+    rows = []
+    for mode in MODES:
+        via = [r.tps for r in results if r.mode == mode and r.path.startswith("haproxy")]
+        direct = [r.tps for r in results if r.mode == mode and r.path.startswith("direct")]
+        lat_via = [r.latency_ms for r in results if r.mode == mode and r.path.startswith("haproxy")]
+        lat_direct = [r.latency_ms for r in results if r.mode == mode and r.path.startswith("direct")]
+        if not via or not direct:
+            continue
+        rows.append(
+            {
+                "mode": mode,
+                "tps_haproxy": round(statistics.median(via), 1),
+                "tps_direct": round(statistics.median(direct), 1),
+                "ratio_haproxy_to_direct": round(statistics.median(via) / statistics.median(direct), 3),
+                "latency_ms_haproxy": round(statistics.median(lat_via), 2),
+                "latency_ms_direct": round(statistics.median(lat_direct), 2),
+            }
+        )
+    return rows

@@ -1,0 +1,161 @@
+"""Drill reports from a recorded (synthetic) failover: files, figures, index, async explanation, no secrets."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from careflow_ha.cluster.model import ClusterSnapshot, HistoryEntry, Member
+from careflow_ha.cluster.timing import TIMING_PRESETS
+from careflow_ha.drills.analysis import analyse
+from careflow_ha.drills.model import Ack, NodeSample, ProbeError, Recording
+from careflow_ha.drills.report import write_index, write_report
+from careflow_ha.drills.runner import DrillRun
+from careflow_ha.drills.targets import compare_verdict, verdicts
+from careflow_ha.errors import CheckFailed
+
+T0 = 1_795_780_800.0  # 2026-11-27 12:00 UTC
+SECRETS = {"CAREFLOW_APP_PASSWORD": "app-pw-not-in-reports", "CAREFLOW_PATRONI_API_PASSWORD": "api-pw-secret"}
+
+
+def members(leader: str, others: dict[str, tuple[str, str]], tl: int) -> tuple[Member, ...]:
+    return (Member(leader, "leader", "running", tl), *[Member(n, r, s, tl) for n, (r, s) in others.items()])
+
+
+def make_run(
+    *, synchronous: bool = True, lost_tail: int = 0, outage_end: float = 31.0, inject_note: str = ""
+) -> DrillRun:
+    """A primary-node-loss run: fault at +10 s, writes back at +outage_end via pg2, pg1 streams again at +45 s."""
+    before = [Ack(i, T0 + i * 0.05, T0 + i * 0.05 + 0.004, "pg1") for i in range(200)]  # up to +10 s
+    after = [Ack(1000 + i, T0 + outage_end + i * 0.05, T0 + outage_end + i * 0.05 + 0.004, "pg2") for i in range(400)]
+    writes = tuple(before + after)
+    present = [w.seq for w in writes][: len(writes) - lost_tail] if lost_tail else [w.seq for w in writes]
+    snaps = (
+        ClusterSnapshot(
+            T0 + 9.5, members("pg1", {"pg2": ("sync_standby", "streaming"), "pg3": ("replica", "streaming")}, 1)
+        ),
+        ClusterSnapshot(
+            T0 + 28.0, (Member("pg2", "replica", "streaming", 1), Member("pg3", "replica", "streaming", 1))
+        ),
+        ClusterSnapshot(T0 + 29.5, members("pg2", {"pg3": ("sync_standby", "streaming")}, 2)),
+        ClusterSnapshot(
+            T0 + 45.0, members("pg2", {"pg1": ("replica", "streaming"), "pg3": ("sync_standby", "streaming")}, 2)
+        ),
+    )
+    rec = Recording(
+        writes=writes,
+        write_errors=(ProbeError(300, T0 + 12.0, "connect", "connection refused"),),
+        reads=tuple(Ack(i, T0 + i * 0.1, T0 + i * 0.1, "pg3") for i in range(500)),
+        node_samples=tuple(
+            [NodeSample(T0 + i * 0.25, "pg1", True if i < 40 else None) for i in range(120)]
+            + [NodeSample(T0 + i * 0.25, "pg2", i >= 118) for i in range(200)]
+        ),
+        snapshots=snaps,
+        history=(HistoryEntry(1, 50331800, "no recovery target specified", T0 + 29.0, "pg2"),),
+        started_at=T0,
+        stopped_at=T0 + 50.0,
+    )
+    fault_at, heal_at = T0 + 10.0, T0 + 22.0
+    a = analyse(rec, fault_at=fault_at, heal_at=heal_at, old_primary="pg1", present_seqs=present)
+    return DrillRun(
+        name="primary-node-loss",
+        title="primary node loss",
+        description="Container kill of the primary node.",
+        preset="fast",
+        timing=TIMING_PRESETS["fast"],
+        synchronous=synchronous,
+        under_load=False,
+        run_id="r1",
+        targets=("pg1",),
+        old_primary="pg1",
+        inject_note=inject_note or "container kill pg1",
+        heal_note="container start pg1",
+        started_at=T0,
+        fault_at=fault_at,
+        heal_at=heal_at,
+        finished_at=T0 + 50.0,
+        recovered=True,
+        recovery_problem=None,
+        expects_failover=True,
+        recording=rec,
+        analysis=a,
+        verdicts=verdicts("primary-node-loss", "fast", synchronous, a, True),
+        write_attempts=len(writes) + 1,
+    )
+
+
+def test_report_folder_has_markdown_json_and_png(tmp_path):
+    out = write_report(make_run(), tmp_path, SECRETS)
+    assert out.parent == tmp_path / "drills"
+    assert out.name == "20261127T120000Z-primary-node-loss-fast"
+    assert (out / "timeline.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    data = json.loads((out / "result.json").read_text())
+    assert data["write_outage_s"] == pytest.approx(31.004 - 9.954)
+    assert data["lost_acked_writes"] == 0 and data["split_brain"] == []
+    assert data["new_primary"] == "pg2" and data["rejoin_s"] == pytest.approx(23.0)
+    assert data["moments_from_fault_s"]["promotion"] == pytest.approx(19.0)  # Patroni's /history timestamp
+    assert data["passed"] is True
+    assert data["promotions_after_fault"] == 1
+    md = (out / "report.md").read_text()
+    for heading in ("## What the client saw", "## Targets", "## Where the time went", "![timeline](timeline.png)"):
+        assert heading in md
+    assert "Synchronous vs asynchronous" not in md
+
+
+def test_a_missed_outage_target_names_the_phase_that_took_the_time(tmp_path):
+    run = make_run(outage_end=60.0)  # lease 18 s, promotion 1 s, HAProxy + reconnect 31 s
+    assert not run.passed
+    md = (write_report(run, tmp_path, SECRETS) / "report.md").read_text()
+    assert "The outage target was missed; most of the outage went to **HAProxy detection + client reconnect**" in md
+
+
+def test_async_run_counts_lost_writes_and_explains_the_trade_off(tmp_path):
+    out = write_report(make_run(synchronous=False, lost_tail=7), tmp_path, SECRETS)
+    data = json.loads((out / "result.json").read_text())
+    assert data["lost_acked_writes"] == 7 and len(data["lost_acked_seqs"]) == 7
+    md = (out / "report.md").read_text()
+    assert "## Synchronous vs asynchronous: the trade-off" in md
+    assert "| acknowledged writes lost | 7 |" in md
+    assert out.name.endswith("-async")
+
+
+def test_lost_writes_in_sync_mode_fail_the_run():
+    run = make_run(lost_tail=2)
+    lost = [v for v in run.verdicts if v.target.startswith("0 lost")]
+    assert lost[0].ok is False and not run.passed
+
+
+def test_index_lists_every_run_newest_first_and_is_rebuilt_idempotently(tmp_path):
+    first = write_report(make_run(), tmp_path, SECRETS)
+    second = write_report(make_run(synchronous=False, lost_tail=3), tmp_path, SECRETS)
+    third = write_report(make_run(), tmp_path, SECRETS)  # same second: a distinct folder
+    assert len({first, second, third}) == 3
+    index = (tmp_path / "drills" / "index.md").read_text()
+    rows = [line for line in index.splitlines() if line.startswith("| 2026")]
+    assert len(rows) == 3
+    assert "| off |" in index and "| 3 |" in index
+    assert write_index(tmp_path / "drills").read_text() == index
+
+
+def test_a_secret_in_any_field_stops_the_report(tmp_path):
+    run = make_run(inject_note="psql postgresql://careflow_app:app-pw-not-in-reports@127.0.0.1:5000/careflow")
+    with pytest.raises(CheckFailed, match="secret"):
+        write_report(run, tmp_path, SECRETS)
+    assert not (tmp_path / "drills").exists()
+
+
+def test_reports_never_contain_secrets_or_dsns(tmp_path):
+    out = write_report(make_run(), tmp_path, SECRETS)
+    for f in ("result.json", "report.md"):
+        text = (out / f).read_text()
+        assert "postgresql://" not in text
+        assert not any(v in text for v in SECRETS.values())
+
+
+@pytest.mark.parametrize(
+    ("default_s", "fast_s", "ok"),
+    [(36.0, 20.0, True), (36.0, 24.0, False), (None, 20.0, None), (36.0, None, None)],
+)
+def test_compare_ratio_target(default_s, fast_s, ok):
+    assert compare_verdict(default_s, fast_s).ok is ok

@@ -1,0 +1,200 @@
+"""The pyinfra inventory reads the Ansible inventory, group_vars and role defaults (no network).
+
+The decisive check renders every role template with Ansible itself (on the
+control host, connection=local) and with the pyinfra inventory, and compares
+them byte for byte: one source of truth, two renderers, identical files.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from careflow_ha.errors import UsageError
+from careflow_ha.provision import LAB_INVENTORY
+from careflow_ha.provision.inventory import ROLES, load_inventory
+from careflow_ha.pyinfra_deploys import _data
+from careflow_ha.pyinfra_deploys.deploy import pyinfra_inventory
+from careflow_ha.pyinfra_deploys.ops import dcs_needs_patch
+from careflow_ha.settings import PROJECT_DIR, SECRET_KEYS
+
+SECRETS = {key: f"{key.lower()}-s3cr3t-value" for key in SECRET_KEYS}
+
+
+@pytest.fixture(scope="module")
+def lab():
+    return load_inventory(LAB_INVENTORY, SECRETS)
+
+
+def test_groups_and_hosts_come_from_the_ansible_inventory(lab):
+    assert lab.group("etcd_cluster") == ("pg1", "pg2", "pg3")
+    assert lab.group("postgres_cluster") == ("pg1", "pg2", "pg3")
+    assert lab.group("balancers") == ("lb1", "lb2")
+    assert set(lab.hosts) == {"pg1", "pg2", "pg3", "lb1", "lb2"}
+
+
+@pytest.mark.parametrize(
+    "host,name,expected",
+    [
+        ("pg2", "careflow_node_ip", "192.168.56.12"),  # host var
+        ("pg1", "careflow_pg_port", 5432),  # group_vars/all.yml
+        ("pg1", "etcd_data_dir", "/var/lib/etcd/careflow"),  # role default with a Jinja expression
+        ("pg1", "patroni_maximum_lag_on_failover", 1048576),  # `| int` keeps the type
+        ("pg3", "__etcd_initial_cluster",
+         "pg1=http://192.168.56.11:2380,pg2=http://192.168.56.12:2380,pg3=http://192.168.56.13:2380"),
+        ("pg1", "__etcd_peer_url", "http://192.168.56.11:2380"),
+        ("pg2", "__etcd_peer_url", "http://192.168.56.12:2380"),  # per host, not per group
+        ("lb1", "careflow_wheelhouse_dir", str(PROJECT_DIR / ".lab" / "wheelhouse")),  # playbook_dir
+        ("pg1", "careflow_app_password", SECRETS["CAREFLOW_APP_PASSWORD"]),  # lookup('env') -> Settings.secrets
+        ("pg1", "ansible_user", "root"),  # all.vars
+    ],
+)
+def test_variables_resolve_like_ansible(lab, host, name, expected):
+    assert lab.hostvars[host][name] == expected
+
+
+def test_dcs_wanted_is_typed_like_ansible_native(lab):
+    dcs = lab.hostvars["pg1"]["__patroni_dcs_wanted"]
+    assert (dcs["ttl"], dcs["loop_wait"], dcs["retry_timeout"]) == (30, 10, 10)
+    assert dcs["synchronous_mode"] is True and dcs["synchronous_node_count"] == 1
+    assert dcs["postgresql"]["parameters"] == lab.hostvars["pg1"]["careflow_postgresql_parameters"]
+
+
+@pytest.mark.parametrize(
+    "extra,ttl,sync",
+    [
+        ({}, 30, True),  # no-op: the defaults
+        ({"careflow_timing_preset": "fast"}, 20, True),
+        ({"careflow_synchronous_mode": "false"}, 30, False),  # -e strings go through `| bool`
+        ({"careflow_timing_preset": "fast", "careflow_synchronous_mode": "true"}, 20, True),
+    ],
+)
+def test_extra_vars_win_like_ansible_e(extra, ttl, sync):
+    dcs = load_inventory(LAB_INVENTORY, SECRETS, extra).hostvars["pg1"]["__patroni_dcs_wanted"]
+    assert dcs["ttl"] == ttl and dcs["synchronous_mode"] is sync
+
+
+def test_missing_secret_resolves_empty_so_preflight_names_it():
+    inv = load_inventory(LAB_INVENTORY, {**SECRETS, "CAREFLOW_RO_PASSWORD": ""})
+    assert inv.hostvars["pg1"]["careflow_ro_password"] == ""
+
+
+def test_pyinfra_host_data_mirrors_the_inventory(lab):
+    pinv = pyinfra_inventory(lab, list(lab.hosts), PROJECT_DIR / ".lab" / "ssh_config")
+    host = pinv.get_host("pg2")
+    assert host.data.careflow_node_ip == "192.168.56.12"
+    assert host.data.ssh_user == "root"  # from ansible_user
+    assert host.data.ssh_config_file.endswith(".lab/ssh_config")
+    assert sorted(h.name for h in pinv.get_group("balancers")) == ["lb1", "lb2"]
+
+
+def test_patroni_config_carries_the_secrets_and_the_wanted_dcs(lab):
+    config = yaml.safe_load(lab.render_template("patroni", "patroni.yml.j2", "pg3"))
+    assert config["name"] == "pg3"
+    assert config["restapi"]["authentication"]["password"] == SECRETS["CAREFLOW_PATRONI_API_PASSWORD"]
+    assert config["postgresql"]["authentication"]["rewind"]["password"] == SECRETS["CAREFLOW_REWIND_PASSWORD"]
+    assert config["bootstrap"]["dcs"] == lab.hostvars["pg3"]["__patroni_dcs_wanted"]
+
+
+def test_haproxy_config_lists_every_postgres_member_in_both_listeners(lab):
+    cfg = lab.render_template("haproxy", "haproxy.cfg.j2", "lb1")
+    for ip in ("192.168.56.11", "192.168.56.12", "192.168.56.13"):
+        assert cfg.count(f"{ip}:5432") == 2
+
+
+@pytest.mark.parametrize(
+    "role,tasks,src,dest,mode,validate",
+    [
+        ("etcd", "configure.yml", "etcd.default.j2", "/etc/default/etcd", "0644", None),
+        ("patroni", "configure.yml", "patroni.yml.j2", "{{ patroni_config_file }}", "0600", "--validate-config"),
+        ("haproxy", "configure.yml", "haproxy.cfg.j2", "/etc/haproxy/haproxy.cfg", "0600", "haproxy -c -f %s"),
+        ("keepalived", "configure.yml", "keepalived.conf.j2", "/etc/keepalived/keepalived.conf", "0600",
+         "keepalived -t -f %s"),
+    ],
+)
+def test_role_template_tasks_are_read_not_copied(role, tasks, src, dest, mode, validate):
+    args = _data._task(role, tasks, "template", "src", src)
+    assert args["dest"] == dest and args["mode"] == mode
+    assert (validate is None and "validate" not in args) or validate in args["validate"]
+
+
+def test_a_missing_role_task_is_a_clear_error():
+    with pytest.raises(LookupError, match="no template task with src: nope.j2"):
+        _data._task("etcd", "configure.yml", "template", "src", "nope.j2")
+
+
+@pytest.mark.parametrize(
+    "current,wanted,needs",
+    [
+        ({"ttl": 30, "postgresql": {"parameters": {"a": 1, "b": 2}}}, {"ttl": 30}, False),  # no-op
+        ({"ttl": 30, "postgresql": {"parameters": {"a": 1}}}, {"postgresql": {"parameters": {"a": 1}}}, False),
+        ({"ttl": 20}, {"ttl": 30}, True),
+        ({"postgresql": {"parameters": {"a": 1}}}, {"postgresql": {"parameters": {"a": 2}}}, True),
+        ({}, {"synchronous_mode": False}, True),  # missing key
+    ],
+)
+def test_dcs_patch_only_when_the_running_config_differs(current, wanted, needs):
+    assert dcs_needs_patch(current, wanted) is needs
+
+
+@pytest.mark.parametrize(
+    "text,message",
+    [
+        ("all: [", "is not valid YAML"),
+        ("- just\n- a list\n", "must be a YAML mapping"),
+        ("ungrouped: {}\n", "has no top-level 'all' group"),
+    ],
+)
+def test_bad_inventory_files_fail_with_one_line(tmp_path, text, message):
+    bad = tmp_path / "bad.yml"
+    bad.write_text(text)
+    with pytest.raises(UsageError, match=message) as err:
+        load_inventory(bad, SECRETS)
+    assert "\n" not in str(err.value)
+
+
+def test_missing_inventory_names_the_fix(tmp_path):
+    with pytest.raises(UsageError, match="pass -i with an inventory file"):
+        load_inventory(tmp_path / "nope.yml", SECRETS)
+
+
+def _ansible_render(host: str, role: str, template: str, dest: Path) -> str:
+    """Ansible's own rendering of a role template for ``host`` (on this machine: connection=local)."""
+    env = {**os.environ, **SECRETS, "ANSIBLE_CONFIG": str(PROJECT_DIR / "ansible.cfg"), "ANSIBLE_NOCOLOR": "1"}
+    defaults = []
+    for name in ROLES:  # the play's roles' defaults (patroni's refer to postgresql's)
+        path = PROJECT_DIR / "roles" / name / "defaults" / "main.yml"
+        defaults += ["-e", f"@{path}"]
+    src = PROJECT_DIR / "roles" / role / "templates" / template
+    proc = subprocess.run(
+        [
+            str(Path(sys.executable).parent / "ansible"), host, "-i", str(LAB_INVENTORY), "-c", "local",
+            "-e", f"ansible_python_interpreter={sys.executable}", *defaults,
+            "-m", "ansible.builtin.template", "-a", f"src={src} dest={dest}",
+        ],
+        cwd=PROJECT_DIR, env=env, capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode == 0, proc.stdout[-500:] + proc.stderr[-500:]
+    return dest.read_text()
+
+
+@pytest.mark.parametrize(
+    "host,role,template",
+    [
+        ("pg2", "etcd", "etcd.default.j2"),
+        ("pg1", "patroni", "patroni.yml.j2"),
+        ("pg3", "patroni", "patroni.service.j2"),
+        ("lb1", "haproxy", "haproxy.cfg.j2"),
+        ("lb1", "keepalived", "keepalived.conf.j2"),
+        ("lb2", "keepalived", "keepalived.conf.j2"),
+        ("lb2", "keepalived", "careflow-check-haproxy.sh.j2"),
+    ],
+)
+def test_pyinfra_renders_each_role_template_exactly_as_ansible_does(lab, tmp_path, host, role, template):
+    ansible = _ansible_render(host, role, template, tmp_path / "rendered")
+    assert lab.render_template(role, template, host) == ansible
