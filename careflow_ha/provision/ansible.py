@@ -18,9 +18,9 @@ from pathlib import Path
 from careflow_ha.errors import CommandFailed
 from careflow_ha.lab.ssh import ssh_config_path
 from careflow_ha.provision.base import LAB_INVENTORY, ProvisionResult, start_run, stream_to_log
+from careflow_ha.provision.inventory import PLAYBOOK
 from careflow_ha.settings import PROJECT_DIR, Settings
 
-PLAYBOOK = PROJECT_DIR / "site.yml"
 _RECAP = re.compile(
     r"^(?P<host>\S+)\s+:\s+ok=(?P<ok>\d+)\s+changed=(?P<changed>\d+)\s+unreachable=(?P<unreachable>\d+)"
     r"\s+failed=(?P<failed>\d+)"

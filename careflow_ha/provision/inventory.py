@@ -33,8 +33,8 @@ from careflow_ha.errors import UsageError
 from careflow_ha.settings import PROJECT_DIR
 
 ROLES_DIR = PROJECT_DIR / "roles"
-#: The roles whose defaults and templates the pyinfra deploys use (site.yml's).
-ROLES: tuple[str, ...] = ("preflight", "common", "etcd", "postgresql", "patroni", "haproxy")
+#: The playbook: its plays are the one source of the play order and of the roles both tools apply.
+PLAYBOOK = PROJECT_DIR / "site.yml"
 #: Ansible's own default for ``ansible_managed`` (ansible.cfg may override it).
 ANSIBLE_MANAGED_DEFAULT = "Ansible managed"
 #: Inventory connection variables and their pyinfra SSH connector equivalents.
@@ -93,6 +93,28 @@ def _ansible_managed(project_dir: Path) -> str:
 
 def _is_template(value: Any) -> bool:
     return isinstance(value, str) and ("{{" in value or "{%" in value)
+
+
+@dataclass(frozen=True)
+class Play:
+    """One play of ``site.yml``: the groups it targets (``hosts: a:b``) and its roles, in order."""
+
+    name: str
+    groups: tuple[str, ...]
+    roles: tuple[str, ...]
+
+
+def site_plays(playbook: Path = PLAYBOOK) -> tuple[Play, ...]:
+    """The plays of ``site.yml`` in order, so pyinfra runs exactly Ansible's plays and roles."""
+    plays = []
+    for play in yaml.safe_load(playbook.read_text(encoding="utf-8")) or []:
+        roles = tuple(r["role"] if isinstance(r, dict) else str(r) for r in play.get("roles") or [])
+        plays.append(Play(str(play.get("name", "")), tuple(str(play["hosts"]).split(":")), roles))
+    return tuple(plays)
+
+
+#: The roles whose defaults and templates both tools use, in site.yml's order.
+ROLES: tuple[str, ...] = tuple(dict.fromkeys(role for play in site_plays() for role in play.roles))
 
 
 @dataclass(frozen=True)
