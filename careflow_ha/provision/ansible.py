@@ -65,7 +65,7 @@ def run_playbook(
     limit: str | None = None,
 ) -> ProvisionResult:
     """Run site.yml; raise CommandFailed (with the log's path) if any host failed."""
-    log_file = start_run(settings, inventory, "provision-ansible", progress)
+    log_file = start_run(settings, inventory, "provision-ansible", progress, extra_vars, lookups_checked_later=True)
     argv = [str(Path(sys.executable).parent / "ansible-playbook"), "-i", str(inventory), str(PLAYBOOK)]
     for key, value in (extra_vars or {}).items():
         argv += ["-e", f"{key}={value}"]
