@@ -8,6 +8,7 @@ from typing import Any
 import click
 
 from careflow_ha.cliutil import dsn_option, emit, format_option, resolve_dsn, table
+from careflow_ha.errors import UsageError
 
 
 def _log(message: str) -> None:
@@ -95,5 +96,55 @@ def report_cmd(logs: tuple[Path, ...], out_dir: Path | None, limit: int, fmt: st
              f"- {e['duration_ms']} ms: {' '.join(e['query'].split())[:100]}" for e in d["slowest"][:5]))
 
 
+@click.command("capacity")
+@click.option("--years", type=float, default=3.0, show_default=True, help="How far to project.")
+@click.option("--rows-per-day", type=float, default=None,
+              help="lab_results rows added per day (0: no growth). Default: the rows of the last 30 days.")
+@click.option("--growth-from-load", "load_report", type=click.Path(path_type=Path), default=None,
+              help="A load run's report.json (or its folder): its lab-panel rate, sustained all day.")
+@click.option("--disk-gb", type=float, default=None, help="Disk size of one database node, in GB (10^9 bytes).")
+@click.option("--retain-months", type=int, default=24, show_default=True,
+              help="Months kept in the hot database before archiving (as `archive run --older-than`).")
+@click.option("--archive-dir", type=click.Path(file_okay=False, path_type=Path), envvar="CAREFLOW_ARCHIVE_DIR",
+              default=None, help="Archive manifests for the measured Parquet ratio. Default: archive/.")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Parent directory of the report. Default: reports/capacity/ in the repository.")
+@dsn_option
+@format_option
+def capacity_cmd(years: float, rows_per_day: float | None, load_report: Path | None, disk_gb: float | None,
+                 retain_months: int, archive_dir: Path | None, out_dir: Path | None, dsn: str | None,
+                 fmt: str) -> None:
+    """Project hot size per node, archive, partitions, leaves and WAL month by month, from measured figures."""
+    from careflow_ha.data.db import redact
+    from careflow_ha.monitoring import capacity
+
+    capacity.validate(years, rows_per_day, disk_gb, retain_months)  # bad input fails before connecting
+    if rows_per_day is not None and load_report is not None:
+        raise UsageError("give either --rows-per-day or --growth-from-load, not both")
+    if load_report is not None:
+        capacity.read_load_report(load_report)
+    target = resolve_dsn(dsn)
+    _echo_target(target)
+    fig = capacity.measure(target, rows_per_day=rows_per_day, load_report=load_report,
+                           archive_dir=archive_dir or capacity.DEFAULT_ARCHIVE_DIR, log=_log)
+    months = capacity.project(fig, years, retain_months=retain_months, disk_gb=disk_gb)
+    report = capacity.build_report(fig, months, years=years, retain_months=retain_months, disk_gb=disk_gb,
+                                   target=redact(target))
+    folder = capacity.write_report(report, out_dir)
+    _log(f"report: {folder}")
+    last = months[-1]
+    emit({"report_dir": str(folder), "verdict": capacity.verdict(report), "runs_out": report["runs_out"],
+          "rows_per_day": fig.rows_per_day, "bytes_per_row": fig.bytes_per_row,
+          "wal_bytes_per_1000_rows": fig.wal_bytes_per_1000_rows, "parquet_ratio": fig.parquet_ratio,
+          "last_month": last.month, "node_bytes": last.node_bytes, "archive_bytes": last.archive_bytes,
+          "leaves": last.leaves}, fmt,
+         lambda d: (f"report: {d['report_dir']}\n{d['verdict']}\n"
+                    f"measured: {d['bytes_per_row'] or 0:.1f} bytes/row, {d['wal_bytes_per_1000_rows']:.0f} WAL "
+                    f"bytes per 1,000 rows, Parquet {d['parquet_ratio']:.1f}x, growth {d['rows_per_day']:.0f} "
+                    f"rows/day\nby {d['last_month']}: one node {d['node_bytes'] / 1e9:.2f} GB, archive "
+                    f"{d['archive_bytes'] / 1e9:.2f} GB, {d['leaves']} leaves"))
+
+
 def register(cli: click.Group) -> None:
     cli.add_command(queries_group)
+    cli.add_command(capacity_cmd)
