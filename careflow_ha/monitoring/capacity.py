@@ -36,6 +36,7 @@ import psycopg
 from careflow_ha.data import clock
 from careflow_ha.data.db import connect, redact
 from careflow_ha.errors import EnvironmentProblem, UsageError
+from careflow_ha.monitoring import report_folder
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent.parent
 REPORTS_DIR = PROJECT_DIR / "reports" / "capacity"
@@ -448,9 +449,7 @@ def _chart(report: dict[str, Any], path: Path) -> None:
 
 def write_report(report: dict[str, Any], out_dir: Path | None = None) -> Path:
     """capacity.md, capacity.json and capacity.png in ``<out_dir>/<UTC time>/``; returns the folder."""
-    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
-    folder = (out_dir or REPORTS_DIR) / stamp
-    folder.mkdir(parents=True, exist_ok=True)
+    folder = report_folder(out_dir or REPORTS_DIR)
     (folder / "capacity.json").write_text(json.dumps(report, indent=2, default=str) + "\n")
     (folder / "capacity.md").write_text(render_markdown(report))
     _chart(report, folder / "capacity.png")

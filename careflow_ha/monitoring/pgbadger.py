@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from careflow_ha.errors import CommandFailed, EnvironmentProblem, UsageError
+from careflow_ha.monitoring import report_folder
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent.parent
 REPORTS_DIR = PROJECT_DIR / "reports" / "queries"
@@ -171,9 +172,7 @@ def render_markdown(report: dict[str, Any]) -> str:
 def write_report(source: LogSource, out_dir: Path | None = None, *, limit: int = 10,
                  log: Callable[[str], None] = lambda _: None) -> tuple[Path, dict[str, Any]]:
     """Collect logs, run pgbadger, write report.md + report.json next to its HTML; return (folder, report)."""
-    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
-    folder = (out_dir or REPORTS_DIR) / stamp
-    folder.mkdir(parents=True, exist_ok=True)
+    folder = report_folder(out_dir or REPORTS_DIR)
     logs = source.collect(folder)
     log(f"queries: pgbadger over {len(logs)} log file(s)")
     with tempfile.TemporaryDirectory(prefix="careflow-pgbadger-") as tmp:
