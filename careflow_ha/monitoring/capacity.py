@@ -8,7 +8,7 @@ Measured on the target database, never assumed:
   inserted inside a transaction that is always rolled back, with
   pg_current_wal_lsn() read around it (concurrent writers inflate it: run it
   on a quiet cluster);
-- leaves per month (clinics + the default leaf), from the partition tree;
+- leaves per month (clinic leaves, the default and the premade spare), from the partition tree;
 - the Parquet ratio of archived months from the archive's manifests (read as
   files: this module does not import the archive feature), else
   ``DEFAULT_PARQUET_RATIO``.
@@ -397,7 +397,8 @@ def render_markdown(report: dict[str, Any]) -> str:
              f"{f['sources'].get('wal_bytes_per_1000_rows', '')} |",
              f"| Parquet ratio (heap / Parquet) | {f['parquet_ratio']:.1f}x | "
              f"{f['sources'].get('parquet_ratio', '')} |",
-             f"| leaves per month | {f['leaves_per_month']:.1f} | partition tree (clinics + default leaf) |",
+             f"| leaves per month | {f['leaves_per_month']:.1f} | partition tree (clinic leaves, the default and "
+             "the premade spare) |",
              f"| growth | {f['rows_per_day']:.0f} rows/day | {f['sources'].get('rows_per_day', '')} |",
              f"| pg_wal reserve per node | {_gb(f['wal_reserve_bytes'])} GB | "
              f"{f['sources'].get('wal_reserve_bytes', '')} |", "",
@@ -440,7 +441,8 @@ def _chart(report: dict[str, Any], path: Path) -> None:
     ax2.set_ylim(bottom=0)
     step = max(1, len(labels) // 12)
     ax.set_xticks(range(0, len(labels), step), labels[::step], rotation=60, fontsize=7)
-    ax.legend(fontsize=7, loc="upper left")
+    handles = ax.get_legend_handles_labels()[0] + ax2.get_legend_handles_labels()[0]
+    ax.legend(handles=handles, fontsize=7, loc="upper left")
     ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=110)

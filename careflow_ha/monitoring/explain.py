@@ -119,14 +119,18 @@ def explain(conn: psycopg.Connection, statement: str, *, timeout_ms: int = 30_00
             conn.execute("SET LOCAL plan_cache_mode = force_generic_plan")
             conn.execute("SET LOCAL enable_partition_pruning = off")
             conn.execute(sql.SQL("PREPARE careflow_explain AS ") + sql.SQL(statement))
-            try:
-                nulls = sql.SQL(", ").join([sql.NULL] * n)
-                doc = conn.execute(sql.SQL("EXPLAIN (SUMMARY, FORMAT JSON) EXECUTE careflow_explain ({})").format(nulls)
-                                   ).fetchone()[0][0]
-            finally:
-                conn.execute("DEALLOCATE careflow_explain")
+            nulls = sql.SQL(", ").join([sql.NULL] * n)
+            doc = conn.execute(sql.SQL("EXPLAIN (SUMMARY, FORMAT JSON) EXECUTE careflow_explain ({})").format(nulls)
+                               ).fetchone()[0][0]
             return summarise(doc, "generic", f"generic plan for {n} parameter(s), not executed; relations are every "
                              "leaf the plan may read, run-time pruning narrows them per call")
     except psycopg.Error as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        if isinstance(exc, psycopg.errors.SyntaxError) and n:
+            first += (" (pg_stat_statements' normalised text is not always SQL: interval '30 days' becomes "
+                      "interval $n; EXPLAIN the statement with its values)")
         return PlanSummary(mode="skipped", note=f"EXPLAIN failed: {first}")
+    finally:
+        # A prepared statement outlives the rolled-back transaction: drop it, so the next one can PREPARE.
+        if n and conn.execute("SELECT 1 FROM pg_prepared_statements WHERE name = 'careflow_explain'").fetchone():
+            conn.execute("DEALLOCATE careflow_explain")

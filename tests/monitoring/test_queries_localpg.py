@@ -92,6 +92,13 @@ def test_explain_measures_a_pruned_query_and_never_writes(emr, local_pg) -> None
         # Every leaf the generic plan may read (run-time pruning picks per call), none removed by NULLs.
         assert len(generic.relations) == leaves and generic.subplans_removed == 0
 
+        # Normalised text that is not SQL (a typed literal became $1): skipped with the reason, and the
+        # next statement still gets its plan (nothing is left prepared or in a failed transaction).
+        broken = explain(conn, "SELECT count(*) FROM lab_results WHERE collected_at >= now() - interval $1")
+        assert broken.mode == "skipped" and "interval $n" in broken.note
+        again = explain(conn, "SELECT count(*) FROM lab_results WHERE clinic_id = $1")
+        assert again.mode == "generic", again.note
+
         write = explain(conn, "INSERT INTO lab_results SELECT * FROM lab_results LIMIT 5")
         assert write.mode == "skipped"
         sneaky = explain(conn, "SELECT nextval(pg_get_serial_sequence('lab_results', 'result_id'))")
