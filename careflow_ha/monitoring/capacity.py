@@ -34,7 +34,8 @@ from typing import Any
 import psycopg
 
 from careflow_ha.data import clock
-from careflow_ha.data.db import connect, redact
+from careflow_ha.data.db import connect
+from careflow_ha.dsn import redact
 from careflow_ha.errors import EnvironmentProblem, UsageError
 from careflow_ha.monitoring import report_folder
 

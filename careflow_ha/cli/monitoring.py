@@ -7,7 +7,7 @@ from typing import Any
 
 import click
 
-from careflow_ha.cliutil import dsn_option, emit, format_option, resolve_dsn, table
+from careflow_ha.cli.common import dsn_option, emit, format_option, resolve_dsn, table
 from careflow_ha.errors import UsageError
 
 
@@ -16,7 +16,7 @@ def _log(message: str) -> None:
 
 
 def _echo_target(dsn: str) -> None:
-    from careflow_ha.data.db import redact
+    from careflow_ha.dsn import redact
 
     click.echo(f"target: {redact(dsn)}", err=True)
 
@@ -115,7 +115,7 @@ def capacity_cmd(years: float, rows_per_day: float | None, load_report: Path | N
                  retain_months: int, archive_dir: Path | None, out_dir: Path | None, dsn: str | None,
                  fmt: str) -> None:
     """Project hot size per node, archive, partitions, leaves and WAL month by month, from measured figures."""
-    from careflow_ha.data.db import redact
+    from careflow_ha.dsn import redact
     from careflow_ha.monitoring import capacity
 
     capacity.validate(years, rows_per_day, disk_gb, retain_months)  # bad input fails before connecting
