@@ -128,13 +128,13 @@ def _months_between(a: str, b: str) -> int:
 def validate(years: float, rows_per_day: float | None, disk_gb: float | None, retain_months: int) -> None:
     """Bad input fails before any measuring, in one line that names the fix."""
     if not years or years <= 0 or math.isnan(years):
-        raise UsageError(f"--years {years}: give a positive number of years, e.g. --years 3")
+        raise UsageError(f"--years {years:g}: give a positive number of years, e.g. --years 3")
     if years > 50:
-        raise UsageError(f"--years {years}: at most 50")
+        raise UsageError(f"--years {years:g}: at most 50")
     if rows_per_day is not None and (rows_per_day < 0 or math.isnan(rows_per_day)):
-        raise UsageError(f"--rows-per-day {rows_per_day}: growth cannot be negative; give 0 for no growth")
+        raise UsageError(f"--rows-per-day {rows_per_day:g}: growth cannot be negative; give 0 for no growth")
     if disk_gb is not None and (disk_gb <= 0 or math.isnan(disk_gb)):
-        raise UsageError(f"--disk-gb {disk_gb}: give the disk size of one database node in GB (> 0)")
+        raise UsageError(f"--disk-gb {disk_gb:g}: give the disk size of one database node in GB (> 0)")
     if retain_months < 1:
         raise UsageError(f"--retain-months {retain_months}: keep at least 1 month in the hot database")
 
