@@ -10,6 +10,7 @@ from careflow_ha.lab import hosts
 from careflow_ha.lab.engine import Engine
 from careflow_ha.lab.vip import wait_single_holder
 from careflow_ha.provision import LAB_INVENTORY, ProvisionResult, check_provisioner, provision
+from careflow_ha.provision.checks import check_inventory_file
 from careflow_ha.settings import LB_NODES, Settings
 
 Progress = Callable[[str], None]
@@ -43,7 +44,8 @@ def bring_up(
 ) -> tuple[ProvisionResult, ClusterStatus]:
     """Lab hosts (for the lab inventory) -> provisioning (Ansible or pyinfra) -> healthy cluster, VIP on one
     balancer -> demo data."""
-    check_provisioner(provisioner)  # an unknown name fails before the lab is touched
+    check_provisioner(provisioner)  # an unknown name or a bad inventory fails before the lab is touched
+    check_inventory_file(inventory, settings.secrets, extra_vars, lookups_checked_later=provisioner == "ansible")
     if inventory.resolve() == LAB_INVENTORY.resolve():
         hosts.lab_up(settings, engine, progress)
     result = provision(settings, progress, inventory, extra_vars, provisioner)

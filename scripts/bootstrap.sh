@@ -13,6 +13,8 @@ APT_PACKAGES=(
   # data tests and benchmarks, pgbench, psql
   openssh-client postgresql-15 postgresql-client-15 postgresql-15-partman postgresql-15-cron
   python3 python3-venv make git ca-certificates curl
+  # monitoring: promtool checks and unit-tests the alert rules; pgbadger writes query reports
+  prometheus pgbadger
 )
 
 stamp_dir=".lab"
@@ -39,6 +41,12 @@ if ((${#missing[@]})); then
   # started by the tests themselves, so keep the distro one out of the way.
   if command -v pg_ctlcluster >/dev/null && pg_lsclusters -h 2>/dev/null | grep -q '^15 main'; then
     pg_ctlcluster 15 main stop 2>/dev/null || true
+  fi
+  # Only promtool is wanted here. Where systemd is PID 1 the package starts a
+  # Prometheus server on every interface (:9090); stop and disable the one we
+  # just installed (never one that was already there).
+  if [[ " ${missing[*]} " == *" prometheus "* && -d /run/systemd/system ]]; then
+    systemctl disable --now prometheus.service >/dev/null 2>&1 || true
   fi
 fi
 

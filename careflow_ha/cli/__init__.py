@@ -51,6 +51,9 @@ def _register_commands() -> None:
     from careflow_ha.cli.archive import register as register_archive
 
     register_archive(cli)
+    from careflow_ha.cli.monitoring import register as register_monitoring
+
+    register_monitoring(cli)
 
 
 _register_commands()

@@ -117,13 +117,16 @@ class LocalPostgres:
             "listen_addresses": "'127.0.0.1'",
             "port": str(self.port),
             "unix_socket_directories": f"'{self.base_dir}'",
-            "shared_preload_libraries": "'pg_cron'",
+            # pg_stat_statements and auto_explain as on the cluster (docs/monitoring/postgresql-parameters.yml)
+            "shared_preload_libraries": "'pg_cron,pg_stat_statements,auto_explain'",
+            "pg_stat_statements.track": "all",
             "cron.database_name": f"'{DB_NAME}'",
             "cron.use_background_workers": "on",
             "max_worker_processes": "16",
             "wal_level": "replica",
             "max_wal_senders": "5",
-            "log_line_prefix": "'%m [%p] %b %u@%d '",
+            # pgbadger parses this prefix (careflow_ha.monitoring.pgbadger.LOG_LINE_PREFIX)
+            "log_line_prefix": "'%m [%p]: user=%u,db=%d,app=%a,client=%h '",
             "shared_buffers": "512MB" if self.durable else "128MB",
             "max_wal_size": "4GB" if self.durable else "1GB",
         }

@@ -125,7 +125,7 @@ def run_folder(reports_dir: Path, started: float) -> Path:
     raise EnvironmentProblem(f"cannot create a run folder under {base}; remove old runs")
 
 
-def preflight(cfg: LoadConfig) -> None:
+def check_targets(cfg: LoadConfig) -> None:
     """Fail before Locust starts if the data is missing or a server is unreachable."""
     for flag, dsn in (("read-write", cfg.dsn_rw), ("read-only", cfg.dsn_ro)):
         try:
@@ -188,7 +188,7 @@ class LoadRun:
     # -- lifecycle ---------------------------------------------------------------
     def start(self) -> Path:
         cfg = self.cfg
-        preflight(cfg)
+        check_targets(cfg)
         if cfg.cluster is not None:
             self._start_cluster_watch(cfg.cluster)
         self.started = time.time()

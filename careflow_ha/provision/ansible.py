@@ -18,9 +18,9 @@ from pathlib import Path
 from careflow_ha.errors import CommandFailed
 from careflow_ha.lab.ssh import ssh_config_path
 from careflow_ha.provision.base import LAB_INVENTORY, ProvisionResult, start_run, stream_to_log
+from careflow_ha.provision.inventory import PLAYBOOK
 from careflow_ha.settings import PROJECT_DIR, Settings
 
-PLAYBOOK = PROJECT_DIR / "site.yml"
 _RECAP = re.compile(
     r"^(?P<host>\S+)\s+:\s+ok=(?P<ok>\d+)\s+changed=(?P<changed>\d+)\s+unreachable=(?P<unreachable>\d+)"
     r"\s+failed=(?P<failed>\d+)"
@@ -65,7 +65,7 @@ def run_playbook(
     limit: str | None = None,
 ) -> ProvisionResult:
     """Run site.yml; raise CommandFailed (with the log's path) if any host failed."""
-    log_file = start_run(settings, inventory, "provision-ansible", progress)
+    log_file = start_run(settings, inventory, "provision-ansible", progress, extra_vars, lookups_checked_later=True)
     argv = [str(Path(sys.executable).parent / "ansible-playbook"), "-i", str(inventory), str(PLAYBOOK)]
     for key, value in (extra_vars or {}).items():
         argv += ["-e", f"{key}={value}"]

@@ -1,7 +1,9 @@
 """What both provisioners share: the lab inventory, the result they report, and how a run starts and streams.
 
 A run starts the same way whichever tool follows (``start_run``): the
-inventory must exist, the wheelhouse is built, a log file is opened. Then the tool runs as a
+inventory is read and checked in Python (one check for both tools: exit 2
+and one line naming the fix, before any host is contacted), the wheelhouse
+is built, a log file is opened. Then the tool runs as a
 child process whose output goes to that log, one progress line per play and
 task (``stream_to_log``).
 """
@@ -11,12 +13,12 @@ from __future__ import annotations
 import os
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from careflow_ha.errors import UsageError
 from careflow_ha.lab.wheelhouse import ensure_wheelhouse
+from careflow_ha.provision.checks import check_inventory_file
 from careflow_ha.settings import PROJECT_DIR, Settings
 
 LAB_INVENTORY = PROJECT_DIR / "inventory" / "lab.yml"
@@ -36,13 +38,22 @@ class ProvisionResult:
     log_file: Path
 
 
-def start_run(settings: Settings, inventory: Path, tool: str, progress: Progress) -> Path:
+def start_run(
+    settings: Settings,
+    inventory: Path,
+    tool: str,
+    progress: Progress,
+    extra_vars: Mapping[str, str] | None = None,
+    lookups_checked_later: bool = False,
+) -> Path:
     """What every provisioner does first: check the inventory, build the wheelhouse, open a log.
 
+    The check comes first so that a bad inventory costs no wheel build.
+    ``lookups_checked_later``: the tool can answer lookups the Python reader
+    cannot (Ansible: vaults, files), and its preflight role checks those.
     Returns the log file's path (``.lab/logs/<tool>-<timestamp>.log``).
     """
-    if not inventory.exists():
-        raise UsageError(f"inventory {inventory} does not exist; pass -i with an inventory file (see inventory/)")
+    check_inventory_file(inventory, settings.secrets, extra_vars, lookups_checked_later=lookups_checked_later)
     ensure_wheelhouse(settings.state_dir / "wheelhouse", progress)
     log_dir = settings.state_dir / "logs"
     log_dir.mkdir(parents=True, exist_ok=True)

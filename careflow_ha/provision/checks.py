@@ -1,17 +1,25 @@
-"""The preflight role's checks, in Python: run before pyinfra touches any host.
+"""The inventory check, in Python, for both provisioners: run before Ansible or pyinfra starts.
 
-Each check mirrors a task of ``roles/preflight/tasks/main.yml`` and raises a
-one-line ``UsageError`` that names the fix (same wording where it matters).
+``careflow-ha provision`` and ``up`` run it first whichever tool follows, so
+a bad inventory gives the same answer on both paths: exit 2 and one line that
+names the fix, before any host is contacted. The pyinfra child runs it again
+(with the wheelhouse) in case it is started by hand.
+
+The checks mirror ``roles/preflight/tasks/main.yml`` (same wording where it
+matters). That role stays: it is the guard for users who run
+``ansible-playbook site.yml`` directly. Messages name variables, never the
+value of a secret.
 """
 
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from careflow_ha.errors import UsageError
-from careflow_ha.provision.inventory import ClusterInventory
+from careflow_ha.provision.inventory import ClusterInventory, UnsupportedLookup, load_inventory
 
 #: careflow_*_port variables that must all differ.
 PORT_VARS: tuple[str, ...] = (
@@ -24,6 +32,8 @@ PORT_VARS: tuple[str, ...] = (
     "careflow_haproxy_stats_port",
 )
 MIN_SECRET_LENGTH = 16
+#: What a timing preset must define for Patroni (HAProxy's keys are checked by its role).
+PRESET_KEYS: tuple[str, ...] = ("ttl", "loop_wait", "retry_timeout")
 
 
 def _var(inv: ClusterInventory, host: str, name: str) -> Any:
@@ -33,14 +43,71 @@ def _var(inv: ClusterInventory, host: str, name: str) -> Any:
         raise UsageError(f"variable {name} is not defined for {host}; set it in inventory/group_vars/all.yml") from None
 
 
-def check_inventory(inv: ClusterInventory, check_wheelhouse: bool = True) -> None:
-    """Raise ``UsageError`` on the first problem; return quietly when the inventory is sound."""
+def _int(name: str, value: Any, what: str = "an integer") -> int:
+    """``value`` as Ansible's ``| int`` would need it, or a one-line error naming the variable."""
+    if isinstance(value, bool):
+        raise UsageError(f"{name} must be {what}, not {value!r}; fix it in group_vars")
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        raise UsageError(f"{name}={value!r} is not {what}; fix it in group_vars") from None
+
+
+def _list(name: str, value: Any) -> list[Any]:
+    if not isinstance(value, list):
+        raise UsageError(f"{name} must be a YAML list; fix it in group_vars or the preflight role's defaults")
+    return value
+
+
+def _check_timing(inv: ClusterInventory, host: str) -> None:
+    preset = _var(inv, host, "careflow_timing_preset")
+    presets = _var(inv, host, "careflow_timing_presets")
+    if not isinstance(presets, Mapping):
+        raise UsageError("careflow_timing_presets must be a mapping of preset name to timings; fix it in group_vars")
+    if preset not in presets:
+        raise UsageError(f"timing preset {preset!r} is not one of {sorted(presets)}; pick one with --preset")
+    t = presets[preset]
+    if not isinstance(t, Mapping) or any(key not in t for key in PRESET_KEYS):
+        raise UsageError(
+            f"timing preset '{preset}' must set {', '.join(PRESET_KEYS)}; add them under careflow_timing_presets"
+        )
+    ttl, loop_wait, retry = (_int(f"careflow_timing_presets.{preset}.{key}", t[key]) for key in PRESET_KEYS)
+    if loop_wait + 2 * retry > ttl or ttl < 20:
+        raise UsageError(
+            f"Timing preset '{preset}' has ttl={ttl}, loop_wait={loop_wait}, retry_timeout={retry}; "
+            "Patroni needs loop_wait + 2*retry_timeout <= ttl and ttl >= 20."
+        )
+
+
+def _check_secrets(inv: ClusterInventory, host: str, lookups_checked_later: bool) -> None:
+    for name in _list("preflight_required_secrets", _var(inv, host, "preflight_required_secrets")):
+        try:
+            value = inv.hostvars[host].get(name)
+        except UnsupportedLookup:
+            if lookups_checked_later:
+                continue  # a vault or file lookup: only Ansible can answer it, and its preflight role checks it
+            raise
+        if len(str(value or "")) < MIN_SECRET_LENGTH:
+            # Only the variable's name is printed, never its value.
+            raise UsageError(
+                f"{name} is empty or too short (it needs {MIN_SECRET_LENGTH} characters or more). It comes from "
+                f"{name.upper()} in .env or the environment: careflow-ha generates it when missing, "
+                "or export it yourself."
+            )
+
+
+def check_inventory(inv: ClusterInventory, check_wheelhouse: bool = True, lookups_checked_later: bool = False) -> None:
+    """Raise ``UsageError`` on the first problem; return quietly when the inventory is sound.
+
+    ``lookups_checked_later``: a secret read through a lookup other than ``env``
+    is left to the Ansible preflight role, which can resolve it (Ansible path).
+    """
     first = inv.hosts[0] if inv.hosts else None
     if first is None:
         raise UsageError(
             f"inventory {inv.path} has no hosts; add the etcd_cluster, postgres_cluster and balancers groups"
         )
-    for group in _var(inv, first, "preflight_required_groups"):
+    for group in _list("preflight_required_groups", _var(inv, first, "preflight_required_groups")):
         if not inv.group(group):
             raise UsageError(
                 f"Inventory has no hosts in group '{group}'. Add an '{group}' group "
@@ -85,45 +152,41 @@ def check_inventory(inv: ClusterInventory, check_wheelhouse: bool = True) -> Non
             "Rename or re-address the duplicate host."
         )
 
-    ports = [int(_var(inv, first, name)) for name in PORT_VARS]
+    ports = [_int(name, _var(inv, first, name), "a port number") for name in PORT_VARS]
     if len(set(ports)) != len(ports):
         raise UsageError(
             f"Two services share a port in {ports}; give each careflow_*_port its own value in group_vars."
         )
 
-    preset = _var(inv, first, "careflow_timing_preset")
-    presets = _var(inv, first, "careflow_timing_presets")
-    if preset not in presets:
-        raise UsageError(f"timing preset {preset!r} is not one of {sorted(presets)}; pick one with --preset")
-    t = presets[preset]
-    ttl, loop_wait, retry = int(t["ttl"]), int(t["loop_wait"]), int(t["retry_timeout"])
-    if loop_wait + 2 * retry > ttl or ttl < 20:
-        raise UsageError(
-            f"Timing preset '{preset}' has ttl={ttl}, loop_wait={loop_wait}, retry_timeout={retry}; "
-            "Patroni needs loop_wait + 2*retry_timeout <= ttl and ttl >= 20."
-        )
+    _check_timing(inv, first)
 
-    sync_mode = inv.hostvars[first]["careflow_synchronous_mode"]
+    sync_mode = _var(inv, first, "careflow_synchronous_mode")
     sync_on = sync_mode if isinstance(sync_mode, bool) else str(sync_mode).lower() in ("yes", "on", "1", "true")
-    sync_count = int(_var(inv, first, "careflow_synchronous_node_count"))
+    sync_count = _int("careflow_synchronous_node_count", _var(inv, first, "careflow_synchronous_node_count"))
     if sync_on and len(inv.group("postgres_cluster")) <= sync_count:
         raise UsageError(
             f"synchronous_node_count={sync_count} needs more than that many PostgreSQL nodes; add nodes to "
             "postgres_cluster or lower careflow_synchronous_node_count."
         )
 
-    for name in _var(inv, first, "preflight_required_secrets"):
-        if len(str(inv.hostvars[first].get(name) or "")) < MIN_SECRET_LENGTH:
-            # Only the variable's name is printed, never its value.
-            raise UsageError(
-                f"{name} is empty or too short. Secrets come from .env: run through `careflow-ha provision` "
-                "(it generates and exports them), or export CAREFLOW_* yourself."
-            )
+    _check_secrets(inv, first, lookups_checked_later)
 
     if check_wheelhouse:
         wheelhouse = Path(_var(inv, first, "careflow_wheelhouse_dir"))
         if not wheelhouse.is_dir():
             raise UsageError(f"No wheelhouse at {wheelhouse}; run `careflow-ha provision` (it builds it first).")
+
+
+def check_inventory_file(
+    path: Path,
+    secrets: Mapping[str, str],
+    extra_vars: Mapping[str, str] | None = None,
+    lookups_checked_later: bool = False,
+) -> ClusterInventory:
+    """Read and check ``path`` as a provisioner would see it (before the wheelhouse exists)."""
+    inv = load_inventory(path, secrets, extra_vars)
+    check_inventory(inv, check_wheelhouse=False, lookups_checked_later=lookups_checked_later)
+    return inv
 
 
 def check_vip(

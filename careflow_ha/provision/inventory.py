@@ -5,20 +5,22 @@ reads, with Ansible's precedence (role defaults < ``all.vars`` <
 ``group_vars/all.yml`` < group vars < host vars < extra vars):
 
 - the inventory YAML (``inventory/lab.yml`` or a production one), its
-  ``group_vars/`` beside it;
+  ``group_vars/`` and ``host_vars/`` beside it;
 - every role's ``defaults/main.yml`` (names are role-prefixed, so they merge);
 - Jinja expressions in those values are rendered with the same context the
   roles see (``groups``, ``hostvars``, ``inventory_hostname``, ``playbook_dir``,
   ``lookup('ansible.builtin.env', ...)`` answered from ``Settings.secrets``).
 
 The role templates in ``roles/*/templates/`` are rendered here too, so each
-config file has one source: the role's template.
+config file has one source: the role's template. The inventory check that
+runs before either tool starts (``checks``) reads the inventory through here.
 """
 
 from __future__ import annotations
 
 import configparser
 import json
+import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,8 +35,8 @@ from careflow_ha.errors import UsageError
 from careflow_ha.settings import PROJECT_DIR
 
 ROLES_DIR = PROJECT_DIR / "roles"
-#: The roles whose defaults and templates the pyinfra deploys use (site.yml's).
-ROLES: tuple[str, ...] = ("preflight", "common", "etcd", "postgresql", "patroni", "haproxy", "keepalived")
+#: The playbook: its plays are the one source of the play order and of the roles both tools apply.
+PLAYBOOK = PROJECT_DIR / "site.yml"
 #: Ansible's own default for ``ansible_managed`` (ansible.cfg may override it).
 ANSIBLE_MANAGED_DEFAULT = "Ansible managed"
 #: Inventory connection variables and their pyinfra SSH connector equivalents.
@@ -74,14 +76,69 @@ _NATIVE = _environment(NativeEnvironment)
 _TEXT = _environment(jinja2.Environment)
 
 
-def _load_yaml(path: Path) -> dict[str, Any]:
+class UnsupportedLookup(UsageError):
+    """A variable uses a lookup other than ``env``: Ansible can answer it, this reader cannot."""
+
+
+def _shown(path: Path) -> str:
+    """A path as the user knows it: relative to the checkout when inside it."""
+    return str(path.relative_to(PROJECT_DIR)) if path.is_absolute() and path.is_relative_to(PROJECT_DIR) else str(path)
+
+
+def _parse_yaml(path: Path) -> Any:
+    """One YAML file's data. A syntax error names the file, line and column, never the text there
+    (the text may be a secret), so the message is one line that says where to fix it."""
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise UsageError(f"{_shown(path)} is not UTF-8 text; save it as UTF-8") from None
+    except OSError as exc:
+        raise UsageError(f"cannot read {_shown(path)} ({exc.strerror}); check the path and its permissions") from None
+    try:
+        return yaml.safe_load(text)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        problem = " ".join(str(exc.problem or exc.context or "syntax error").split())
+        if mark is None:
+            raise UsageError(f"{_shown(path)}: not valid YAML ({problem}); fix its syntax") from None
+        line, column = mark.line + 1, mark.column + 1
+        raise UsageError(
+            f"{_shown(path)}:{line}:{column}: not valid YAML ({problem}); "
+            f"fix the syntax at line {line}, column {column}"
+        ) from None
     except yaml.YAMLError as exc:
-        raise UsageError(f"{path} is not valid YAML ({exc.__class__.__name__}); fix its syntax") from None
+        raise UsageError(f"{_shown(path)}: not valid YAML ({type(exc).__name__}); fix its syntax") from None
+
+
+def _looks_like_ini(path: Path) -> bool:
+    """An INI inventory starts with a ``[group]`` line; YAML would call it a syntax error, which misleads."""
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError):
+        return False  # _parse_yaml says what is wrong with the file
+    first = next((ln.strip() for ln in lines if ln.strip() and not ln.lstrip().startswith(("#", ";"))), "")
+    return re.fullmatch(r"\[[\w.:-]+\]", first) is not None
+
+
+def _load_yaml(path: Path) -> dict[str, Any]:
+    """A variables file (group_vars, host_vars, role defaults): a mapping, or empty."""
+    data = _parse_yaml(path) or {}
     if not isinstance(data, dict):
-        raise UsageError(f"{path} must be a YAML mapping of variables")
+        raise UsageError(f"{_shown(path)} must be a YAML mapping of variables (name: value)")
     return data
+
+
+def _vars_files(directory: Path, name: str) -> dict[str, Any]:
+    """Ansible's ``group_vars/<name>`` or ``host_vars/<name>``: a .yml/.yaml file, or a folder of them."""
+    merged: dict[str, Any] = {}
+    for candidate in (directory / f"{name}.yml", directory / f"{name}.yaml"):
+        if candidate.is_file():
+            merged.update(_load_yaml(candidate))
+    folder = directory / name
+    if folder.is_dir():
+        for file in sorted([*folder.glob("*.yml"), *folder.glob("*.yaml")]):
+            merged.update(_load_yaml(file))
+    return merged
 
 
 def _ansible_managed(project_dir: Path) -> str:
@@ -93,6 +150,28 @@ def _ansible_managed(project_dir: Path) -> str:
 
 def _is_template(value: Any) -> bool:
     return isinstance(value, str) and ("{{" in value or "{%" in value)
+
+
+@dataclass(frozen=True)
+class Play:
+    """One play of ``site.yml``: the groups it targets (``hosts: a:b``) and its roles, in order."""
+
+    name: str
+    groups: tuple[str, ...]
+    roles: tuple[str, ...]
+
+
+def site_plays(playbook: Path = PLAYBOOK) -> tuple[Play, ...]:
+    """The plays of ``site.yml`` in order, so pyinfra runs exactly Ansible's plays and roles."""
+    plays = []
+    for play in yaml.safe_load(playbook.read_text(encoding="utf-8")) or []:
+        roles = tuple(r["role"] if isinstance(r, dict) else str(r) for r in play.get("roles") or [])
+        plays.append(Play(str(play.get("name", "")), tuple(str(play["hosts"]).split(":")), roles))
+    return tuple(plays)
+
+
+#: The roles whose defaults and templates both tools use, in site.yml's order.
+ROLES: tuple[str, ...] = tuple(dict.fromkeys(role for play in site_plays() for role in play.roles))
 
 
 @dataclass(frozen=True)
@@ -181,6 +260,13 @@ class _Resolver:
             self._busy.add(slot)
             try:
                 self._done[slot] = self._deep(self._raw[host][key], host)
+            except (jinja2.TemplateError, TypeError, ValueError) as exc:
+                # Name the variable, not its text: the text may carry a secret.
+                why = getattr(exc, "message", None) or type(exc).__name__
+                raise UsageError(
+                    f"variable {key} (for {host}) is not a valid Jinja expression ({why}); fix it in the inventory "
+                    "or group_vars"
+                ) from None
             finally:
                 self._busy.discard(slot)
         return self._done[slot]
@@ -203,22 +289,32 @@ def _inventory_groups(
     group_vars: dict[str, dict] = {}
     host_vars: dict[str, dict] = {}
 
+    def mapping(value: Any, what: str, example: str) -> dict:
+        if value is None:
+            return {}
+        if not isinstance(value, dict):
+            raise UsageError(f"{_shown(path)}: {what} must be a mapping ({example}), not a {type(value).__name__}; "
+                             "write it like inventory/lab.yml")
+        return value
+
     def walk(name: str, node: Any, parents: list[str]) -> None:
-        node = node or {}
-        if not isinstance(node, dict):
-            raise UsageError(f"{path}: group {name!r} must be a mapping with hosts/children/vars")
+        node = mapping(node, f"group {name!r}", "hosts:, children:, vars:")
         groups.setdefault(name, [])
-        group_vars.setdefault(name, {}).update(node.get("vars") or {})
-        for host, hv in (node.get("hosts") or {}).items():
+        group_vars.setdefault(name, {}).update(mapping(node.get("vars"), f"vars of group {name!r}", "name: value"))
+        hosts = mapping(node.get("hosts"), f"hosts of group {name!r}", "pg1: {careflow_node_ip: ...}")
+        for host, hv in hosts.items():
             for g in [*parents, name]:
                 if host not in groups.setdefault(g, []):
                     groups[g].append(host)
-            host_vars.setdefault(host, {}).update(hv or {})
-        for child, sub in (node.get("children") or {}).items():
+            host_vars.setdefault(host, {}).update(mapping(hv, f"variables of host {host!r}", "name: value"))
+        for child, sub in mapping(node.get("children"), f"children of group {name!r}", "group: {hosts: ...}").items():
             walk(child, sub, [*parents, name])
 
-    if "all" not in data:
-        raise UsageError(f"{path} has no top-level 'all' group; write it like inventory/lab.yml")
+    if not isinstance(data, dict) or "all" not in data:
+        raise UsageError(
+            f"{_shown(path)} is not a YAML inventory with a top-level 'all' group; write it like inventory/lab.yml "
+            "(INI and script inventories are not read)"
+        )
     walk("all", data["all"], [])
     return groups, group_vars, host_vars
 
@@ -229,20 +325,23 @@ def load_inventory(
     extra_vars: Mapping[str, str] | None = None,
     project_dir: Path = PROJECT_DIR,
 ) -> ClusterInventory:
-    """Read an Ansible YAML inventory with its group_vars and the roles' defaults."""
-    if not path.exists():
+    """Read an Ansible YAML inventory with its group_vars, host_vars and the roles' defaults."""
+    if not path.is_file():
         raise UsageError(f"inventory {path} does not exist; pass -i with an inventory file (see inventory/)")
-    groups, group_vars, host_vars = _inventory_groups(_load_yaml(path), path)
+    if _looks_like_ini(path):
+        raise UsageError(
+            f"{_shown(path)} looks like an INI inventory; only YAML inventories are read: "
+            "write it like inventory/lab.yml"
+        )
+    groups, group_vars, host_vars = _inventory_groups(_parse_yaml(path), path)
     defaults: dict[str, Any] = {}
     for role in ROLES:
         role_defaults = ROLES_DIR / role / "defaults" / "main.yml"
         if role_defaults.exists():
             defaults.update(_load_yaml(role_defaults))
-    gv_dir = path.parent / "group_vars"
-    file_group_vars = {
-        g: _load_yaml(gv_dir / f"{g}.yml") for g in groups if (gv_dir / f"{g}.yml").exists()
-    }
+    file_group_vars = {g: _vars_files(path.parent / "group_vars", g) for g in groups}
     hosts = groups["all"]
+    file_host_vars = {h: _vars_files(path.parent / "host_vars", h) for h in hosts}
     # Group order for precedence: all first, then the others by name (Ansible's default).
     ordered = ["all"] + sorted(g for g in groups if g != "all")
     raw: dict[str, dict[str, Any]] = {}
@@ -253,6 +352,7 @@ def load_inventory(
                 merged.update(group_vars.get(g, {}))
                 merged.update(file_group_vars.get(g, {}))
         merged.update(host_vars.get(host, {}))
+        merged.update(file_host_vars[host])
         # -e key=value semantics: strings, which the roles' `| bool` and `| int` convert.
         merged.update(extra_vars or {})
         raw[host] = merged
@@ -260,7 +360,7 @@ def load_inventory(
     def lookup(plugin: str, *terms: str, **_: Any) -> str:
         if plugin in ("env", "ansible.builtin.env"):
             return ",".join(secrets.get(t, "") for t in terms)
-        raise UsageError(f"lookup({plugin!r}) is not supported by the pyinfra provisioner; use an env lookup")
+        raise UnsupportedLookup(f"lookup({plugin!r}) is not supported by the pyinfra provisioner; use an env lookup")
 
     all_groups = {g: tuple(members) for g, members in groups.items()}
     all_groups.setdefault("ungrouped", ())

@@ -55,7 +55,7 @@ def run_pyinfra(
 
     ``check_only`` changes nothing and reports which operations would change.
     """
-    log_file = start_run(settings, inventory, "provision-pyinfra", progress)
+    log_file = start_run(settings, inventory, "provision-pyinfra", progress, extra_vars)
     lab = inventory.resolve() == LAB_INVENTORY.resolve()
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="careflow-pyinfra-") as tmp:

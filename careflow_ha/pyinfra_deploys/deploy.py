@@ -6,9 +6,10 @@ import json
 import logging
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from types import MappingProxyType
 
 from pyinfra.api import BaseStateCallback, Config, Inventory, State
 from pyinfra.api.connect import connect_all
@@ -16,8 +17,9 @@ from pyinfra.api.deploy import add_deploy
 from pyinfra.api.exceptions import PyinfraError
 from pyinfra.api.operations import run_ops
 
+from careflow_ha.errors import UsageError
 from careflow_ha.provision.checks import check_inventory
-from careflow_ha.provision.inventory import ClusterInventory, load_inventory
+from careflow_ha.provision.inventory import ClusterInventory, Play, load_inventory, site_plays
 from careflow_ha.pyinfra_deploys._data import INVENTORY_KEY
 from careflow_ha.pyinfra_deploys.common import common
 from careflow_ha.pyinfra_deploys.etcd import etcd
@@ -66,16 +68,39 @@ class _Progress(BaseStateCallback):
         print(f"failed: {host.name}: {names[0] if names else op_hash}", flush=True)
 
 
-#: site.yml's plays: (groups, deploys). Each play gets its own pyinfra State, so
-#: every host in a play runs the same operation sequence (pyinfra's API mode
-#: aligns operations across hosts by position) and a play starts only when the
-#: previous one finished everywhere, as in Ansible.
-PLAYS: tuple[tuple[tuple[str, ...], tuple[Callable[[], None], ...]], ...] = (
-    (("postgres_cluster", "etcd_cluster"), (common,)),
-    (("etcd_cluster",), (etcd,)),
-    (("postgres_cluster",), (postgresql, patroni)),
-    (("balancers",), (common, haproxy, keepalived)),
+#: The deploy that does each role's work; site.yml says which plays run them, in which order.
+DEPLOYS: Mapping[str, Callable[[], None]] = MappingProxyType(
+    {
+        "common": common, "etcd": etcd, "postgresql": postgresql, "patroni": patroni, "haproxy": haproxy,
+        "keepalived": keepalived,
+    }
 )
+#: The play site.yml runs on localhost first; here ``check_inventory`` does its work (before any host).
+PREFLIGHT_ROLE = "preflight"
+
+Plays = tuple[tuple[tuple[str, ...], tuple[Callable[[], None], ...]], ...]
+
+
+def plays_from_site(plays: tuple[Play, ...] | None = None) -> Plays:
+    """site.yml's plays as (groups, deploys), read from the playbook so the two cannot drift.
+
+    Each play gets its own pyinfra State, so every host in a play runs the
+    same operation sequence (pyinfra's API mode aligns operations across hosts
+    by position) and a play starts only when the previous one finished
+    everywhere, as in Ansible.
+    """
+    out = []
+    for play in site_plays() if plays is None else plays:
+        if play.roles == (PREFLIGHT_ROLE,):
+            continue
+        missing = [r for r in play.roles if r not in DEPLOYS]
+        if missing:
+            raise UsageError(
+                f"site.yml play {play.name!r} applies role {missing[0]}, which has no pyinfra deploy; "
+                "add one in careflow_ha/pyinfra_deploys/ or provision with --provisioner ansible"
+            )
+        out.append((play.groups, tuple(DEPLOYS[r] for r in play.roles)))
+    return tuple(out)
 
 
 def pyinfra_inventory(inv: ClusterInventory, hosts: list[str], ssh_config: Path | None) -> Inventory:
@@ -145,7 +170,7 @@ def run_play(
 def deploy_cluster(
     inventory_path: Path, extra_vars: dict[str, str], ssh_config: Path | None, dry_run: bool = False
 ) -> DeployOutcome:
-    """The inventory check, then site.yml's plays: common, etcd, postgresql + patroni, common + haproxy + keepalived.
+    """The inventory check, then site.yml's plays (common, etcd, postgresql + patroni, common + haproxy + keepalived).
 
     ``dry_run`` only prepares: ``changed_ops`` lists what would change (restarts
     and reloads, which depend on earlier changes, are left out).
@@ -158,7 +183,7 @@ def deploy_cluster(
     logging.getLogger("pyinfra").addFilter(lambda rec: "found in known_hosts" not in rec.getMessage())
     started = time.monotonic()
     outcome = DeployOutcome()
-    for groups, deploys in PLAYS:
+    for groups, deploys in plays_from_site():
         print(f"PLAY [{', '.join(groups)}: {', '.join(d.deploy_name for d in deploys)}]", flush=True)
         run_play(inv, _play_hosts(inv, groups), deploys, ssh_config, dry_run, outcome)
         if not outcome.ok:
@@ -166,4 +191,4 @@ def deploy_cluster(
     return DeployOutcome(outcome.changed_ops, outcome.failed, outcome.unreachable, time.monotonic() - started)
 
 
-__all__ = ["DeployOutcome", "deploy_cluster", "pyinfra_inventory"]
+__all__ = ["DEPLOYS", "DeployOutcome", "deploy_cluster", "plays_from_site", "pyinfra_inventory"]

@@ -1,8 +1,9 @@
-"""The preflight role's checks in Python: table-driven over broken inventories (no network).
+"""The inventory check both provisioners run: table-driven over broken inventories (no network).
 
 Each case edits a copy of the lab inventory (or its group_vars) in one way and
 expects the one-line message that names the fix; the untouched copy passes.
 The child process that pyinfra runs in stops with exit 2 and that one line.
+The CLI's view of the same check, for both tools, is tests/unit/cli/test_inventory_check_cli.py.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import yaml
 
 from careflow_ha.errors import UsageError
 from careflow_ha.provision import LAB_INVENTORY
-from careflow_ha.provision.checks import check_inventory
+from careflow_ha.provision.checks import check_inventory, check_inventory_file
 from careflow_ha.provision.inventory import load_inventory
 from careflow_ha.settings import PROJECT_DIR, SECRET_KEYS
 
@@ -139,7 +140,7 @@ def _write(tmp_path: Path, edit: Edit) -> Path:
 
 
 @pytest.mark.parametrize("edit,message", [(e, m) for _, e, m in CASES], ids=[c[0] for c in CASES])
-def test_preflight_names_the_fix(tmp_path, edit, message):
+def test_inventory_check_names_the_fix(tmp_path, edit, message):
     inv = load_inventory(_write(tmp_path, edit), SECRETS)
     if message is None:
         check_inventory(inv, check_wheelhouse=False)
@@ -177,7 +178,7 @@ def test_missing_wheelhouse_is_named(tmp_path):
     [(_even_etcd, "error: etcd_cluster has 2 members"), (_vip_outside, "error: careflow_vip=10.0.0.100 is outside")],
 )
 def test_the_deploy_process_stops_before_any_host_with_one_line(tmp_path, edit, first_words):
-    """The pyinfra child process: preflight fails -> exit 2, one line, no traceback, no secret, no host contacted."""
+    """The pyinfra child process: the check fails -> exit 2, one line, no traceback, no secret, no host contacted."""
     bad = _write(tmp_path, edit)
     proc = subprocess.run(
         [sys.executable, "-m", "careflow_ha.pyinfra_deploys", "-i", str(bad), "--result", str(tmp_path / "r.json")],
@@ -200,3 +201,69 @@ def test_bad_extra_var_is_one_line(tmp_path):
     )
     assert proc.returncode == 2
     assert proc.stderr.strip() == "error: -e 'novalue' must be KEY=VALUE"
+
+
+def test_the_deploy_process_names_line_and_column_of_a_yaml_error(tmp_path):
+    """Started by hand, the child gives the same one line as the CLI for malformed YAML."""
+    bad = _write(tmp_path, _no_change)
+    (tmp_path / "group_vars" / "all.yml").write_text("careflow_pg_port: 5432\ncareflow_pg_port: [5432\n")
+    proc = subprocess.run(
+        [sys.executable, "-m", "careflow_ha.pyinfra_deploys", "-i", str(bad), "--result", str(tmp_path / "r.json")],
+        cwd=PROJECT_DIR, env={**os.environ, **SECRETS}, capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.strip().splitlines() == [
+        f"error: {tmp_path}/group_vars/all.yml:3:1: not valid YAML (expected ',' or ']', but got '<stream end>'); "
+        "fix the syntax at line 3, column 1"
+    ]
+
+
+def test_host_vars_and_group_vars_folders_are_read_as_ansible_reads_them(tmp_path):
+    """A valid production layout must not be refused: host_vars/<host>.yml and group_vars/<group>/*.yml."""
+    path = _write(tmp_path, lambda inv, gv: _hosts(inv, "balancers").update(lb1=None))
+    (tmp_path / "host_vars").mkdir()
+    (tmp_path / "host_vars" / "lb1.yaml").write_text("careflow_node_ip: 192.168.56.10\n")
+    (tmp_path / "group_vars" / "balancers").mkdir()
+    (tmp_path / "group_vars" / "balancers" / "haproxy.yml").write_text("careflow_haproxy_stats_port: 7001\n")
+    inv = load_inventory(path, SECRETS)
+    check_inventory(inv, check_wheelhouse=False)
+    assert inv.hostvars["lb1"]["careflow_node_ip"] == "192.168.56.10"
+    assert inv.hostvars["lb1"]["careflow_haproxy_stats_port"] == 7001
+    assert inv.hostvars["pg1"]["careflow_haproxy_stats_port"] == 7000  # a group's folder applies to that group only
+
+
+def _vault_secret(inv: dict, gv: dict) -> None:
+    gv["careflow_app_password"] = "{{ lookup('community.hashi_vault.hashi_vault', 'secret/careflow:app') }}"
+
+
+def test_a_vault_lookup_is_left_to_ansible_and_refused_for_pyinfra(tmp_path):
+    """Ansible can resolve a vault lookup (its preflight role then checks the secret); pyinfra cannot."""
+    inv = load_inventory(_write(tmp_path, _vault_secret), SECRETS)
+    check_inventory(inv, check_wheelhouse=False, lookups_checked_later=True)
+    with pytest.raises(UsageError, match="lookup\\('community.hashi_vault.hashi_vault'\\) is not supported"):
+        check_inventory(inv, check_wheelhouse=False)
+
+
+@pytest.mark.parametrize(
+    ("text", "fix"),
+    [
+        ("# hosts\n[etcd_cluster]\npg1 careflow_node_ip=192.168.56.11\n", "looks like an INI inventory; only YAML"),
+        ("etcd_cluster:\n  hosts: {pg1: {}}\n", "not a YAML inventory with a top-level 'all' group"),
+        ("all:\n  children:\n    etcd_cluster:\n      hosts:\n        pg1: 192.168.56.11\n",
+         "variables of host 'pg1' must be a mapping (name: value), not a str"),
+        ("all:\n  vars: [ansible_user]\n", "vars of group 'all' must be a mapping (name: value), not a list"),
+        ("all:\n  children: [etcd_cluster]\n", "children of group 'all' must be a mapping"),
+    ],
+)
+def test_a_malformed_inventory_structure_is_one_line(tmp_path, text, fix):
+    path = tmp_path / "inventory.yml"
+    path.write_text(text)
+    with pytest.raises(UsageError) as err:
+        load_inventory(path, SECRETS)
+    assert fix in str(err.value) and "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("name", ["lab.yml", "vagrant.yml"])
+def test_the_shipped_inventories_pass(name):
+    inv = check_inventory_file(LAB_INVENTORY.parent / name, SECRETS)
+    assert set(inv.group("etcd_cluster")) == {"pg1", "pg2", "pg3"}

@@ -145,9 +145,9 @@ def test_dcs_patch_only_when_the_running_config_differs(current, wanted, needs):
 @pytest.mark.parametrize(
     "text,message",
     [
-        ("all: [", "is not valid YAML"),
-        ("- just\n- a list\n", "must be a YAML mapping"),
-        ("ungrouped: {}\n", "has no top-level 'all' group"),
+        ("all: [", r"bad\.yml:\d+:\d+: not valid YAML \(.*\); fix the syntax at line \d+, column \d+$"),
+        ("- just\n- a list\n", "is not a YAML inventory with a top-level 'all' group"),
+        ("ungrouped: {}\n", "is not a YAML inventory with a top-level 'all' group"),
     ],
 )
 def test_bad_inventory_files_fail_with_one_line(tmp_path, text, message):
