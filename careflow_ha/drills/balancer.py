@@ -62,12 +62,20 @@ def vrrp_changes(ctx: FaultContext, nodes: Sequence[str], since: float) -> tuple
 
 
 def back_in_vrrp(changes: Sequence[VrrpChange], node: str, since: float) -> VrrpChange | None:
-    """The change after ``since`` that left ``node`` in BACKUP or MASTER for good (None while FAULT or silent)."""
+    """When ``node`` was back in VRRP with its peers after ``since``, and as what (None while FAULT or unseen).
+
+    Either it changed state (a restarted balancer: BACKUP, perhaps after a FAULT
+    while its HAProxy started), or it never did: a partitioned balancer stays
+    MASTER throughout, and is back the moment a peer hears it and yields (BACKUP).
+    """
     mine = [c for c in changes if c.node == node and c.at >= since]
-    if not mine or mine[-1].state == "FAULT":
-        return None
-    last_fault = max((i for i, c in enumerate(mine) if c.state == "FAULT"), default=-1)
-    return mine[last_fault + 1]
+    if mine:
+        if mine[-1].state == "FAULT":
+            return None
+        last_fault = max((i for i, c in enumerate(mine) if c.state == "FAULT"), default=-1)
+        return mine[last_fault + 1]
+    yielded = next((c for c in changes if c.node != node and c.at >= since and c.state == "BACKUP"), None)
+    return None if yielded is None else VrrpChange(yielded.at, node, "MASTER")
 
 
 def takeover(changes: Sequence[VrrpChange], lost: str, after: float) -> VrrpChange | None:

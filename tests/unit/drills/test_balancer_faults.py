@@ -50,12 +50,19 @@ def _c(at: float, node: str, state: str) -> VrrpChange:
         ([_c(11, "lb1", "FAULT"), _c(13, "lb1", "BACKUP")], 13),  # HAProxy came up after keepalived
         ([_c(11, "lb1", "BACKUP"), _c(12, "lb1", "FAULT"), _c(14, "lb1", "BACKUP"), _c(15, "lb1", "MASTER")], 14),
         ([_c(9, "lb1", "BACKUP")], None),  # before healing does not count
-        ([_c(11, "lb2", "BACKUP")], None),  # another balancer
+        ([_c(11, "lb2", "MASTER")], None),  # another balancer's takeover says nothing about lb1
+        # Partitioned lb1 stayed MASTER throughout: back when lb2 hears it after healing and yields.
+        ([_c(5, "lb2", "MASTER"), _c(11, "lb2", "BACKUP")], 11),
     ],
 )
 def test_back_in_vrrp_is_the_change_that_stuck(changes, expected):
     back = back_in_vrrp(changes, "lb1", since=10)
     assert (None if back is None else back.at) == expected
+
+
+def test_a_balancer_that_kept_the_vip_is_back_as_master():
+    back = back_in_vrrp([_c(5, "lb2", "MASTER"), _c(11, "lb2", "BACKUP")], "lb1", since=10)
+    assert back == VrrpChange(11, "lb1", "MASTER")
 
 
 @pytest.mark.parametrize(
