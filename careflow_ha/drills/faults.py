@@ -265,6 +265,22 @@ def no_heal(ctx: FaultContext, t: Targets) -> str:
 
 # -- the catalogue -----------------------------------------------------------------------------------------------------
 
+def _at_vip_holder(
+    name: str,
+    title: str,
+    description: str,
+    inject: Callable[[FaultContext, Targets], str],
+    heal: Callable[[FaultContext, Targets], str],
+    hold: Hold,
+    ci: bool = False,
+) -> Fault:
+    """A balancer fault: aimed at the VIP's holder when it runs, keepalived watched afterwards, never a failover."""
+    return Fault(
+        name, title, description, _pick_nothing, inject, heal, hold,
+        expects_failover=False, ci=ci, pick_live=pick_vip_holder, observe=observe_vrrp,
+    )
+
+
 _UNTIL_RECOVERED = Hold(min_s=2.0, max_s=120.0, until_writes_resume=True)
 
 _FAULTS: tuple[Fault, ...] = (
@@ -380,34 +396,26 @@ _FAULTS: tuple[Fault, ...] = (
         Hold(min_s=30.0, max_s=30.0),
         expects_failover=None,
     ),
-    Fault(
+    _at_vip_holder(
         "balancer-loss",
         "loss of the balancer that holds the VIP",
         "Container kill of the balancer holding the VIP. The other balancer hears no VRRP advert for 3 x "
         "advert_int and takes the VIP; clients reconnect to the same address. Healed by starting the container: "
         "it must come back as BACKUP (nopreempt) without taking the VIP back.",
-        _pick_nothing,
         inject_kill_node,
         heal_start_node,
         Hold(min_s=2.0, max_s=60.0, until_writes_resume=True),
-        expects_failover=False,
         ci=True,
-        pick_live=pick_vip_holder,
-        observe=observe_vrrp,
     ),
-    Fault(
+    _at_vip_holder(
         "balancer-partition",
         "network partition of the balancer that holds the VIP",
         "iptables DROP of everything but loopback in the VIP holder's network namespace. Its peer takes the "
         "VIP after 3 x advert_int; the cut-off one still believes it is MASTER. After healing the two masters "
         "see each other and the lower priority yields, so the VIP may move once more.",
-        _pick_nothing,
         inject_partition,
         heal_partition,
         Hold(min_s=5.0, max_s=60.0, until_writes_resume=True),
-        expects_failover=False,
-        pick_live=pick_vip_holder,
-        observe=observe_vrrp,
     ),
 )
 
