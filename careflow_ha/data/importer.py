@@ -52,6 +52,8 @@ FUTURE_SLACK = timedelta(minutes=5)
 MAX_BAD_FIELD = 200  # a value quoted in a reason is cut here; the raw line is always kept whole
 _LINE_BREAK = re.compile(r"\r\n|\r|\n")
 _UNDECODABLE = re.compile("[\udc80-\udcff]+")  # bytes that were not UTF-8, after surrogateescape
+_NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?|[+-]?(nan|inf)", re.IGNORECASE | re.ASCII)
+_TIMESTAMP_CHARS = re.compile(r"[0-9A-Za-z:.,+\-]+( [0-9:.,+\-Z]+)?")
 
 
 class Reason(str):
@@ -115,7 +117,7 @@ class ParsedFile:
         ids = set()
         for rec in self.records:
             text = (rec.fields or {}).get("visit_id", "").strip()
-            if text.isdigit():
+            if text.isascii() and text.isdigit():
                 ids.add(int(text))
         return ids
 
@@ -239,6 +241,10 @@ def parse_timestamp(text: str) -> datetime:
     if not raw:
         raise ValueError("empty")
     try:
+        # fromisoformat takes any character between date and time ("2026-10-02\n10:15", "2026-10-02x10:15"):
+        # only T or one space is a date-time separator here, and nothing but printable ASCII.
+        if not _TIMESTAMP_CHARS.fullmatch(raw) or (len(raw) > 10 and raw[4] == "-" and raw[10] not in "Tt "):
+            raise ValueError(raw)
         parsed = datetime.fromisoformat(raw.replace("Z", "+00:00"))
     except ValueError:
         raise ValueError(f"{raw[:MAX_BAD_FIELD]!r} is not a valid ISO 8601 date-time (e.g. 2026-02-30 does not "
@@ -248,7 +254,7 @@ def parse_timestamp(text: str) -> datetime:
 
 def _int(text: str) -> int:
     value = text.strip()
-    if not value.lstrip("-").isdigit():  # int() would also take "1_000", "٣" and whitespace inside
+    if not (value.isascii() and value.lstrip("-").isdigit()):  # int() would also take "1_000" and "٣"
         raise ValueError(value)
     return int(value)
 
@@ -272,7 +278,10 @@ def validate_row(row: dict[str, str], ref: Reference) -> tuple[GoodRow | None, l
                               f"unknown test code {row['test_code'][:MAX_BAD_FIELD]!r}"))
     value = math.nan
     try:
-        value = float(row["value"].strip())
+        text = row["value"].strip()
+        if not _NUMBER.fullmatch(text):  # float() would also take "1_000", "١٢" and "infinity"
+            raise ValueError(text)
+        value = float(text)
         if not math.isfinite(value):
             reasons.append(Reason("value", "impossible value",
                                   f"impossible value {row['value'].strip()!r} (not a finite number)"))

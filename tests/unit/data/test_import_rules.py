@@ -62,6 +62,10 @@ def test_lower_case_codes_and_explicit_offsets_are_accepted():
         ({"visit": "502"}, "visit_id: visit 502 is pet 8's, not pet 7's"),
         ({"visit": "503"}, "visit_id: visit 503 was at clinic 3; pet 7 belongs to clinic 2"),
         ({"pet": "1_000"}, "pet_id: '1_000' is not an integer"),
+        ({"value": "1_0"}, "value: '1_0' is not a number"),  # float() takes it
+        ({"value": "infinity"}, "value: 'infinity' is not a number"),
+        ({"at": "2026-10-02\n10:15"}, "is not a valid ISO 8601"),  # fromisoformat takes any separator
+        ({"at": "2026-10-02x10:15"}, "is not a valid ISO 8601"),
     ],
 )
 def test_each_bad_field_is_named(fields, expected):
