@@ -10,9 +10,9 @@
 --    collected_at) here, in the same transaction. A row whose key is claimed
 --    is skipped and counted, so not even --force loads a result twice.
 --    The key lives in its own table, not as a unique index on lab_results:
---    the generator's data can repeat a key (several results of a test for a
---    pet in the same second), Locust's writes would pay for it, and a unique
---    index on the fact table costs every bulk COPY (measured in the README).
+--    such an index costs every bulk COPY about 40% of its throughput
+--    (measured side by side, partitioning/README.md "Re-importing"), and
+--    nothing in the generator or in Locust's writes promises the key.
 -- depends: 0006_clinic_leaf_coverage
 
 ALTER TABLE lab_import_batches
