@@ -36,3 +36,17 @@ CREATE TABLE lab_import_keys (
     PRIMARY KEY (pet_id, test_code, collected_at)
 );
 CREATE INDEX lab_import_keys_batch_idx ON lab_import_keys (batch_id);
+
+-- `data load --replace` truncates lab_results: the keys of the rows it removed
+-- must go too, or a re-import of those results would be skipped as present.
+-- (Batch records stay, as history: re-importing the same file then needs --force.)
+CREATE FUNCTION lab_results_truncate_import_keys() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    TRUNCATE lab_import_keys;
+    RETURN NULL;
+END
+$$;
+
+CREATE TRIGGER lab_results_truncate_import_keys AFTER TRUNCATE ON lab_results
+    FOR EACH STATEMENT EXECUTE FUNCTION lab_results_truncate_import_keys();

@@ -257,3 +257,14 @@ def test_file_problems_are_named_before_connecting_even_to_a_stopped_database(tm
     result = run_cli("data", "import", str(path), "--dsn", "host=127.0.0.1 port=1 user=x connect_timeout=2")
     assert result.code == 2, result.err
     assert message in result.err and "cannot connect" not in result.err
+
+
+def test_truncating_lab_results_forgets_the_import_keys_too(emr):
+    """`data load --replace` truncates lab_results; a stale key would skip a real re-import as "present"."""
+    with psycopg.connect(emr.app_dsn) as conn:
+        batch = conn.execute("INSERT INTO lab_import_batches (file_name, rows_total, rows_loaded, rows_quarantined) "
+                             "VALUES ('k.csv', 0, 0, 0) RETURNING batch_id").fetchone()[0]
+        conn.execute("INSERT INTO lab_import_keys VALUES (1, 'ALT', now(), %s, 2)", (batch,))
+        conn.execute("TRUNCATE lab_results, lab_results_daily")
+        assert conn.execute("SELECT count(*) FROM lab_import_keys").fetchone()[0] == 0
+        conn.rollback()  # leave the shared data set as it was
