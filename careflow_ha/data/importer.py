@@ -284,7 +284,7 @@ def validate_row(row: dict[str, str], ref: Reference) -> tuple[GoodRow | None, l
         value = float(text)
         if not math.isfinite(value):
             reasons.append(Reason("value", "impossible value",
-                                  f"impossible value {row['value'].strip()!r} (not a finite number)"))
+                                  f"impossible value {text[:MAX_BAD_FIELD]!r} (not a finite number)"))
         elif code in ref.tests:
             lo, hi = ref.tests[code]
             if not lo <= value <= hi:

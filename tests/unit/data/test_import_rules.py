@@ -51,6 +51,7 @@ def test_lower_case_codes_and_explicit_offsets_are_accepted():
         ({"value": "-4"}, "impossible value -4 for CREA (plausible 0.05 to 30)"),
         ({"value": "450"}, "impossible value 450 for CREA"),
         ({"value": "nan"}, "impossible value 'nan' (not a finite number)"),
+        ({"value": "9" * 400}, "value: impossible value '" + "9" * 200 + "' (not a finite number)"),  # quoted cut
         ({"value": "high"}, "value: 'high' is not a number"),
         ({"at": "2026-02-30 09:00"}, "collected_at: '2026-02-30 09:00' is not a valid ISO 8601 date-time"),
         ({"at": ""}, "collected_at: empty"),
