@@ -103,17 +103,17 @@ def _parse_port(name: str, raw: str | int, source: Source = ("default", "")) -> 
     """
     kind, where = source
     if kind == "flag":
-        said, fix = f"{name}={raw} from the command line", "pass an integer 1024-65535"
+        said, fix = f"{name}={raw} from the command line", "pass a free port in 1024-65535"
     elif kind == "environment":
-        said, fix = f"{name} in the environment", "set it to an integer 1024-65535 (or unset it to use .env)"
+        said, fix = f"{name} in the environment", "set it to a free port in 1024-65535 (or unset it to use .env)"
     else:
-        said, fix = f"{name} in {where or '.env'}", "set it to an integer 1024-65535 there"
+        said, fix = f"{name} in {where or '.env'}", "set it to a free port in 1024-65535 there"
     try:
         port = int(str(raw).strip())
     except ValueError:
         raise UsageError(f"{said} is not a port number; {fix}") from None
     if not 1024 <= port <= 65535:
-        raise UsageError(f"{said} is outside 1024-65535; pick a free unprivileged port ({fix})")
+        raise UsageError(f"{said} is outside 1024-65535; {fix}")
     return port
 
 
