@@ -11,7 +11,7 @@ missing or extra fields). Invariants:
   column that was broken is among them; an untouched row is accepted;
 - each record keeps its first line number and its whole raw line, byte for byte.
 
-Pure: no database (the Reference is built here). Bounded: max_examples and a deadline.
+Pure: no database (the Reference is the rules tests' one). Bounded: max_examples and a deadline.
 """
 
 from __future__ import annotations
@@ -19,25 +19,14 @@ from __future__ import annotations
 import csv
 import io
 import re
-from datetime import UTC, date, datetime, timedelta
-from zoneinfo import ZoneInfo
+from datetime import datetime, timedelta
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from careflow_ha.data.importer import OPTIONAL, REQUIRED, Reference, classify, parse_csv, storable
+from careflow_ha.data.importer import OPTIONAL, REQUIRED, classify, parse_csv, storable
+from tests.data.test_import_rules import REF  # pets 7 (cat, clinic 2, visit 501) and 8 (dog, born 2026-06-01)
 
-SEOUL = ZoneInfo("Asia/Seoul")
-NOW = datetime(2026, 11, 27, 3, 0, tzinfo=UTC)
-REF = Reference(
-    pets={7: (2, "cat", date(2015, 3, 1)), 8: (3, "dog", date(2020, 6, 1))},
-    tests={"CREA": (0.05, 30.0), "ALT": (0.0, 10000.0)},
-    ranges={("CREA", "cat"): (0.8, 2.4), ("CREA", "dog"): (0.5, 1.8), ("ALT", "cat"): (12, 130),
-            ("ALT", "dog"): (10, 125)},
-    months=[(datetime(2026, m, 1, tzinfo=SEOUL), datetime(2026, m + 1, 1, tzinfo=SEOUL)) for m in range(1, 12)],
-    now=NOW,
-    visits={501: (7, 2)},
-)
 MARK_NUL, MARK_BAD = "\u2400", "\u2421"  # placeholders, replaced by a NUL byte / a non-UTF-8 byte after encoding
 #: Bounded in count and time; no example database (it would leave .hypothesis/ in the clone).
 BOUNDED = settings(max_examples=150, deadline=2000, suppress_health_check=[HealthCheck.too_slow], database=None)
@@ -45,7 +34,7 @@ BOUNDED = settings(max_examples=150, deadline=2000, suppress_health_check=[Healt
 good_rows = st.fixed_dictionaries({
     "pet_id": st.sampled_from(["7", "8", " 7 "]),
     "test_code": st.sampled_from(["CREA", "crea", "ALT"]),
-    "collected_at": st.datetimes(min_value=datetime(2026, 1, 2), max_value=datetime(2026, 11, 25)).map(
+    "collected_at": st.datetimes(min_value=datetime(2026, 6, 2), max_value=datetime(2026, 11, 25)).map(
         lambda d: d.replace(microsecond=0).isoformat(sep=" ")),
     "value": st.floats(min_value=0.1, max_value=29.0).map(lambda v: f"{v:.2f}"),
 }).map(lambda r: {**r, "visit_id": "501" if r["pet_id"].strip() == "7" else ""})
