@@ -14,7 +14,7 @@ import psycopg
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
-from careflow_ha.dsn import redact
+from careflow_ha.dsn import check_dsn, redact
 from careflow_ha.errors import CheckFailed, EnvironmentProblem, UsageError
 from careflow_ha.settings import DB_NAME, ROLE_NAMES
 
@@ -35,32 +35,9 @@ def with_dbname(dsn: str, dbname: str) -> str:
     return make_conninfo(dsn, dbname=dbname)
 
 
-#: libpq options that must hold integers. libpq checks them only when it connects, and its error then
-#: looks like a network problem (exit 3); a typo in a DSN is bad input (exit 2).
-_INTEGER_OPTIONS = ("port", "connect_timeout", "keepalives", "keepalives_idle", "keepalives_interval",
-                    "keepalives_count", "tcp_user_timeout")
 #: Fragments of libpq's messages about a malformed option value (as opposed to an unreachable server).
 _OPTION_ERRORS = ("for connection option", "invalid connection option", "invalid sslmode value",
                   "invalid target_session_attrs value", "invalid load_balance_hosts value")
-
-
-def check_dsn(dsn: str) -> dict[str, str]:
-    """Parse ``dsn`` (URI or key=value), or raise a UsageError that names the fix and never echoes the DSN.
-
-    libpq's own parse message is not shown: it quotes the text around the
-    error, which can be part of a password.
-    """
-    try:
-        params = {k: v for k, v in conninfo_to_dict(dsn).items() if v is not None}
-    except psycopg.ProgrammingError:
-        raise UsageError("the DSN is not valid libpq syntax; use postgresql://user:pass@host:port/db or "
-                         "'host=... port=... user=... dbname=...'") from None
-    for key in _INTEGER_OPTIONS:
-        for part in str(params.get(key, "")).split(","):  # multi-host DSNs list one port per host
-            if part.strip() and not (part.strip().isdigit() and (key != "port" or 1 <= int(part) <= 65535)):
-                what = "a port number (1-65535)" if key == "port" else "an integer"
-                raise UsageError(f"the DSN's {key} {part.strip()!r} is not {what}; fix it in --dsn or CAREFLOW_DSN")
-    return params
 
 
 def connect(dsn: str, *, autocommit: bool = False) -> psycopg.Connection:

@@ -27,10 +27,10 @@ import psycopg
 import pytest
 from psycopg.conninfo import make_conninfo
 
-from careflow_ha.cluster import wait_healthy
+from careflow_ha.cluster.health import wait_healthy
+from careflow_ha.cluster.patroni import PatroniApi
 from careflow_ha.data.importer import ImportSummary, import_csv, parse_csv
 from careflow_ha.drills.faults import pick_switchover
-from careflow_ha.drills.patroni import PatroniApi
 from careflow_ha.errors import CareflowError, EnvironmentProblem, UsageError
 from careflow_ha.settings import Settings
 from tests.plugins.timeouts import scaled, wait_until

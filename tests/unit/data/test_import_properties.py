@@ -25,7 +25,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from careflow_ha.data.importer import OPTIONAL, REQUIRED, classify, parse_csv, storable
-from tests.data.test_import_rules import REF  # pets 7 (cat, clinic 2, visit 501) and 8 (dog, born 2026-06-01)
+from tests.unit.data.test_import_rules import REF  # pets 7 (cat, clinic 2, visit 501) and 8 (dog, born 2026-06-01)
 
 MARK_NUL, MARK_BAD = "\u2400", "\u2421"  # placeholders, replaced by a NUL byte / a non-UTF-8 byte after encoding
 #: Bounded in count and time; no example database (it would leave .hypothesis/ in the clone).

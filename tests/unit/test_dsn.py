@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from careflow_ha.data.db import check_dsn, connect
+from careflow_ha.data.db import connect
+from careflow_ha.dsn import check_dsn
 from careflow_ha.errors import EnvironmentProblem, UsageError
 from tests.cli import run_cli
 

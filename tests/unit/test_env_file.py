@@ -1,7 +1,4 @@
-"""``.env`` as editors leave it: no final newline, CRLF, a key twice; and port errors that never echo it.
-
-(Settings rules, kept next to the importer's tests while the unit tests are being regrouped by area.)
-"""
+"""``.env`` as editors leave it: no final newline, CRLF, a key twice; and port errors that never echo it."""
 
 from __future__ import annotations
 
