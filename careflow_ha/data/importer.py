@@ -29,7 +29,7 @@ import io
 import math
 import re
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from pathlib import Path
@@ -351,7 +351,8 @@ def classify(parsed: ParsedFile, ref: Reference) -> Iterator[tuple[Record, GoodR
 
 
 # -- the database side ---------------------------------------------------------------------------
-def load_reference(conn: psycopg.Connection, visit_ids: set[int] = frozenset()) -> Reference:  # type: ignore[assignment]
+def load_reference(conn: psycopg.Connection, visit_ids: Collection[int] = ()) -> Reference:
+    """Pets, tests, ranges, partitions and the server's clock; of the visits, only ``visit_ids``."""
     pets = {pid: (cid, sp, born) for pid, cid, sp, born in
             conn.execute("SELECT pet_id, clinic_id, species, birth_date FROM pets")}
     tests = {c: (lo, hi) for c, lo, hi in
@@ -455,8 +456,9 @@ def import_csv(dsn: str, path: Path, *, force: bool = False, batch_size: int = 2
     """Validate and import ``path`` in one transaction: good rows, quarantine and the batch record.
 
     Refuses (UsageError) a file whose content an earlier batch holds, unless
-    ``force``. A lost connection is an EnvironmentProblem whose message says
-    that running the same command again is safe. ``progress`` shows a bar
+    ``force`` (the new batch is then marked forced). A lost connection is an
+    EnvironmentProblem whose message says that running the same command
+    again is safe. ``progress`` shows a bar
     over the rows on stderr.
     """
     if not path.is_file():
@@ -475,7 +477,7 @@ def import_csv(dsn: str, path: Path, *, force: bool = False, batch_size: int = 2
                 summary.batch_id = cur.execute(
                     "INSERT INTO lab_import_batches (file_name, sha256, forced, rows_total, rows_loaded, "
                     "rows_duplicate, rows_quarantined) VALUES (%s, %s, %s, 0, 0, 0, 0) RETURNING batch_id",
-                    (path.name, parsed.sha256, force)).fetchone()[0]
+                    (path.name, parsed.sha256, earlier is not None)).fetchone()[0]
             except psycopg.errors.UniqueViolation:  # the same file, imported concurrently, committed first
                 conn.rollback()
                 raise _refuse(path.name, parsed.sha256, _earlier_batch(conn, parsed.sha256)) from None
@@ -502,11 +504,13 @@ def import_csv(dsn: str, path: Path, *, force: bool = False, batch_size: int = 2
                         (summary.total, summary.loaded, summary.duplicates, summary.quarantined, summary.batch_id))
             step = "committing"
             conn.commit()
-    except psycopg.OperationalError as exc:
+    except (psycopg.OperationalError, psycopg.errors.ReadOnlySqlTransaction) as exc:
+        # A lost or terminated connection, or (during a failover) a connection that reached the old primary
+        # after it became a standby.
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         outcome = ("it may or may not have committed" if step == "committing" else "nothing was committed")
         raise EnvironmentProblem(
-            f"the database connection was lost while {step} {path.name} ({first}); {outcome}. Run the same "
+            f"the import of {path.name} was interrupted while {step} ({first}); {outcome}. Run the same "
             "command again: it imports the file if the batch did not commit and refuses it, naming the batch, if "
             "it did; no result is ever loaded twice") from None
     return summary

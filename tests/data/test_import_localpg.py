@@ -268,3 +268,12 @@ def test_truncating_lab_results_forgets_the_import_keys_too(emr):
         conn.execute("TRUNCATE lab_results, lab_results_daily")
         assert conn.execute("SELECT count(*) FROM lab_import_keys").fetchone()[0] == 0
         conn.rollback()  # leave the shared data set as it was
+
+
+def test_force_on_a_first_import_is_an_ordinary_batch_that_later_imports_respect(emr, pets, tmp_path):
+    path = tmp_path / "first-forced.csv"
+    path.write_text(f"pet_id,test_code,collected_at,value\n{pets[16][0]},ALT,{fresh_when()},50\n")
+    result, summary = import_json(emr, path, "--force")
+    assert result.code == 0 and summary["loaded"] == 1
+    again = run_cli("data", "import", str(path), "--dsn", emr.app_dsn)
+    assert again.code == 2 and f"as batch {summary['batch_id']}," in again.err

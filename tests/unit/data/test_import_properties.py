@@ -25,11 +25,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from careflow_ha.data.importer import OPTIONAL, REQUIRED, classify, parse_csv, storable
+from tests.plugins.timeouts import scaled
 from tests.unit.data.test_import_rules import REF  # pets 7 (cat, clinic 2, visit 501) and 8 (dog, born 2026-06-01)
 
 MARK_NUL, MARK_BAD = "\u2400", "\u2421"  # placeholders, replaced by a NUL byte / a non-UTF-8 byte after encoding
 #: Bounded in count and time; no example database (it would leave .hypothesis/ in the clone).
-BOUNDED = settings(max_examples=150, deadline=2000, suppress_health_check=[HealthCheck.too_slow], database=None)
+BOUNDED = settings(max_examples=150, deadline=timedelta(seconds=scaled(5)),
+                   suppress_health_check=[HealthCheck.too_slow], database=None)
 
 good_rows = st.fixed_dictionaries({
     "pet_id": st.sampled_from(["7", "8", " 7 "]),

@@ -5,10 +5,12 @@ from __future__ import annotations
 from datetime import UTC, date, datetime, timedelta
 from zoneinfo import ZoneInfo
 
+import psycopg
 import pytest
 
+from careflow_ha.data import importer
 from careflow_ha.data.importer import Reference, parse_csv, validate_row
-from careflow_ha.errors import UsageError
+from careflow_ha.errors import EnvironmentProblem, UsageError
 
 SEOUL = ZoneInfo("Asia/Seoul")
 NOW = datetime(2026, 11, 27, 3, 0, tzinfo=UTC)
@@ -160,3 +162,27 @@ def test_columns_may_come_in_any_order_and_case():
     records = parse("Value, visit_id ,PET_ID,test_code,collected_at\n1.2,,7,CREA,2026-10-02 10:15\n")
     assert records[0].fields == {"value": "1.2", "visit_id": "", "pet_id": "7", "test_code": "CREA",
                                  "collected_at": "2026-10-02 10:15"}
+
+
+class ReadOnlyConn:
+    """A connection that reached a standby (the old primary, mid-failover): every statement is refused."""
+
+    def __enter__(self) -> ReadOnlyConn:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+    def cursor(self) -> ReadOnlyConn:
+        return self
+
+    def execute(self, *_args: object) -> None:
+        raise psycopg.errors.ReadOnlySqlTransaction("cannot execute INSERT in a read-only transaction")
+
+
+def test_a_standby_behind_port_5000_mid_failover_is_an_environment_problem_not_a_traceback(monkeypatch, tmp_path):
+    path = tmp_path / "x.csv"
+    path.write_text("pet_id,test_code,collected_at,value\n7,CREA,2026-10-02 10:15,1.2\n")
+    monkeypatch.setattr(importer, "connect", lambda _dsn: ReadOnlyConn())  # the driver is the boundary
+    with pytest.raises(EnvironmentProblem, match="read-only transaction.*nothing was committed. Run the same command"):
+        importer.import_csv("host=127.0.0.1", path)
