@@ -82,19 +82,29 @@ def load_cmd(rows: int, clinics: int, months: int, seed: int, replace: bool, for
 
 @data_group.command("import")
 @click.argument("csv_file", type=click.Path(path_type=Path))
+@click.option("--force", is_flag=True,
+              help="Import a file whose content was imported before (results already present are still skipped).")
 @dsn_option
 @format_option
-def import_cmd(csv_file: Path, dsn: str | None, fmt: str) -> None:
-    """Import lab results from CSV (pet_id,test_code,collected_at,value[,visit_id]); bad rows are quarantined."""
+def import_cmd(csv_file: Path, force: bool, dsn: str | None, fmt: str) -> None:
+    """Import lab results from CSV (pet_id,test_code,collected_at,value[,visit_id]); bad rows are quarantined.
+
+    The file is checked before the database is touched. The same content is
+    imported once (refused afterwards unless --force), and no result is ever
+    loaded twice, so a rerun after an interrupted import is always safe.
+    """
     from careflow_ha.data.importer import import_csv
 
     target = resolve_dsn(dsn)
     _echo_target(target)
-    summary = import_csv(target, csv_file, progress=True)
+    summary = import_csv(target, csv_file, force=force, progress=True)
 
     def pretty(d: dict) -> str:
-        lines = [f"{d['file']}: {d['rows']} rows, {d['loaded']} loaded, {d['quarantined']} quarantined "
-                 f"(batch {d['batch_id']})"]
+        lines = [f"{d['file']}: {d['rows']} rows, {d['loaded']} loaded, {d['duplicates']} already present "
+                 f"(skipped), {d['quarantined']} quarantined (batch {d['batch_id']})"]
+        if d["duplicates_of_batches"]:
+            lines.append("already present from batch " + ", ".join(
+                f"{b} ({n} rows)" for b, n in d["duplicates_of_batches"].items()))
         if d["reasons"]:
             lines.append(table([{"reason": k, "rows": v} for k, v in d["reasons"].items()], ["reason", "rows"]))
             lines.append(f"see: SELECT line_no, reasons, raw FROM lab_results_quarantine WHERE batch_id = "
