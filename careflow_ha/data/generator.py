@@ -447,13 +447,13 @@ def _visit_text(combo: int, by_condition: bool, pick: int, inflamed: bool) -> tu
 
 #: Distinct people and addresses drawn from Faker, then recombined: Faker costs about 1 ms a call, which
 #: for the 200k owners of a 100M-row network would be most of the run.
-FAKER_POOL = 4000
+FAKER_POOL = 2000
 
 
 def _owners(fake, rng: np.random.Generator, owner_clinic: np.ndarray) -> list[tuple]:
     """Owners with Korean names, phones, addresses and (60% of them) e-mail addresses.
 
-    Below ``FAKER_POOL`` owners each is drawn from Faker directly; above it, names, addresses and e-mail
+    Up to ``FAKER_POOL`` owners, each is drawn from Faker directly; above it, names, addresses and e-mail
     user names come from a pool of that many Faker draws, combined at random (so about as varied as
     the real thing at any size), and phones are random 010 numbers.
     """
