@@ -524,6 +524,7 @@ def _run(server: LocalPostgres, dsn: str, spec: DataSpec, schemes: list[Scheme],
             r["archive"] = archive_oldest(conn, scheme)
             r["drop_s"] = _timed(lambda s=scheme: drop_scheme(conn, s))
         progress(f"  archived {r['archive']}; dropped in {r['drop_s']} s")
+        progress("\n".join([*render_scheme(scheme.name, r), OPERATIONS_HEADER, render_operations(scheme.name, r)]))
     return out
 
 
@@ -548,6 +549,36 @@ def ratio(part: dict, flat: dict) -> float:
     return round(part["total_ms"] / flat["total_ms"], 2) if flat["total_ms"] else float("inf")
 
 
+def render_scheme(name: str, s: dict) -> list[str]:
+    """One scheme's query table: each query warm and cold, plain vs partitioned, with the ratio."""
+    lines = [f"== {name}: {s['description']}", f"{'query':62} {'cache':5} {'plain ms':>9} {'plan':>8} "
+             f"{'part ms':>9} {'plan':>8} {'ratio':>7} {'leaves':>6} {'pages plain/part':>17}"]
+    for q, m in s["queries"].items():
+        for cache, fk, pk in (("warm", "flat", "part"), ("cold", "flat_cold", "part_cold")):
+            if fk not in m or pk not in m:
+                continue
+            f, p = m[fk], m[pk]
+            lines.append(f"{QUERIES[q] if cache == 'warm' else '':62} {cache:5} {f['total_ms']:>9.3f} "
+                         f"{f['plan_ms']:>8.3f} {p['total_ms']:>9.3f} {p['plan_ms']:>8.3f} {ratio(p, f):>6.2f}x "
+                         f"{p['scans']:>6} {f['pages']:>8}/{p['pages']:<8}")
+    return [*lines, ""]
+
+
+def render_operations(name: str, s: dict) -> str:
+    mt, ar, dump = s.get("maintenance", {}), s.get("archive", {}), s.get("pg_dump_schema_only", {})
+    return (f"{name:16} {s['leaves']:>7,} {s['create_s']:>8} {s['copy_s']:>8} {s['rows_per_s']:>9,} "
+            f"{s['vacuum_analyze_s']:>8} {s['size']:>8} {s['catalog']['total_mb']:>10} "
+            f"{s['backend_mb_after_keyless_plan']:>10} {mt.get('steady_s', '-'):>8} "
+            f"{mt.get('new_month_s', '-'):>11} {s['analyze_month_s']:>15} "
+            f"{ar.get('detach_concurrently_s', '-'):>8} {ar.get('drop_s', '-'):>7} "
+            f"{dump.get('seconds', '-'):>9} {dump.get('mb', '-'):>7}")
+
+
+OPERATIONS_HEADER = (f"{'scheme':16} {'leaves':>7} {'build s':>8} {'COPY s':>8} {'rows/s':>9} {'VAC AN s':>8} "
+                     f"{'size':>8} {'catalog MB':>10} {'backend MB':>10} {'maint s':>8} {'new month s':>11} "
+                     f"{'ANALYZE month s':>15} {'detach s':>8} {'drop s':>7} {'pg_dump s':>9} {'dump MB':>7}")
+
+
 def render(r: dict) -> str:
     """Per scheme: build and load, operations, and each query warm and cold against the plain table."""
     lines = [f"bench partitioning --scale network: {r['rows']:,} lab results, {r['clinics']:,} clinics, "
@@ -557,28 +588,8 @@ def render(r: dict) -> str:
              f"VACUUM ANALYZE {r['plain']['vacuum_analyze_s']} s, size {r['plain']['size']}; generation + COPY "
              f"{r['generate_and_copy_plain_s']} s (world {r['world_s']} s); catalogs "
              f"{r['catalog_baseline']['total_mb']} MB", f"query parameters: {r['params']}", ""]
-    summary = ["", f"{'scheme':16} {'leaves':>7} {'build s':>8} {'COPY s':>8} {'rows/s':>9} {'VAC AN s':>8} "
-                   f"{'size':>8} {'catalog MB':>10} {'backend MB':>10} {'maint s':>8} {'new month s':>11} "
-                   f"{'ANALYZE month s':>15} {'detach s':>8} {'drop s':>7} {'pg_dump s':>9} {'dump MB':>7}"]
     for name, s in r["schemes"].items():
-        lines += [f"== {name}: {s['description']}", f"{'query':62} {'cache':5} {'plain ms':>9} {'plan':>8} "
-                  f"{'part ms':>9} {'plan':>8} {'ratio':>7} {'leaves':>6} {'pages p/part':>15}"]
-        for q, m in s["queries"].items():
-            for cache, fk, pk in (("warm", "flat", "part"), ("cold", "flat_cold", "part_cold")):
-                if fk not in m or pk not in m:
-                    continue
-                f, p = m[fk], m[pk]
-                lines.append(f"{QUERIES[q] if cache == 'warm' else '':62} {cache:5} {f['total_ms']:>9.3f} "
-                             f"{f['plan_ms']:>8.3f} {p['total_ms']:>9.3f} {p['plan_ms']:>8.3f} {ratio(p, f):>6.2f}x "
-                             f"{p['scans']:>6} {f['pages']:>7}/{p['pages']:<7}")
-        lines.append("")
-        mt, ar, dump = s.get("maintenance", {}), s.get("archive", {}), s.get("pg_dump_schema_only", {})
-        summary.append(f"{name:16} {s['leaves']:>7,} {s['create_s']:>8} {s['copy_s']:>8} {s['rows_per_s']:>9,} "
-                       f"{s['vacuum_analyze_s']:>8} {s['size']:>8} {s['catalog']['total_mb']:>10} "
-                       f"{s['backend_mb_after_keyless_plan']:>10} {mt.get('steady_s', '-'):>8} "
-                       f"{mt.get('new_month_s', '-'):>11} {s['analyze_month_s']:>15} "
-                       f"{ar.get('detach_concurrently_s', '-'):>8} {ar.get('drop_s', '-'):>7} "
-                       f"{dump.get('seconds', '-'):>9} {dump.get('mb', '-'):>7}")
+        lines += render_scheme(name, s)
     lines.append("ratio = partitioned / plain total time (plan + execution); < 1 is faster than the plain table")
-    return "\n".join(lines + summary)
-
+    lines += ["", OPERATIONS_HEADER, *(render_operations(n, s) for n, s in r["schemes"].items())]
+    return "\n".join(lines)
