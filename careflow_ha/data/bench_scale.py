@@ -34,7 +34,7 @@ from pathlib import Path
 import psycopg
 from psycopg import sql
 
-from careflow_ha.data.bench import _summary, explain
+from careflow_ha.data.bench import _summary, evict_os_cache, explain
 from careflow_ha.data.db import connect, migrate
 from careflow_ha.data.generator import (
     RESULT_COLUMNS,
@@ -219,7 +219,7 @@ def measure_cold(server: LocalPostgres, dsn: str, name: str, lab: str, params: P
     runs = []
     for _ in range(rounds):
         server.stop()
-        evict(server.data_dir)
+        evict_os_cache(server.data_dir)
         server.start()
         with connect(dsn, autocommit=True) as conn:
             runner = Runner(conn, name, lab, params)
@@ -230,20 +230,6 @@ def measure_cold(server: LocalPostgres, dsn: str, name: str, lab: str, params: P
                 conn.execute(sql.SQL("EXPLAIN ") + runner.query)
             runs.append(explain(conn, runner.query, s))
     return _summary(runs)
-
-
-def evict(data_dir: Path) -> None:
-    """Drop this server's files (and only them) from the OS page cache."""
-    for root, _dirs, files in os.walk(data_dir):
-        for f in files:
-            try:
-                fd = os.open(os.path.join(root, f), os.O_RDONLY)
-            except OSError:
-                continue
-            try:
-                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-            finally:
-                os.close(fd)
 
 
 # -- building --------------------------------------------------------------------------------------

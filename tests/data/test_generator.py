@@ -41,15 +41,20 @@ def test_exactly_the_requested_number_of_results(rows):
     assert digest(DataSpec(rows=rows, clinics=2, months=2, seed=1, end=END))[1] == rows
 
 
-@pytest.fixture(scope="module")
-def sample():
-    """150k results with pet attributes joined in, as numpy columns."""
-    spec = DataSpec(rows=150_000, clinics=4, months=12, seed=5, end=END)
+def results_of(spec: DataSpec):
+    """The world and every generated result of ``spec``, as numpy columns."""
     world = build_world(spec)
     csv = b"".join(c.results_csv for c in iter_chunks(world, spec))
     t = pacsv.read_csv(io.BytesIO(csv), read_options=pacsv.ReadOptions(column_names=list(RESULT_COLUMNS)),
                        convert_options=pacsv.ConvertOptions(column_types={"collected_at": "string"}))
-    cols = {name: t.column(name).to_numpy(zero_copy_only=False) for name in RESULT_COLUMNS}
+    return world, {name: t.column(name).to_numpy(zero_copy_only=False) for name in RESULT_COLUMNS}
+
+
+@pytest.fixture(scope="module")
+def sample():
+    """150k results with pet attributes joined in, as numpy columns."""
+    spec = DataSpec(rows=150_000, clinics=4, months=12, seed=5, end=END)
+    world, cols = results_of(spec)
     pets = {p[0]: p for p in world.pets}
     idx = cols["pet_id"]
     cols["species"] = np.array([pets[i][4] for i in idx])
@@ -202,11 +207,7 @@ def test_a_window_that_ends_minutes_into_a_month_still_spreads_and_stays_inside(
 def network_sample():
     """A sample at network size: 1,000 clinics (owners then come from the Faker pool), 24 months."""
     spec = DataSpec(rows=400_000, clinics=1000, months=24, seed=8, end=END)
-    world = build_world(spec)
-    csv = b"".join(c.results_csv for c in iter_chunks(world, spec))
-    t = pacsv.read_csv(io.BytesIO(csv), read_options=pacsv.ReadOptions(column_names=list(RESULT_COLUMNS)),
-                       convert_options=pacsv.ConvertOptions(column_types={"collected_at": "string"}))
-    cols = {name: t.column(name).to_numpy(zero_copy_only=False) for name in RESULT_COLUMNS}
+    world, cols = results_of(spec)
     species = np.array([p[4] for p in world.pets])
     breed = np.array([p[5] for p in world.pets])
     birth = np.array([p[7].toordinal() for p in world.pets])
