@@ -403,8 +403,10 @@ def run_scale(spec: DataSpec, schemes: list[Scheme], *, repeat: int = 5, cold_re
         out["local_server_dir"] = str(server.base_dir)
         return out
     finally:
-        server.stop()
-        server.remove()
+        try:  # a shutdown checkpoint after a big load can outlast pg_ctl's wait: stop harder, remove anyway
+            server.stop(timeout=600)
+        finally:
+            server.remove()
 
 
 def _run(server: LocalPostgres, dsn: str, spec: DataSpec, schemes: list[Scheme], repeat: int, cold_repeat: int,
