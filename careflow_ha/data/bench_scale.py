@@ -16,8 +16,7 @@ coexist). For each scheme:
 - ``pg_dump --schema-only`` time and size; catalog size (pg_class, pg_attribute, pg_statistic, ...)
   and the memory a backend keeps after planning a keyless query.
 
-Warm figures of the plain table are re-measured next to each scheme; its cold figures are measured
-once, before the first scheme, on the same server.
+The plain table's figures, warm and cold, are re-measured next to each scheme's, query by query.
 """
 
 from __future__ import annotations
@@ -458,11 +457,6 @@ def _run(server: LocalPostgres, dsn: str, spec: DataSpec, schemes: list[Scheme],
         for name in QUERIES:
             runs = {v: measure_warm(conn, name, FLAT, params, s, repeat) for v, s in FLAT_VARIANTS.items()}
             variants[name] = min(runs, key=lambda v: runs[v]["total_ms"])
-    flat_cold = {}
-    if cold_repeat:
-        for name in tqdm(list(QUERIES), desc="plain table, cold", leave=False):
-            flat_cold[name] = measure_cold(server, dsn, name, FLAT, params, FLAT_VARIANTS[variants[name]],
-                                           cold_repeat)
     for scheme in schemes:
         progress(f"scheme {scheme.name}: {scheme.description}")
         out["schemes"][scheme.name] = r = {"description": scheme.description}
@@ -489,8 +483,6 @@ def _run(server: LocalPostgres, dsn: str, spec: DataSpec, schemes: list[Scheme],
                 flat = {**measure_warm(conn, name, FLAT, params, FLAT_VARIANTS[v], repeat), "variant": v}
                 part = measure_warm(conn, name, scheme.table, params, [], repeat)
                 r["queries"][name] = {"flat": flat, "part": part}
-                if name in flat_cold:
-                    r["queries"][name]["flat_cold"] = {**flat_cold[name], "variant": v}
         with connect(dsn, autocommit=True) as conn:  # a fresh backend: what one keyless query costs it
             r["backend_mb_after_keyless_plan"] = backend_memory_after(
                 conn, Runner(conn, "b_pet", scheme.table, params).query)
@@ -504,8 +496,11 @@ def _run(server: LocalPostgres, dsn: str, spec: DataSpec, schemes: list[Scheme],
             r["maintenance"] = maintenance(conn, scheme, clinic_ids)
         r["pg_dump_schema_only"] = pg_dump_schema(server)
         progress(f"  maintenance {r['maintenance']}, pg_dump --schema-only {r['pg_dump_schema_only']}")
-        if cold_repeat:
+        if cold_repeat:  # the plain table again next to each scheme: the box's load moves over hours
             for name in tqdm(list(QUERIES), desc=f"{scheme.name} cold", leave=False):
+                v = variants[name]
+                r["queries"][name]["flat_cold"] = {
+                    **measure_cold(server, dsn, name, FLAT, params, FLAT_VARIANTS[v], cold_repeat), "variant": v}
                 r["queries"][name]["part_cold"] = measure_cold(server, dsn, name, scheme.table, params, [],
                                                                cold_repeat)
         with connect(dsn, autocommit=True) as conn:
