@@ -1,4 +1,4 @@
-"""libpq connection strings, made safe to show.
+"""libpq connection strings: checked before use, and made safe to show.
 
 At the bottom of the package because every layer prints targets: the EMR
 data commands, load runs, archives and benchmarks. A feature must not reach
@@ -10,6 +10,8 @@ from __future__ import annotations
 import psycopg
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
+from careflow_ha.errors import UsageError
+
 
 def redact(dsn: str) -> str:
     """The DSN with its password replaced, safe to print or log."""
@@ -20,3 +22,28 @@ def redact(dsn: str) -> str:
     if "password" in params:
         params["password"] = "***"
     return make_conninfo(**{k: v for k, v in params.items() if v is not None})
+
+
+#: libpq options that must hold integers. libpq checks them only when it connects, and its error then
+#: looks like a network problem (exit 3); a typo in a DSN is bad input (exit 2).
+_INTEGER_OPTIONS = ("port", "connect_timeout", "keepalives", "keepalives_idle", "keepalives_interval",
+                    "keepalives_count", "tcp_user_timeout")
+
+
+def check_dsn(dsn: str) -> dict[str, str]:
+    """Parse ``dsn`` (URI or key=value), or raise a UsageError that names the fix and never echoes the DSN.
+
+    libpq's own parse message is not shown: it quotes the text around the
+    error, which can be part of a password.
+    """
+    try:
+        params = {k: v for k, v in conninfo_to_dict(dsn).items() if v is not None}
+    except psycopg.ProgrammingError:
+        raise UsageError("the DSN is not valid libpq syntax; use postgresql://user:pass@host:port/db or "
+                         "'host=... port=... user=... dbname=...'") from None
+    for key in _INTEGER_OPTIONS:
+        for part in str(params.get(key, "")).split(","):  # multi-host DSNs list one port per host
+            if part.strip() and not (part.strip().isdigit() and (key != "port" or 1 <= int(part) <= 65535)):
+                what = "a port number (1-65535)" if key == "port" else "an integer"
+                raise UsageError(f"the DSN's {key} {part.strip()!r} is not {what}; fix it in --dsn or CAREFLOW_DSN")
+    return params

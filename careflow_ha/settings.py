@@ -133,13 +133,31 @@ def configured_vip(inventory: Path, environ: Mapping[str, str]) -> Vip | None:
     return Vip(address, {key: int(values[var]) for key, var in VIP_PORT_VARS.items()})
 
 
-def _parse_port(name: str, raw: str | int) -> int:
+#: Where a setting's value came from, for error messages: ``("flag", "")`` (the command line),
+#: ``("environment", "")``, ``(".env", path)`` or ``("default", "")``.
+Source = tuple[str, str]
+
+
+def _parse_port(name: str, raw: str | int, source: Source = ("default", "")) -> int:
+    """``raw`` as a port, or a UsageError that names the variable and where it was set.
+
+    A value read from ``.env`` or the environment is never echoed: a damaged
+    file can glue a secret onto a port line. A flag's value is the user's own
+    typing and is shown.
+    """
+    kind, where = source
+    if kind == "flag":
+        said, fix = f"{name}={raw} from the command line", "pass a free port in 1024-65535"
+    elif kind == "environment":
+        said, fix = f"{name} in the environment", "set it to a free port in 1024-65535 (or unset it to use .env)"
+    else:
+        said, fix = f"{name} in {where or '.env'}", "set it to a free port in 1024-65535 there"
     try:
-        port = int(raw)
-    except (TypeError, ValueError):
-        raise UsageError(f"{name}={raw!r} is not a port number; set it to an integer 1024-65535 in .env") from None
+        port = int(str(raw).strip())
+    except ValueError:
+        raise UsageError(f"{said} is not a port number; {fix}") from None
     if not 1024 <= port <= 65535:
-        raise UsageError(f"{name}={port} is outside 1024-65535; pick a free unprivileged port in .env")
+        raise UsageError(f"{said} is outside 1024-65535; {fix}")
     return port
 
 
@@ -147,20 +165,28 @@ def ensure_env_file(env_file: Path) -> dict[str, str]:
     """Create or complete ``env_file`` with any missing secret; return its values.
 
     Existing values are never changed: a cluster provisioned with a password
-    keeps it. The file is (re)set to mode 0600 on every call.
+    keeps it. New lines follow the file's own line ending (CRLF stays CRLF),
+    and a last line without a line ending gets one first, so a new secret is
+    never glued onto it. When a key appears twice, the last one wins, as it
+    does when a shell sources the file (``set -a; . ./.env``). The file is
+    (re)set to mode 0600 on every call.
     """
     values = {k: v for k, v in dotenv_values(env_file).items() if v is not None} if env_file.exists() else {}
     missing = [key for key in SECRET_KEYS if not values.get(key)]
     if missing or not env_file.exists():
+        existing = env_file.read_bytes() if env_file.exists() else b""
+        eol = "\r\n" if b"\r\n" in existing else "\n"
         # Create with 0600 from the first byte: never a window where it is readable.
         fd = os.open(env_file, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-        with os.fdopen(fd, "a", encoding="utf-8") as fh:
+        with os.fdopen(fd, "a", encoding="utf-8", newline="") as fh:
+            if existing and not existing.endswith((b"\n", b"\r")):
+                fh.write(eol)
             if not values:
-                fh.write("# CareFlow HA Lab secrets and settings. Generated; keep private (mode 0600).\n")
+                fh.write(f"# CareFlow HA Lab secrets and settings. Generated; keep private (mode 0600).{eol}")
             for key in missing:
                 # token_urlsafe: no characters that need quoting in a DSN, YAML or shell.
                 value = secrets.token_urlsafe(24)
-                fh.write(f"{key}={value}\n")
+                fh.write(f"{key}={value}{eol}")
                 values[key] = value
     os.chmod(env_file, stat.S_IRUSR | stat.S_IWUSR)
     return values
@@ -237,17 +263,19 @@ def load_settings(
 ) -> Settings:
     """Resolve settings: ``overrides`` (flags) > ``environ`` > ``.env`` > defaults."""
     environ = os.environ if environ is None else environ
-    file_values = ensure_env_file(project_dir / ".env")
+    env_file = project_dir / ".env"
+    file_values = ensure_env_file(env_file)
     ports: dict[str, int] = {}
     for key, default in PORT_DEFAULTS.items():
         raw: str | int = default
+        source: Source = ("default", "")
         if key in file_values:
-            raw = file_values[key]
+            raw, source = file_values[key], (".env", str(env_file))
         if environ.get(key):
-            raw = environ[key]
+            raw, source = environ[key], ("environment", "")
         if overrides and overrides.get(key) is not None:
-            raw = overrides[key]
-        ports[key] = _parse_port(key, raw)
+            raw, source = overrides[key], ("flag", "")
+        ports[key] = _parse_port(key, raw, source)
     clashes: dict[int, list[str]] = {}
     for key, port in ports.items():
         clashes.setdefault(port, []).append(key)

@@ -82,19 +82,29 @@ def load_cmd(rows: int, clinics: int, months: int, seed: int, replace: bool, for
 
 @data_group.command("import")
 @click.argument("csv_file", type=click.Path(path_type=Path))
+@click.option("--force", is_flag=True,
+              help="Import a file whose content was imported before (results already present are still skipped).")
 @dsn_option
 @format_option
-def import_cmd(csv_file: Path, dsn: str | None, fmt: str) -> None:
-    """Import lab results from CSV (pet_id,test_code,collected_at,value[,visit_id]); bad rows are quarantined."""
+def import_cmd(csv_file: Path, force: bool, dsn: str | None, fmt: str) -> None:
+    """Import lab results from CSV (pet_id,test_code,collected_at,value[,visit_id]); bad rows are quarantined.
+
+    The file is checked before the database is touched. The same content is
+    imported once (refused afterwards unless --force), and no result is ever
+    loaded twice, so a rerun after an interrupted import is always safe.
+    """
     from careflow_ha.data.importer import import_csv
 
     target = resolve_dsn(dsn)
     _echo_target(target)
-    summary = import_csv(target, csv_file, progress=True)
+    summary = import_csv(target, csv_file, force=force, progress=True)
 
     def pretty(d: dict) -> str:
-        lines = [f"{d['file']}: {d['rows']} rows, {d['loaded']} loaded, {d['quarantined']} quarantined "
-                 f"(batch {d['batch_id']})"]
+        lines = [f"{d['file']}: {d['rows']} rows, {d['loaded']} loaded, {d['duplicates']} already present "
+                 f"(skipped), {d['quarantined']} quarantined (batch {d['batch_id']})"]
+        if d["duplicates_of_batches"]:
+            lines.append("already present from batch " + ", ".join(
+                f"{b} ({n} rows)" for b, n in d["duplicates_of_batches"].items()))
         if d["reasons"]:
             lines.append(table([{"reason": k, "rows": v} for k, v in d["reasons"].items()], ["reason", "rows"]))
             lines.append(f"see: SELECT line_no, reasons, raw FROM lab_results_quarantine WHERE batch_id = "
@@ -164,26 +174,47 @@ def check_cmd(dsn: str | None, fmt: str) -> None:
 
 
 @click.command("partitioning")
-@click.option("--rows", type=int, default=5_000_000, show_default=True, help="Lab results loaded into each table.")
-@click.option("--clinics", type=int, default=8, show_default=True)
-@click.option("--months", type=int, default=24, show_default=True)
+@click.option("--scale", "scale", default="lab", show_default=True,
+              help="lab: partitioned vs plain at the lab's size; network: every scheme side by side at 1,000 "
+                   "clinics, 60 months, 100M rows (local server only; hours).")
+@click.option("--rows", type=int, default=None, help="Lab results per table [lab: 5,000,000; network: 100,000,000].")
+@click.option("--clinics", type=int, default=None, help="[lab: 8; network: 1,000]")
+@click.option("--months", type=int, default=None, help="[lab: 24; network: 60]")
+@click.option("--schemes", default=",".join(["per-clinic", "clinic-range-16", "clinic-range-64", "months-only"]),
+              show_default=True, help="--scale network: the schemes to compare, in turn.")
 @click.option("--seed", type=int, default=1, show_default=True)
 @click.option("--repeat", type=int, default=7, show_default=True, help="Runs per query; the median is reported.")
+@click.option("--cold-repeat", type=int, default=3, show_default=True,
+              help="--scale network: cold rounds per query (0: warm only).")
 @click.option("--local", is_flag=True, help="Start a throwaway local PostgreSQL 15 for the run (default: --dsn).")
 @click.option("--keep", is_flag=True, help="Keep the bench schema afterwards (default: drop it).")
 @dsn_option
 @format_option
-def bench_partitioning_cmd(rows: int, clinics: int, months: int, seed: int, repeat: int, local: bool, keep: bool,
-                           dsn: str | None, fmt: str) -> None:
-    """Partitioned vs unpartitioned lab_results, same data, same run: load rows/s and three queries."""
-    from careflow_ha.data.bench import render, run_bench
+def bench_partitioning_cmd(scale: str, rows: int | None, clinics: int | None, months: int | None, schemes: str,
+                           seed: int, repeat: int, cold_repeat: int, local: bool, keep: bool, dsn: str | None,
+                           fmt: str) -> None:
+    """Partitioned vs unpartitioned lab_results, same data, same run: load rows/s and the EMR's queries."""
+    from careflow_ha.data import bench_scale
     from careflow_ha.data.generator import DataSpec
 
-    spec = DataSpec(rows=rows, clinics=clinics, months=months, seed=seed).validated()
+    size = bench_scale.resolve_scale(scale, rows, clinics, months)
+    spec = DataSpec(rows=size.rows, clinics=size.clinics, months=size.months, seed=seed).validated()
     if repeat < 1:
         raise UsageError(f"--repeat {repeat} must be at least 1")
     if local and dsn:
         raise UsageError("--local and --dsn both given; pick one target")
+    if scale == "network":
+        if dsn or keep:
+            raise UsageError("--scale network runs on a throwaway local server only; drop --dsn / --keep")
+        if cold_repeat < 0:
+            raise UsageError(f"--cold-repeat {cold_repeat} must be 0 or more")
+        picked = bench_scale.parse_schemes(schemes)
+        result = bench_scale.run_scale(spec, picked, repeat=repeat, cold_repeat=cold_repeat,
+                                       progress=lambda line: click.echo(line, err=True))
+        emit(result, fmt, bench_scale.render)
+        return
+    from careflow_ha.data.bench import render, run_bench
+
     result = run_bench(None if local else resolve_dsn(dsn), spec, repeat=repeat, keep=keep)
     emit(result, fmt, render)
 

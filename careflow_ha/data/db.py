@@ -14,7 +14,7 @@ import psycopg
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
-from careflow_ha.dsn import redact
+from careflow_ha.dsn import check_dsn, redact
 from careflow_ha.errors import CheckFailed, EnvironmentProblem, UsageError
 from careflow_ha.settings import DB_NAME, ROLE_NAMES
 
@@ -35,12 +35,20 @@ def with_dbname(dsn: str, dbname: str) -> str:
     return make_conninfo(dsn, dbname=dbname)
 
 
+#: Fragments of libpq's messages about a malformed option value (as opposed to an unreachable server).
+_OPTION_ERRORS = ("for connection option", "invalid connection option", "invalid sslmode value",
+                  "invalid target_session_attrs value", "invalid load_balance_hosts value")
+
+
 def connect(dsn: str, *, autocommit: bool = False) -> psycopg.Connection:
-    """Open a connection; connection failures become one-line errors without secrets."""
+    """Open a connection; a malformed DSN is bad input, and connection failures are one-line errors without secrets."""
+    check_dsn(dsn)
     try:
         return psycopg.connect(dsn, autocommit=autocommit)
     except psycopg.OperationalError as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        if any(fragment in first for fragment in _OPTION_ERRORS):
+            raise UsageError(f"the DSN {redact(dsn)} is invalid: {first.removeprefix('connection is bad: ')}") from None
         raise EnvironmentProblem(f"cannot connect to {redact(dsn)}: {first}") from None
 
 

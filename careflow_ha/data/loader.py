@@ -12,7 +12,7 @@ import psycopg
 from tqdm import tqdm
 
 from careflow_ha.data.db import connect
-from careflow_ha.data.generator import KST, RESULT_COLUMNS, VISIT_COLUMNS, DataSpec, build_world, iter_chunks
+from careflow_ha.data.generator import KST, RESULT_COLUMNS, VISIT_COLUMNS, DataSpec, build_world, iter_chunks_ahead
 from careflow_ha.data.partitions import ensure_coverage
 from careflow_ha.errors import EnvironmentProblem, UsageError
 
@@ -81,7 +81,7 @@ def load(dsn: str, spec: DataSpec, *, replace: bool = False, progress: bool = Tr
         bar = tqdm(total=spec.rows, unit="rows", unit_scale=True, desc="lab_results", disable=not progress,
                    smoothing=0.1)
         with bar:
-            for chunk in iter_chunks(world, spec):
+            for chunk in iter_chunks_ahead(world, spec):  # generated in a child while this process COPYs
                 c0 = time.monotonic()
                 copy_rows(cur, "visits", VISIT_COLUMNS, chunk.visits)
                 with cur.copy(f"COPY lab_results ({', '.join(RESULT_COLUMNS)}) FROM STDIN (FORMAT csv)") as copy:

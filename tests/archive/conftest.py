@@ -10,7 +10,7 @@ import os
 import subprocess
 import sys
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -32,8 +32,10 @@ REPO = Path(__file__).resolve().parents[2]
 
 @dataclass(frozen=True)
 class ArchiveDb:
-    app_dsn: str
-    ro_dsn: str
+    """DSNs of the archive tests' server; they carry passwords, so repr (printed by pytest) leaves them out."""
+
+    app_dsn: str = field(repr=False)
+    ro_dsn: str = field(repr=False)
 
 
 @pytest.fixture(scope="session")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -19,9 +19,11 @@ SPEC = DataSpec(rows=30_000, clinics=4, months=6, seed=3, end=_END)
 
 @dataclass(frozen=True)
 class Emr:
-    app_dsn: str
-    ro_dsn: str
-    superuser_dsn: str
+    """The loaded data set's DSNs (they carry passwords: kept out of repr, which pytest prints) and its spec."""
+
+    app_dsn: str = field(repr=False)
+    ro_dsn: str = field(repr=False)
+    superuser_dsn: str = field(repr=False)
     spec: DataSpec
 
 

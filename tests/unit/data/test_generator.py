@@ -41,15 +41,20 @@ def test_exactly_the_requested_number_of_results(rows):
     assert digest(DataSpec(rows=rows, clinics=2, months=2, seed=1, end=END))[1] == rows
 
 
-@pytest.fixture(scope="module")
-def sample():
-    """150k results with pet attributes joined in, as numpy columns."""
-    spec = DataSpec(rows=150_000, clinics=4, months=12, seed=5, end=END)
+def results_of(spec: DataSpec):
+    """The world and every generated result of ``spec``, as numpy columns."""
     world = build_world(spec)
     csv = b"".join(c.results_csv for c in iter_chunks(world, spec))
     t = pacsv.read_csv(io.BytesIO(csv), read_options=pacsv.ReadOptions(column_names=list(RESULT_COLUMNS)),
                        convert_options=pacsv.ConvertOptions(column_types={"collected_at": "string"}))
-    cols = {name: t.column(name).to_numpy(zero_copy_only=False) for name in RESULT_COLUMNS}
+    return world, {name: t.column(name).to_numpy(zero_copy_only=False) for name in RESULT_COLUMNS}
+
+
+@pytest.fixture(scope="module")
+def sample():
+    """150k results with pet attributes joined in, as numpy columns."""
+    spec = DataSpec(rows=150_000, clinics=4, months=12, seed=5, end=END)
+    world, cols = results_of(spec)
     pets = {p[0]: p for p in world.pets}
     idx = cols["pet_id"]
     cols["species"] = np.array([pets[i][4] for i in idx])
@@ -208,3 +213,46 @@ def test_a_window_end_is_in_the_future_only_past_the_clock_skew_allowance(ahead,
             spec.validated()
     else:
         assert spec.validated().end == now + ahead
+
+
+@pytest.fixture(scope="module")
+def network_sample():
+    """A sample at network size: 1,000 clinics (owners then come from the Faker pool), 24 months."""
+    spec = DataSpec(rows=400_000, clinics=1000, months=24, seed=8, end=END)
+    world, cols = results_of(spec)
+    species = np.array([p[4] for p in world.pets])
+    breed = np.array([p[5] for p in world.pets])
+    birth = np.array([p[7].toordinal() for p in world.pets])
+    idx = cols["pet_id"] - 1  # pet ids are dense from 1
+    cols["species"], cols["breed"] = species[idx], breed[idx]
+    cols["age"] = (END.date().toordinal() - birth[idx]) / 365.25
+    return spec, world, cols
+
+
+def test_age_and_breed_patterns_hold_at_network_scale(network_sample):
+    _, _, cols = network_sample
+    crea_cat = (cols["test_code"] == "CREA") & (cols["species"] == "cat")
+    assert high_rate(cols, crea_cat & (cols["age"] >= 12)) > 3 * high_rate(cols, crea_cat & (cols["age"] < 6))
+    trig_dog = (cols["test_code"] == "TRIG") & (cols["species"] == "dog")
+    schnauzer = cols["breed"] == "Miniature Schnauzer"
+    assert high_rate(cols, trig_dog & schnauzer) > 3 * high_rate(cols, trig_dog & ~schnauzer)
+    assert 0.03 < float((cols["flag"] != "N").mean()) < 0.20
+
+
+def test_clinics_of_a_network_have_results_and_big_hospitals_more(network_sample):
+    spec, world, cols = network_sample
+    per_clinic = np.bincount(cols["clinic_id"], minlength=spec.clinics + 1)[1:]
+    assert (per_clinic > 0).mean() > 0.95, "nearly every clinic sees patients, even in a 400k-row sample"
+    assert per_clinic[:10].mean() > 3 * per_clinic[-100:].mean(), "a few big hospitals, many small clinics"
+    clinic_of = world.pet_clinic
+    assert (clinic_of[cols["pet_id"] - 1] == cols["clinic_id"]).all()
+
+
+def test_owners_above_the_faker_pool_are_complete_and_varied(network_sample):
+    _, world, _ = network_sample
+    owners = world.owners
+    assert len(owners) > 2000 and [o[0] for o in owners] == list(range(1, len(owners) + 1))
+    assert all(o[2] and o[4] and len(o[3]) == 13 and o[3].startswith("010-") for o in owners)
+    assert len({o[2] for o in owners}) > 1000, "names come from a pool of Faker draws"
+    emails = [o[5] for o in owners if o[5]]
+    assert 0.5 < len(emails) / len(owners) < 0.7 and len(set(emails)) == len(emails)

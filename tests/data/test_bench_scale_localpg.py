@@ -1,0 +1,87 @@
+"""The scale benchmark's mechanics at a tiny size: every scheme built, loaded, measured, archived, dropped.
+
+The figures at network scale live in partitioning/DECISION.md; this only proves the benchmark still runs
+and that what it reports is the right kind of thing (leaf counts per scheme, one leaf for a clinic-month,
+the same rows in each table, the server gone afterwards).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from careflow_ha.data.bench_scale import SCHEMES, parse_schemes, render, resolve_scale, run_scale
+from careflow_ha.data.generator import DataSpec
+from careflow_ha.errors import UsageError
+from tests.cli import run_cli
+
+pytestmark = pytest.mark.localpg
+
+CLINICS, MONTHS = 40, 3
+
+
+@pytest.fixture(scope="module")
+def result():
+    out = run_scale(DataSpec(rows=12_000, clinics=CLINICS, months=MONTHS, seed=4), list(SCHEMES.values()),
+                    repeat=1, cold_repeat=1, progress=lambda _line: None)
+    assert not Path(out["local_server_dir"]).exists(), "the throwaway server and its data dir are removed"
+    return out
+
+
+def test_every_scheme_is_measured_with_the_leaves_it_should_have(result):
+    s = result["schemes"]
+    assert list(s) == list(SCHEMES)
+    months = MONTHS + 3  # partman premakes 3 months
+    assert s["months-only"]["leaves"] == months
+    assert s["per-clinic"]["leaves"] >= months * CLINICS
+    assert s["per-clinic"]["leaves"] > s["clinic-range-16"]["leaves"] > s["clinic-range-64"]["leaves"] > months
+    assert s["clinic-range-16"]["leaves"] <= months * (CLINICS // 16 + 3)
+
+
+def test_queries_are_timed_warm_and_cold_against_the_plain_table(result):
+    for name, s in result["schemes"].items():
+        a = s["queries"]["a"]
+        assert a["part"]["scans"] == 1, f"{name}: a clinic-month reads one leaf"
+        for q in s["queries"].values():
+            for key in ("flat", "part", "flat_cold", "part_cold"):
+                assert q[key]["total_ms"] > 0 and q[key]["exec_ms"] > 0
+        assert s["queries"]["c"]["part"]["scans"] == s["leaves"] // (MONTHS + 3) or name != "per-clinic"
+
+
+def test_operations_are_measured(result):
+    for s in result["schemes"].values():
+        assert s["copy_s"] > 0 and s["rows_per_s"] > 0 and s["vacuum_analyze_s"] > 0
+        assert s["maintenance"]["steady_s"] > 0 and s["maintenance"]["new_month_leaves"] >= 1
+        assert s["archive"]["detach_concurrently_s"] > 0 and s["archive"]["drop_s"] > 0
+        assert s["pg_dump_schema_only"]["mb"] > 0 and "error" not in s["pg_dump_schema_only"]
+        assert s["catalog"]["total_mb"] > 0 and s["backend_mb_after_keyless_plan"] > 0
+    per_clinic, months_only = result["schemes"]["per-clinic"], result["schemes"]["months-only"]
+    assert per_clinic["catalog"]["relations"] > months_only["catalog"]["relations"]
+    assert per_clinic["maintenance"]["new_month_leaves"] > months_only["maintenance"]["new_month_leaves"]
+
+
+def test_render_prints_every_scheme_and_ratios(result):
+    text = render(result)
+    for name in SCHEMES:
+        assert f"== {name}" in text
+    assert "x " in text and "cold" in text and "pg_dump" in text
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--scale", "galaxy"], "--scale 'galaxy' is unknown; use one of: lab, network"),
+    (["--scale", "network", "--schemes", "per-clinic,nope"], "unknown nope"),
+    (["--scale", "network", "--clinics", "5000"], "--clinics 5000 is out of range"),
+    (["--scale", "network", "--cold-repeat", "-1"], "--cold-repeat -1"),
+])
+def test_bad_input_is_one_line_exit_2(args, message):
+    code, out, err = run_cli("bench", "partitioning", *args)
+    assert code == 2, (out, err)
+    assert message in err and len(err.strip().splitlines()) == 1 and not out
+
+
+def test_scale_resolution():
+    assert resolve_scale("network", None, None, None).clinics == 1000
+    assert resolve_scale("network", 1000, None, 12).rows == 1000
+    with pytest.raises(UsageError):
+        parse_schemes("")
