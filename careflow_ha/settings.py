@@ -13,9 +13,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
-from typing import Literal
+from typing import Any, Literal
 from urllib.parse import quote
 
+import yaml
 from dotenv import dotenv_values
 
 from careflow_ha.errors import UsageError
@@ -25,7 +26,7 @@ PROJECT_DIR = Path(__file__).resolve().parent.parent
 #: The lab hosts, in start order. The compose file, the lab inventory and the
 #: Vagrantfile must agree with this (tests/unit/lab/test_topology.py checks it).
 PG_NODES: tuple[str, ...] = ("pg1", "pg2", "pg3")
-LB_NODES: tuple[str, ...] = ("lb1",)
+LB_NODES: tuple[str, ...] = ("lb1", "lb2")
 LAB_NODES: tuple[str, ...] = PG_NODES + LB_NODES
 
 #: Compose project name: also the label that marks containers as ours, so a
@@ -39,6 +40,7 @@ PORT_DEFAULTS: Mapping[str, int] = MappingProxyType(
         "CAREFLOW_RO_PORT": 5001,  # HAProxy -> Patroni replicas
         "CAREFLOW_STATS_PORT": 7000,  # HAProxy stats page
         "CAREFLOW_LB1_SSH_PORT": 2220,
+        "CAREFLOW_LB2_SSH_PORT": 2224,
         "CAREFLOW_PG1_SSH_PORT": 2221,
         "CAREFLOW_PG2_SSH_PORT": 2222,
         "CAREFLOW_PG3_SSH_PORT": 2223,
@@ -61,6 +63,7 @@ SECRET_KEYS: tuple[str, ...] = (
     "CAREFLOW_RO_PASSWORD",  # careflow_ro: read-only
     "CAREFLOW_PATRONI_API_PASSWORD",  # Patroni REST basic auth (user: patroni)
     "CAREFLOW_HAPROXY_STATS_PASSWORD",  # HAProxy stats basic auth (user: admin)
+    "CAREFLOW_VRRP_PASSWORD",  # keepalived VRRP authentication between the balancers
 )
 
 DB_NAME = "careflow"
@@ -87,6 +90,47 @@ HAPROXY_STATS_USER = "admin"
 
 Endpoint = Literal["rw", "ro"]
 Role = Literal["superuser", "app", "ro"]
+
+
+#: The in-host HAProxy port variable behind each published-port key.
+VIP_PORT_VARS: Mapping[str, str] = MappingProxyType(
+    {
+        "CAREFLOW_RW_PORT": "careflow_haproxy_rw_port",
+        "CAREFLOW_RO_PORT": "careflow_haproxy_ro_port",
+        "CAREFLOW_STATS_PORT": "careflow_haproxy_stats_port",
+    }
+)
+
+
+@dataclass(frozen=True)
+class Vip:
+    """The VIP and HAProxy's ports on it, keyed like the published ports (``CAREFLOW_RW_PORT``...)."""
+
+    address: str
+    ports: Mapping[str, int]
+
+
+def inventory_vars(inventory: Path) -> dict[str, Any]:
+    """``group_vars/all.yml`` beside ``inventory``, overridden by the inventory's ``all.vars`` (Ansible's order)."""
+    merged: dict[str, Any] = {}
+    group_vars = inventory.parent / "group_vars" / "all.yml"
+    if group_vars.exists():
+        merged.update(yaml.safe_load(group_vars.read_text(encoding="utf-8")) or {})
+    if inventory.exists():
+        data = yaml.safe_load(inventory.read_text(encoding="utf-8")) or {}
+        merged.update(((data.get("all") or {}).get("vars")) or {})
+    return merged
+
+
+def configured_vip(inventory: Path, environ: Mapping[str, str]) -> Vip | None:
+    """The inventory's VIP for clients, or None when it is off (empty) or CAREFLOW_USE_VIP=0."""
+    if environ.get("CAREFLOW_USE_VIP", "1").strip().lower() in ("0", "no", "false", "off"):
+        return None
+    values = inventory_vars(inventory)
+    address = str(values.get("careflow_vip") or "").strip()
+    if not address:
+        return None
+    return Vip(address, {key: int(values[var]) for key, var in VIP_PORT_VARS.items()})
 
 
 #: Where a setting's value came from, for error messages: ``("flag", "")`` (the command line),
@@ -156,6 +200,8 @@ class Settings:
     ports: Mapping[str, int]
     secrets: Mapping[str, str] = field(repr=False)
     host: str = "127.0.0.1"
+    #: The client VIP (the inventory's careflow_vip); None: clients use the published 127.0.0.1 ports.
+    vip: Vip | None = None
 
     @property
     def env_file(self) -> Path:
@@ -179,23 +225,31 @@ class Settings:
     def password(self, role: str) -> str:
         return self.secrets[SECRET_FOR_ROLE[role]]
 
+    def endpoint(self, endpoint: Endpoint = "rw") -> tuple[str, int]:
+        """Where clients connect: HAProxy's port on the VIP when there is one, else the published 127.0.0.1 port."""
+        key = "CAREFLOW_RW_PORT" if endpoint == "rw" else "CAREFLOW_RO_PORT"
+        if self.vip is not None:
+            return self.vip.address, self.vip.ports[key]
+        return self.host, self.ports[key]
+
     def dsn(self, endpoint: Endpoint = "rw", role: Role = "app", dbname: str = DB_NAME) -> str:
-        """A libpq URI through HAProxy: ``rw`` is port 5000, ``ro`` is 5001."""
-        port = self.ports["CAREFLOW_RW_PORT" if endpoint == "rw" else "CAREFLOW_RO_PORT"]
-        return self._uri(port, role, dbname)
+        """A libpq URI through HAProxy (on the VIP by default): ``rw`` is port 5000, ``ro`` is 5001."""
+        host, port = self.endpoint(endpoint)
+        return self._uri(port, role, dbname, host)
 
     def node_dsn(self, node: str, role: Role = "superuser", dbname: str = "postgres") -> str:
         """A libpq URI straight to one node's PostgreSQL, bypassing HAProxy."""
         return self._uri(self.node_port(node, "PG"), role, dbname)
 
     def redacted_dsn(self, endpoint: Endpoint = "rw", role: Role = "app", dbname: str = DB_NAME) -> str:
-        port = self.ports["CAREFLOW_RW_PORT" if endpoint == "rw" else "CAREFLOW_RO_PORT"]
-        return f"postgresql://{ROLE_NAMES[role]}:***@{self.host}:{port}/{dbname}"
+        host, port = self.endpoint(endpoint)
+        return f"postgresql://{ROLE_NAMES[role]}:***@{host}:{port}/{dbname}"
 
-    def _uri(self, port: int, role: str, dbname: str) -> str:
+    def _uri(self, port: int, role: str, dbname: str, host: str | None = None) -> str:
         user = ROLE_NAMES[role]
         pw = quote(self.password(role), safe="")
-        return f"postgresql://{user}:{pw}@{self.host}:{port}/{dbname}?connect_timeout=5&application_name=careflow-ha"
+        host = host or self.host
+        return f"postgresql://{user}:{pw}@{host}:{port}/{dbname}?connect_timeout=5&application_name=careflow-ha"
 
     def compose_env(self) -> dict[str, str]:
         """Variables for ``docker-compose.yml`` interpolation (ports only, no secrets)."""
@@ -230,4 +284,7 @@ def load_settings(
         port, keys = next(iter(dupes.items()))
         raise UsageError(f"port {port} is assigned to {', '.join(keys)}; give each a different port in .env")
     secret_values = {key: environ.get(key) or file_values[key] for key in SECRET_KEYS}
-    return Settings(project_dir=project_dir, ports=MappingProxyType(ports), secrets=MappingProxyType(secret_values))
+    vip = configured_vip(project_dir / "inventory" / "lab.yml", {**file_values, **environ})
+    return Settings(
+        project_dir=project_dir, ports=MappingProxyType(ports), secrets=MappingProxyType(secret_values), vip=vip
+    )

@@ -8,9 +8,10 @@ from pathlib import Path
 from careflow_ha.cluster.health import ClusterStatus, wait_healthy
 from careflow_ha.lab import hosts
 from careflow_ha.lab.engine import Engine
+from careflow_ha.lab.vip import wait_single_holder
 from careflow_ha.provision import LAB_INVENTORY, ProvisionResult, check_provisioner, provision
 from careflow_ha.provision.checks import check_inventory_file
-from careflow_ha.settings import Settings
+from careflow_ha.settings import LB_NODES, Settings
 
 Progress = Callable[[str], None]
 
@@ -41,13 +42,17 @@ def bring_up(
     timeout_s: float = 300,
     provisioner: str = "ansible",
 ) -> tuple[ProvisionResult, ClusterStatus]:
-    """Lab hosts (for the lab inventory) -> provisioning (Ansible or pyinfra) -> healthy cluster -> demo data."""
+    """Lab hosts (for the lab inventory) -> provisioning (Ansible or pyinfra) -> healthy cluster, VIP on one
+    balancer -> demo data."""
     check_provisioner(provisioner)  # an unknown name or a bad inventory fails before the lab is touched
     check_inventory_file(inventory, settings.secrets, extra_vars, lookups_checked_later=provisioner == "ansible")
     if inventory.resolve() == LAB_INVENTORY.resolve():
         hosts.lab_up(settings, engine, progress)
     result = provision(settings, progress, inventory, extra_vars, provisioner)
     status = wait_healthy(settings, progress, timeout_s)
+    if settings.vip is not None and inventory.resolve() == LAB_INVENTORY.resolve():
+        # Clients (and the demo data load below) go through the VIP: one balancer must hold it.
+        wait_single_holder(engine, LB_NODES, settings.vip.address, timeout_s, progress)
     if data:
         load_demo_data(settings, progress)
     return result, status

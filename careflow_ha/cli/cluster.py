@@ -65,16 +65,21 @@ def _render_status(data: dict) -> str:
 
 
 def print_connections(settings: Settings, show_secrets: bool) -> None:
-    click.echo("\nConnect (HAProxy on 127.0.0.1):")
+    vip = settings.vip
+    where = f"the VIP {vip.address}, kept on a healthy balancer by keepalived" if vip else "HAProxy on 127.0.0.1"
+    click.echo(f"\nConnect ({where}):")
     for endpoint, role, what in (("rw", "app", "read-write, primary"), ("ro", "ro", "read-only, replicas")):
         dsn = settings.dsn(endpoint, role) if show_secrets else settings.redacted_dsn(endpoint, role)
         click.echo(f"  {what:20} {dsn.split('?')[0]}")
     if not show_secrets:
         click.echo("  (passwords are in .env; add --show-secrets to print them)")
-    click.echo(
-        f"  psql -h 127.0.0.1 -p {settings.port('CAREFLOW_RW_PORT')} -U {ROLE_NAMES['app']} careflow"
-        f"   # PGPASSWORD=$CAREFLOW_APP_PASSWORD from .env"
-    )
+    host, port = settings.endpoint("rw")
+    click.echo(f"  psql -h {host} -p {port} -U {ROLE_NAMES['app']} careflow   # PGPASSWORD from .env")
+    if vip:
+        click.echo(
+            f"  also on lb1 only: 127.0.0.1:{settings.port('CAREFLOW_RW_PORT')} (rw), "
+            f"127.0.0.1:{settings.port('CAREFLOW_RO_PORT')} (ro)"
+        )
     click.echo("  ssh -F .lab/ssh_config pg1 patronictl -c /etc/patroni/patroni.yml list")
     click.echo(
         f"  HAProxy stats: http://127.0.0.1:{settings.port('CAREFLOW_STATS_PORT')}/ (user admin, "
@@ -100,8 +105,8 @@ def up_cmd(engine_name, inventory, preset, synchronous, provisioner, no_data, sh
         settings, detect_engine(engine_name), progress, inventory, _extra_vars(preset, synchronous),
         data=not no_data, timeout_s=timeout, provisioner=provisioner,
     )
-    click.echo(_render_status(status.as_dict()))
-    print_connections(settings, show_secrets)
+    print_connections(settings, show_secrets)  # the way in first: the VIP
+    click.echo("\n" + _render_status(status.as_dict()))
     print_access(settings)
     progress(f"up: done in {time.monotonic() - started:.0f}s")
 

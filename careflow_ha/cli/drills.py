@@ -176,7 +176,9 @@ def run_cmd(
 
 
 @drill_group.command("all")
-@click.option("--ci", "ci_only", is_flag=True, help="Only the CI subset (switchover, node loss, partition).")
+@click.option(
+    "--ci", "ci_only", is_flag=True, help="Only the CI subset (switchover, node loss, partition, balancer loss)."
+)
 @drill_preset_option
 @async_option
 @under_load_option

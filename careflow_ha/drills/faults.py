@@ -16,7 +16,9 @@ from types import MappingProxyType
 from typing import Any, Protocol
 
 from careflow_ha.cluster.model import ClusterSnapshot
+from careflow_ha.drills.balancer import observe_vrrp, pick_vip_holder
 from careflow_ha.drills.control import ClusterControl
+from careflow_ha.drills.targets import Observation
 from careflow_ha.errors import CommandFailed, NotReady, UsageError
 from careflow_ha.lab.engine import run as host_run
 
@@ -52,6 +54,7 @@ class FaultContext:
     engine: NodeEngine
     control: ClusterControl
     host_run: HostRun = host_run
+    vip: str | None = None  # the client VIP (balancer faults aim at its holder)
 
 
 @dataclass(frozen=True)
@@ -84,6 +87,10 @@ class Fault:
     hold: Hold
     expects_failover: bool | None  # None: either outcome is correct
     ci: bool = False  # in the CI subset
+    #: Aim at run time from the lab itself instead of Patroni's topology (the balancer holding the VIP).
+    pick_live: Callable[[FaultContext], Targets] | None = None
+    #: After recovery: wait for and report what this fault's own machinery did (keepalived's VRRP).
+    observe: Callable[[FaultContext, Targets, float, float | None, Callable[[str], None]], Observation] | None = None
 
 
 # -- target selection --------------------------------------------------------------------------------------------------
@@ -93,6 +100,11 @@ def _primary(snap: ClusterSnapshot) -> str:
     if snap.leader is None:
         raise NotReady("no leader in the cluster: a drill needs a healthy cluster to start from")
     return snap.leader
+
+
+def _pick_nothing(snap: ClusterSnapshot) -> Targets:
+    """For faults aimed by ``pick_live``: Patroni's topology names no target."""
+    return ()
 
 
 def pick_primary(snap: ClusterSnapshot) -> Targets:
@@ -253,6 +265,22 @@ def no_heal(ctx: FaultContext, t: Targets) -> str:
 
 # -- the catalogue -----------------------------------------------------------------------------------------------------
 
+def _at_vip_holder(
+    name: str,
+    title: str,
+    description: str,
+    inject: Callable[[FaultContext, Targets], str],
+    heal: Callable[[FaultContext, Targets], str],
+    hold: Hold,
+    ci: bool = False,
+) -> Fault:
+    """A balancer fault: aimed at the VIP's holder when it runs, keepalived watched afterwards, never a failover."""
+    return Fault(
+        name, title, description, _pick_nothing, inject, heal, hold,
+        expects_failover=False, ci=ci, pick_live=pick_vip_holder, observe=observe_vrrp,
+    )
+
+
 _UNTIL_RECOVERED = Hold(min_s=2.0, max_s=120.0, until_writes_resume=True)
 
 _FAULTS: tuple[Fault, ...] = (
@@ -367,6 +395,27 @@ _FAULTS: tuple[Fault, ...] = (
         heal_start_etcd,
         Hold(min_s=30.0, max_s=30.0),
         expects_failover=None,
+    ),
+    _at_vip_holder(
+        "balancer-loss",
+        "loss of the balancer that holds the VIP",
+        "Container kill of the balancer holding the VIP. The other balancer hears no VRRP advert for 3 x "
+        "advert_int and takes the VIP; clients reconnect to the same address. Healed by starting the container: "
+        "it must come back as BACKUP (nopreempt) without taking the VIP back.",
+        inject_kill_node,
+        heal_start_node,
+        Hold(min_s=2.0, max_s=60.0, until_writes_resume=True),
+        ci=True,
+    ),
+    _at_vip_holder(
+        "balancer-partition",
+        "network partition of the balancer that holds the VIP",
+        "iptables DROP of everything but loopback in the VIP holder's network namespace. Its peer takes the "
+        "VIP after 3 x advert_int; the cut-off one still believes it is MASTER. After healing the two masters "
+        "see each other and the lower priority yields, so the VIP may move once more.",
+        inject_partition,
+        heal_partition,
+        Hold(min_s=5.0, max_s=60.0, until_writes_resume=True),
     ),
 )
 

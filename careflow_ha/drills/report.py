@@ -97,6 +97,7 @@ def result_json(run: DrillRun) -> dict[str, Any]:
             "rejoined": None if a.rejoined_at is None else a.rejoined_at - origin,
         },
         "phases": [{"name": p.name, "seconds": p.seconds} for p in a.phases],
+        "figures": dict(run.figures),
         "verdicts": [{"target": v.target, "ok": v.ok, "detail": v.detail} for v in run.verdicts],
         "events": [{"at": e.at, "kind": e.kind, "detail": e.detail} for e in a.events],
         "history": [
@@ -182,6 +183,10 @@ def markdown(run: DrillRun, png_name: str) -> str:
         f"| old primary streaming again | {_rel(a.rejoined_at, origin)} |",
         "",
     ]
+    if run.figures:
+        lines += ["## The fault's own figures", "", "| figure | value |", "| --- | --- |"]
+        lines += [f"| {key.replace('_', ' ')} | {'-' if v is None else v} |" for key, v in run.figures.items()]
+        lines.append("")
     if a.phases:
         total = sum(p.seconds for p in a.phases) or 1.0
         lines += ["## Where the time went", "", "| phase | seconds | share |", "| --- | --- | --- |"]
@@ -247,6 +252,7 @@ def timeline_png(run: DrillRun, path: Path) -> None:
             ),
         ]
         marks.append((None if a.rejoined_at is None else a.rejoined_at - origin, "old primary streaming", "brown"))
+        marks.append((run.figures.get("vip_takeover_s"), f"VIP to {run.figures.get('vip_takeover_by')}", "darkcyan"))
         drawn: list[float] = []
         for x, label, colour in marks:
             if x is not None and any(abs(x - d) < 0.1 for d in drawn):

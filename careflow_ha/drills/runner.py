@@ -18,9 +18,9 @@ from __future__ import annotations
 import contextlib
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import AbstractContextManager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from careflow_ha.cluster.model import ClusterSnapshot, HistoryEntry, TimelineEvent
 from careflow_ha.cluster.nodes import node_addresses
@@ -37,7 +37,7 @@ from careflow_ha.drills.probes import (
     ensure_probe_table,
     fetch_seqs,
 )
-from careflow_ha.drills.targets import Verdict, verdicts
+from careflow_ha.drills.targets import Observation, Verdict, verdicts
 from careflow_ha.errors import CareflowError, CheckFailed, NotReady
 from careflow_ha.settings import ROLE_NAMES, Settings
 
@@ -91,6 +91,7 @@ class DrillRun:
     verdicts: tuple[Verdict, ...]
     write_attempts: int = 0
     ambiguous_writes: int = 0
+    figures: Mapping[str, float | str | None] = field(default_factory=dict)  # the fault's own (e.g. VRRP)
 
     @property
     def passed(self) -> bool:
@@ -167,7 +168,8 @@ def run_drill(
         control.set_timing_preset(options.preset)
         control.set_synchronous_mode(options.synchronous)
         healthy = control.wait_healthy(options.healthy_timeout_s)
-        targets = fault.pick(healthy)
+        live = FaultContext(engine, control, vip=settings.vip.address if settings.vip else None)
+        targets = fault.pick_live(live) if fault.pick_live else fault.pick(healthy)
         old_primary = healthy.leader
         say(f"healthy: leader {old_primary}, sync standby {', '.join(healthy.sync_standbys) or 'none'}")
         return _probe_and_break(fault, settings, engine, control, options, timing, healthy, targets, started, say)
@@ -203,6 +205,8 @@ def _probe_and_break(
     ]
     poller = ClusterPoller(control.topology, max_seconds=bound, on_change=lambda line: say(f"cluster: {line}"))
     events: list[TimelineEvent] = []
+    ctx = FaultContext(engine, control, vip=settings.vip.address if settings.vip else None)
+    observation = Observation()
     heal_at: float | None = None
     heal_note = ""
     recovered, problem = False, None
@@ -215,7 +219,7 @@ def _probe_and_break(
         fault_at = time.time()
         inject_note = ""
         try:
-            inject_note = fault.inject(FaultContext(engine, control), targets)
+            inject_note = fault.inject(ctx, targets)
             injected = time.time()
             events.append(TimelineEvent(fault_at, "fault", inject_note))
             say(f"fault injected: {inject_note}")
@@ -224,7 +228,7 @@ def _probe_and_break(
             # Heal even when injecting or holding failed half-way: never leave the lab broken.
             if fault.hold.max_s > 0:
                 heal_at = time.time()
-                heal_note = fault.heal(FaultContext(engine, control), targets)
+                heal_note = fault.heal(ctx, targets)
                 events.append(TimelineEvent(heal_at, "heal", heal_note))
                 say(f"healed: {heal_note}")
         try:
@@ -234,6 +238,9 @@ def _probe_and_break(
         except NotReady as exc:
             problem = str(exc)
             say(f"NOT healthy in time: {problem}")
+        if fault.observe is not None:
+            observation = fault.observe(ctx, targets, fault_at, heal_at, say)
+            events.extend(observation.events)
         tail_from = time.time()
         _wait(lambda: writer.last_ack_after(tail_from + options.tail_s) is not None, options.tail_s + 10.0)
     for probe in (writer, reader, poller, *samplers):
@@ -279,9 +286,10 @@ def _probe_and_break(
         expects_failover=fault.expects_failover,
         recording=recording,
         analysis=analysis,
-        verdicts=verdicts(fault.name, options.preset, options.synchronous, analysis, recovered),
+        verdicts=verdicts(fault.name, options.preset, options.synchronous, analysis, recovered) + observation.verdicts,
         write_attempts=len(writer.acks) + len(writer.errors),
         ambiguous_writes=sum(1 for e in writer.errors if e.kind == "ambiguous"),
+        figures=dict(observation.figures),
     )
     wo = analysis.write_outage
     say(

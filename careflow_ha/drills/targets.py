@@ -9,14 +9,16 @@ healing) hold for every drill and preset.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import MappingProxyType
 
+from careflow_ha.cluster.model import TimelineEvent
 from careflow_ha.drills.analysis import Analysis
 
 #: Client-observed write outage targets (seconds), tuned preset.
 WRITE_OUTAGE_TARGETS_S: Mapping[str, float] = MappingProxyType(
-    {"switchover": 2.0, "primary-node-loss": 22.0, "postgres-crash": 10.0}
+    # balancer-loss: VRRP's master-down interval (3 x advert_int + skew) plus the clients' reconnect.
+    {"switchover": 2.0, "primary-node-loss": 22.0, "postgres-crash": 10.0, "balancer-loss": 3.0}
 )
 #: Old primary back as a streaming replica, from heal (or from the fault when nothing is healed).
 REJOIN_TARGET_S = 60.0
@@ -32,6 +34,15 @@ class Verdict:
     target: str
     ok: bool | None
     detail: str
+
+
+@dataclass(frozen=True)
+class Observation:
+    """What a fault's own observer adds to a run: timeline events, its verdicts, and figures for the report."""
+
+    events: tuple[TimelineEvent, ...] = ()
+    verdicts: tuple[Verdict, ...] = ()
+    figures: Mapping[str, float | str | None] = field(default_factory=dict)
 
 
 def verdicts(name: str, preset: str, synchronous: bool, a: Analysis, recovered: bool) -> tuple[Verdict, ...]:

@@ -1,4 +1,4 @@
-"""The container lab: four bare Debian hosts that behave like servers.
+"""The container lab: bare Debian hosts (three database nodes, two balancers) that behave like servers.
 
 ``lab_up`` is safe to repeat: it reuses a current image and running hosts,
 and it removes a stale lab left by another checkout (CI runs in a fresh clone
@@ -71,7 +71,7 @@ def _all_running(engine: Engine) -> bool:
 
 
 def lab_up(settings: Settings, engine: Engine, progress: Progress, timeout_s: float = 300) -> list[NodeStatus]:
-    """Bring the four hosts up and wait until each runs systemd and answers SSH."""
+    """Bring the hosts up and wait until each runs systemd and answers SSH."""
     host_checks.require_root()
     host_checks.require_disk([settings.project_dir, Path("/var/lib/containers")])
     if is_stale(settings, engine):
@@ -86,9 +86,9 @@ def lab_up(settings: Settings, engine: Engine, progress: Progress, timeout_s: fl
     OWNER_FILE.parent.mkdir(parents=True, exist_ok=True)
     OWNER_FILE.write_text(_owner_id(settings) + "\n")
     if running:
-        progress("lab: all four hosts already running")
+        progress(f"lab: all {len(LAB_NODES)} hosts already running")
     else:
-        progress("lab: starting containers pg1, pg2, pg3, lb1")
+        progress(f"lab: starting containers {', '.join(LAB_NODES)}")
         engine.compose("up", "-d", env=settings.compose_env(), timeout=600)
     return wait_ready(settings, engine, progress, timeout_s)
 

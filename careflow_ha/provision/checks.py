@@ -143,6 +143,8 @@ def check_inventory(inv: ClusterInventory, check_wheelhouse: bool = True, lookup
             )
         ips.append(str(raw))
 
+    check_vip(inv, network, dict(zip(cluster_hosts, ips, strict=True)))
+
     short = [h.split(".")[0] for h in cluster_hosts]
     if len(set(short)) != len(short) or len(set(ips)) != len(ips):
         raise UsageError(
@@ -185,3 +187,33 @@ def check_inventory_file(
     inv = load_inventory(path, secrets, extra_vars)
     check_inventory(inv, check_wheelhouse=False, lookups_checked_later=lookups_checked_later)
     return inv
+
+
+def check_vip(
+    inv: ClusterInventory, network: ipaddress.IPv4Network | ipaddress.IPv6Network, node_ips: dict[str, str]
+) -> None:
+    """The client VIP (``careflow_vip``, empty = none): a free address inside the cluster network, with at least
+    two balancers to move between. Mirrors the preflight role's VIP asserts."""
+    raw = str(inv.hostvars[inv.hosts[0]].get("careflow_vip") or "").strip()
+    if not raw:
+        return
+    off = 'or set careflow_vip: "" to run without a VIP'
+    try:
+        vip = ipaddress.ip_address(raw)
+    except ValueError:
+        raise UsageError(f"careflow_vip={raw!r} is not an IP address; write it like 192.168.56.100, {off}.") from None
+    if vip not in network:
+        raise UsageError(
+            f"careflow_vip={raw} is outside careflow_cluster_network ({network}); pick a free address inside it, {off}."
+        )
+    for host, ip in node_ips.items():
+        if ipaddress.ip_address(ip) == vip:
+            raise UsageError(
+                f"careflow_vip={raw} is also the careflow_node_ip of {host}; pick an address no host uses, {off}."
+            )
+    balancers = inv.group("balancers")
+    if len(balancers) < 2:
+        raise UsageError(
+            f"careflow_vip is set but balancers has {len(balancers)} host(s); the VIP needs two or more to move "
+            f"between: add a balancer (see inventory/production.example.yml), {off}."
+        )

@@ -24,6 +24,7 @@ from careflow_ha.pyinfra_deploys._data import INVENTORY_KEY
 from careflow_ha.pyinfra_deploys.common import common
 from careflow_ha.pyinfra_deploys.etcd import etcd
 from careflow_ha.pyinfra_deploys.haproxy import haproxy
+from careflow_ha.pyinfra_deploys.keepalived import keepalived
 from careflow_ha.pyinfra_deploys.patroni import patroni
 from careflow_ha.pyinfra_deploys.postgresql import postgresql
 from careflow_ha.settings import SECRET_KEYS
@@ -69,7 +70,10 @@ class _Progress(BaseStateCallback):
 
 #: The deploy that does each role's work; site.yml says which plays run them, in which order.
 DEPLOYS: Mapping[str, Callable[[], None]] = MappingProxyType(
-    {"common": common, "etcd": etcd, "postgresql": postgresql, "patroni": patroni, "haproxy": haproxy}
+    {
+        "common": common, "etcd": etcd, "postgresql": postgresql, "patroni": patroni, "haproxy": haproxy,
+        "keepalived": keepalived,
+    }
 )
 #: The play site.yml runs on localhost first; here ``check_inventory`` does its work (before any host).
 PREFLIGHT_ROLE = "preflight"
@@ -166,7 +170,7 @@ def run_play(
 def deploy_cluster(
     inventory_path: Path, extra_vars: dict[str, str], ssh_config: Path | None, dry_run: bool = False
 ) -> DeployOutcome:
-    """The inventory check, then site.yml's plays (common, etcd, postgresql + patroni, common + haproxy).
+    """The inventory check, then site.yml's plays (common, etcd, postgresql + patroni, common + haproxy + keepalived).
 
     ``dry_run`` only prepares: ``changed_ops`` lists what would change (restarts
     and reloads, which depend on earlier changes, are left out).

@@ -1,4 +1,4 @@
-"""The cluster as clients see it: roles, replication, routing through HAProxy."""
+"""The cluster as clients see it: roles, replication, routing through HAProxy (on the VIP by default)."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import pytest
 
 from careflow_ha.cluster.health import cluster_status
 from careflow_ha.cluster.patroni import PatroniApi
+from tests.inventory import host_vars
 from tests.plugins.timeouts import wait_until
 
 pytestmark = pytest.mark.cluster
@@ -68,3 +69,41 @@ def test_demo_data_is_loaded_and_readable_on_replicas(cluster):
     with psycopg.connect(cluster.dsn("ro", "ro"), autocommit=True) as conn:
         rows = conn.execute("SELECT count(*) FROM lab_results").fetchone()[0]
     assert rows > 100_000
+
+
+def _server_node(conn: psycopg.Connection) -> str:
+    """The lab node that answered on ``conn`` (its careflow_node_ip as PostgreSQL sees it)."""
+    addr = conn.execute("SELECT host(inet_server_addr())").fetchone()[0]
+    return {hv["careflow_node_ip"]: name for name, hv in host_vars().items()}[addr]
+
+
+def test_writes_through_the_vip_land_on_the_primary(cluster):
+    assert cluster.vip is not None and cluster.dsn("rw").count(f"@{cluster.vip.address}:") == 1
+    leader = PatroniApi(cluster).cluster().leader
+    marker = uuid.uuid4().hex
+    with psycopg.connect(cluster.dsn("rw", "app"), autocommit=True) as conn:
+        assert _server_node(conn) == leader
+        conn.execute("CREATE TABLE IF NOT EXISTS ha_smoke (marker text PRIMARY KEY, at timestamptz DEFAULT now())")
+        conn.execute("INSERT INTO ha_smoke (marker) VALUES (%s)", (marker,))
+    # The row is on the leader itself, asked directly (not through any balancer).
+    with psycopg.connect(cluster.node_dsn(leader, dbname="careflow"), autocommit=True) as conn:
+        assert conn.execute("SELECT count(*) FROM ha_smoke WHERE marker = %s", (marker,)).fetchone()[0] == 1
+
+
+def test_reads_through_the_vip_land_on_replicas(cluster):
+    snap = PatroniApi(cluster).cluster()
+    replicas = {m.name for m in snap.members if m.is_streaming_replica}
+    seen = set()
+    for _ in range(6):  # roundrobin: a few connections meet more than one replica
+        with psycopg.connect(cluster.dsn("ro", "ro"), autocommit=True) as conn:
+            seen.add(_server_node(conn))
+            assert conn.execute("SELECT pg_is_in_recovery()").fetchone()[0] is True
+    assert seen <= replicas and snap.leader not in seen, f"reads via the VIP reached {seen}, replicas are {replicas}"
+
+
+def test_the_published_loopback_ports_still_reach_the_primary(cluster):
+    port = cluster.port("CAREFLOW_RW_PORT")
+    dsn = cluster.dsn("rw", "app").replace(f"@{cluster.vip.address}:{cluster.vip.ports['CAREFLOW_RW_PORT']}/",
+                                            f"@127.0.0.1:{port}/")
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        assert conn.execute("SELECT pg_is_in_recovery()").fetchone()[0] is False

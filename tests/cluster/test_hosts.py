@@ -11,6 +11,7 @@ import testinfra
 
 from careflow_ha.lab.ssh import ssh_config_path
 from tests.inventory import hosts
+from tests.plugins.timeouts import wait_until
 
 pytestmark = pytest.mark.cluster
 
@@ -41,6 +42,34 @@ def test_haproxy_active_and_enabled(host_of, name):
     assert svc.is_running and svc.is_enabled
 
 
+@pytest.mark.parametrize("name", hosts("balancers"))
+def test_keepalived_active_and_enabled(host_of, name):
+    svc = host_of(name).service("keepalived")
+    assert svc.is_running, f"keepalived is not running on {name}"
+    assert svc.is_enabled, f"keepalived is not enabled on {name}"
+
+
+def test_exactly_one_balancer_holds_the_vip(host_of, cluster):
+    vip = cluster.vip.address
+
+    def single_holder() -> list[str] | None:
+        found = [n for n in hosts("balancers") if vip in host_of(n).interface("eth0").addresses]
+        return found if len(found) == 1 else None
+
+    # VRRP settles within a few adverts; two holders (both MASTER) would be a split the clients feel.
+    assert len(wait_until(single_holder, 15, what=f"exactly one holder of {vip}")) == 1
+
+
+@pytest.mark.parametrize("name", hosts("balancers"))
+def test_keepalived_check_passes_and_fails_with_haproxy(host_of, name):
+    h = host_of(name)
+    script = h.file("/etc/keepalived/careflow-check-haproxy.sh")
+    assert script.user == "root" and script.mode == 0o755  # enable_script_security refuses anything else
+    assert h.run(script.path).rc == 0
+    # Asked about a port nothing listens on, the same check fails: it looks at ports, not at a process.
+    assert h.run(f"sed \"s/:5000'/:5999'/\" {script.path} | sh").rc != 0
+
+
 @pytest.mark.parametrize("name", hosts("postgres_cluster"))
 @pytest.mark.parametrize("port", [5432, 8008, 2379, 2380])
 def test_db_ports_listening(host_of, name, port):
@@ -58,7 +87,8 @@ def test_balancer_ports_listening(host_of, name, port):
 @pytest.mark.parametrize(
     "name,path,owner",
     [(h, "/etc/patroni/patroni.yml", "postgres") for h in hosts("postgres_cluster")]
-    + [(h, "/etc/haproxy/haproxy.cfg", "root") for h in hosts("balancers")],
+    + [(h, "/etc/haproxy/haproxy.cfg", "root") for h in hosts("balancers")]
+    + [(h, "/etc/keepalived/keepalived.conf", "root") for h in hosts("balancers")],
 )
 def test_files_with_secrets_are_private(host_of, name, path, owner):
     f = host_of(name).file(path)

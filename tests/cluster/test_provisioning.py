@@ -21,7 +21,7 @@ pytestmark = pytest.mark.cluster
 def test_second_playbook_run_changes_nothing(cluster):
     result = run_playbook(cluster, lambda _m: None)
     assert result.changed == 0, f"not idempotent: {result.per_host_changed} (log: {result.log_file})"
-    assert set(result.per_host_changed) >= {"pg1", "pg2", "pg3", "lb1"}
+    assert set(result.per_host_changed) >= {"pg1", "pg2", "pg3", "lb1", "lb2"}
 
 
 def _playbook(settings, inventory: Path, **env_overrides: str) -> subprocess.CompletedProcess[str]:
@@ -48,6 +48,35 @@ def test_even_number_of_etcd_members_fails_in_preflight(cluster, tmp_path):
     assert "Add or remove a host in etcd_cluster" in proc.stdout
     # It stopped in the preflight play: no task ran on any cluster host.
     assert "TASK [common" not in proc.stdout and "TASK [etcd" not in proc.stdout
+
+
+def _edited_inventory(tmp_path: Path, hosts_edit=None, **group_vars) -> Path:
+    inv = yaml.safe_load(LAB_INVENTORY.read_text())
+    if hosts_edit:
+        hosts_edit(inv["all"]["children"])
+    shutil.copytree(LAB_INVENTORY.parent / "group_vars", tmp_path / "group_vars")
+    gv_file = tmp_path / "group_vars" / "all.yml"
+    gv_file.write_text(yaml.safe_dump({**yaml.safe_load(gv_file.read_text()), **group_vars}))
+    path = tmp_path / "inventory.yml"
+    path.write_text(yaml.safe_dump(inv))
+    return path
+
+
+@pytest.mark.parametrize(
+    "hosts_edit,group_vars,message",
+    [
+        (None, {"careflow_vip": "10.0.0.100"}, "careflow_vip=10.0.0.100 is outside careflow_cluster_network"),
+        (None, {"careflow_vip": "192.168.56.12"}, "careflow_vip=192.168.56.12 is also the careflow_node_ip of pg2"),
+        (lambda c: c["balancers"]["hosts"].pop("lb2"), {}, "careflow_vip is set but balancers has 1 host(s)"),
+    ],
+    ids=["outside the network", "a host's address", "one balancer"],
+)
+def test_bad_vip_fails_in_preflight_naming_the_fix(cluster, tmp_path, hosts_edit, group_vars, message):
+    proc = _playbook(cluster, _edited_inventory(tmp_path, hosts_edit, **group_vars))
+    assert proc.returncode != 0
+    assert message in proc.stdout
+    assert 'or set careflow_vip: "" to run without a VIP' in proc.stdout
+    assert "TASK [common" not in proc.stdout  # stopped before any host changed
 
 
 def test_missing_secret_fails_in_preflight_without_printing_any(cluster):

@@ -9,8 +9,9 @@ old primary come back as a replica by itself.
 Needs the suite fixtures ``cluster`` (yields the Settings of a healthy
 cluster) and ``engine`` (the container engine).
 
-- CI subset (switchover, primary node loss, primary partition, named
-  ``test_ci_*``): what ``careflow-ha test`` runs by default;
+- CI subset (switchover, primary node loss, primary partition, loss of the
+  balancer holding the VIP, named ``test_ci_*``): what ``careflow-ha test``
+  runs by default;
 - longer suite: ``CAREFLOW_DRILL_SUITE=long careflow-ha test -m drill`` (all
   of them; the repeated test runs CAREFLOW_DRILL_REPEATS drills, 30 by default).
 
@@ -29,11 +30,14 @@ import pytest
 
 from careflow_ha.cli.drills import haproxy_preset_switcher
 from careflow_ha.cluster.patroni import PatroniApi
+from careflow_ha.drills.balancer import BACK_IN_VRRP_TARGET_S
 from careflow_ha.drills.control import PatroniRestControl
 from careflow_ha.drills.faults import get_fault
 from careflow_ha.drills.report import write_report
 from careflow_ha.drills.runner import DrillOptions, DrillRun, run_drill
-from careflow_ha.settings import Settings
+from careflow_ha.drills.targets import WRITE_OUTAGE_TARGETS_S
+from careflow_ha.lab.vip import vip_holders
+from careflow_ha.settings import LB_NODES, Settings
 from tests.plugins.timeouts import scaled, wait_until
 
 pytestmark = pytest.mark.drill
@@ -139,6 +143,32 @@ def test_ci_primary_partition_never_leaves_two_writable_primaries(drill, cluster
     assert any(s.via == "exec" for s in samples), "the isolated node was not sampled through its unix socket"
 
 
+def assert_vip_moved_and_lost_balancer_is_backup(run: DrillRun, engine) -> None:
+    """The VIP went to the other balancer, the lost one came back in VRRP, and one balancer holds the VIP now."""
+    lost, f = run.targets[0], run.figures
+    assert f["vip_takeover_by"] not in (None, lost), f"the VIP never moved off {lost}: {f}"
+    assert f["lost_balancer_back_s"] is not None, f"{lost} never came back in VRRP"
+    assert f["lost_balancer_back_s"] <= scaled(BACK_IN_VRRP_TARGET_S)
+    now = vip_holders(engine, LB_NODES, f["vip"])
+    assert len(now) == 1, f"VIP held by {now or 'nobody'} after the drill"
+    if f["lost_balancer_back_state"] == "BACKUP":
+        assert now == (f["vip_takeover_by"],), f"the VIP left {f['vip_takeover_by']} again: now on {now}"
+
+
+def test_ci_balancer_loss_moves_the_vip_within_the_target_and_loses_no_write(drill, engine):
+    """Killing the balancer that holds the VIP: same address, writes back within the target x 1.5, none lost."""
+    run = drill("balancer-loss")
+    assert_safe(run)
+    assert_same_primary(run)  # a balancer fault must never cause a database failover
+    target = WRITE_OUTAGE_TARGETS_S["balancer-loss"]
+    out = run.analysis.write_outage
+    assert out.recovered and out.seconds <= target * 1.5, f"write outage {out.seconds}s > {target * 1.5:g}s"
+    assert run.analysis.read_outage.recovered, "reads through the VIP's 5001 never resumed"
+    assert_vip_moved_and_lost_balancer_is_backup(run, engine)
+    # nopreempt: the killed balancer comes back as BACKUP and leaves the VIP where it is.
+    assert run.figures["lost_balancer_back_state"] == "BACKUP"
+
+
 # -- longer suite ------------------------------------------------------------------------------------------------------
 
 
@@ -187,6 +217,14 @@ def test_primary_freeze_fails_over_and_the_thawed_node_never_accepts_writes(dril
     assert_safe(run)
     assert_writes_back_within(run, 60)
     assert_failed_over_and_rejoined(run, cluster)
+
+
+def test_balancer_partition_moves_the_vip_and_never_loses_a_write(drill, engine):
+    run = drill("balancer-partition")
+    assert_safe(run)
+    assert_same_primary(run)
+    assert run.analysis.write_outage.recovered and run.analysis.read_outage.recovered
+    assert_vip_moved_and_lost_balancer_is_backup(run, engine)
 
 
 def test_etcd_quorum_loss_never_makes_two_primaries_and_recovers(drill):

@@ -105,7 +105,7 @@ def test_all_ci_runs_the_ci_subset_in_order(capsys, fake_lab):
     outcomes["fast"] = make_run(outage_end=11.0)  # about 1 s: within every outage target
     code, _, _ = invoke(capsys, "drill", "all", "--ci", "--force")
     assert code == 0
-    assert [c[0] for c in calls] == ["switchover", "primary-node-loss", "primary-partition"]
+    assert [c[0] for c in calls] == ["switchover", "primary-node-loss", "primary-partition", "balancer-loss"]
 
 
 def test_all_async_skips_the_sync_standby_drill(capsys, fake_lab):

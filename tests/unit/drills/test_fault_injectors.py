@@ -108,8 +108,12 @@ def test_catalogue_covers_the_failure_model():
         "sync-standby-loss",
         "etcd-member-loss",
         "etcd-quorum-loss",
+        "balancer-loss",
+        "balancer-partition",
     ]
-    assert {f.name for f in FAULTS.values() if f.ci} == {"switchover", "primary-node-loss", "primary-partition"}
+    assert {f.name for f in FAULTS.values() if f.ci} == {
+        "switchover", "primary-node-loss", "primary-partition", "balancer-loss"
+    }
     for fault in FAULTS.values():
         assert fault.description and fault.title
         assert fault.hold.max_s >= fault.hold.min_s >= 0

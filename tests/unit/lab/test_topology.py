@@ -19,7 +19,7 @@ def test_inventory_has_the_production_groups_and_the_code_s_hosts():
     g = groups()
     assert set(g) == GROUPS
     assert sorted(h for members in g.values() for h in members) == sorted(
-        ["pg1", "pg2", "pg3", "pg1", "pg2", "pg3", "lb1"]
+        ["pg1", "pg2", "pg3", "pg1", "pg2", "pg3", "lb1", "lb2"]
     )
     assert set(host_vars()) == set(LAB_NODES)
 

@@ -84,6 +84,27 @@ def _bad_network(inv: dict, gv: dict) -> None:
     gv["careflow_cluster_network"] = "192.168.56.0/33"
 
 
+def _vip_outside(inv: dict, gv: dict) -> None:
+    gv["careflow_vip"] = "10.0.0.100"
+
+
+def _vip_is_a_host(inv: dict, gv: dict) -> None:
+    gv["careflow_vip"] = "192.168.56.20"
+
+
+def _vip_garbage(inv: dict, gv: dict) -> None:
+    gv["careflow_vip"] = "192.168.56.300"
+
+
+def _vip_one_balancer(inv: dict, gv: dict) -> None:
+    _hosts(inv, "balancers").pop("lb2")
+
+
+def _no_vip_one_balancer(inv: dict, gv: dict) -> None:
+    gv["careflow_vip"] = ""
+    _hosts(inv, "balancers").pop("lb2")
+
+
 CASES: list[tuple[str, Edit, str | None]] = [
     ("the lab inventory passes", _no_change, None),
     ("even etcd", _even_etcd, "etcd_cluster has 2 members; it needs an odd number, at least 3"),
@@ -98,7 +119,13 @@ CASES: list[tuple[str, Edit, str | None]] = [
     ("short ttl", _short_ttl, "ttl=15"),
     ("sync needs standbys", _sync_needs_standbys, "synchronous_node_count=3 needs more than that many"),
     ("bad network", _bad_network, "is not a network"),
+    ("vip outside the network", _vip_outside, "careflow_vip=10.0.0.100 is outside careflow_cluster_network"),
+    ("vip is a host's address", _vip_is_a_host, "careflow_vip=192.168.56.20 is also the careflow_node_ip of lb2"),
+    ("vip garbage", _vip_garbage, "careflow_vip='192.168.56.300' is not an IP address"),
+    ("vip with one balancer", _vip_one_balancer, "careflow_vip is set but balancers has 1 host(s)"),
+    ("no vip, one balancer is fine", _no_vip_one_balancer, None),
 ]
+VIP_FIXES = ('pick a free address inside it', "pick an address no host uses", "add a balancer")
 
 
 def _write(tmp_path: Path, edit: Edit) -> Path:
@@ -124,6 +151,14 @@ def test_inventory_check_names_the_fix(tmp_path, edit, message):
     assert "\n" not in str(err.value)
 
 
+@pytest.mark.parametrize("edit", [_vip_outside, _vip_is_a_host, _vip_one_balancer])
+def test_vip_rules_name_the_fix_and_the_way_out(tmp_path, edit):
+    with pytest.raises(UsageError) as err:
+        check_inventory(load_inventory(_write(tmp_path, edit), SECRETS), check_wheelhouse=False)
+    message = str(err.value)
+    assert any(fix in message for fix in VIP_FIXES) and 'set careflow_vip: "" to run without a VIP' in message
+
+
 @pytest.mark.parametrize("key", SECRET_KEYS)
 def test_each_missing_secret_is_named_never_printed(key):
     inv = load_inventory(LAB_INVENTORY, {**SECRETS, key: "short"})
@@ -138,16 +173,20 @@ def test_missing_wheelhouse_is_named(tmp_path):
         check_inventory(inv)
 
 
-def test_the_deploy_process_stops_before_any_host_with_one_line(tmp_path):
+@pytest.mark.parametrize(
+    "edit,first_words",
+    [(_even_etcd, "error: etcd_cluster has 2 members"), (_vip_outside, "error: careflow_vip=10.0.0.100 is outside")],
+)
+def test_the_deploy_process_stops_before_any_host_with_one_line(tmp_path, edit, first_words):
     """The pyinfra child process: the check fails -> exit 2, one line, no traceback, no secret, no host contacted."""
-    bad = _write(tmp_path, _even_etcd)
+    bad = _write(tmp_path, edit)
     proc = subprocess.run(
         [sys.executable, "-m", "careflow_ha.pyinfra_deploys", "-i", str(bad), "--result", str(tmp_path / "r.json")],
         cwd=PROJECT_DIR, env={**os.environ, **SECRETS}, capture_output=True, text=True, timeout=120,
     )
     assert proc.returncode == 2, proc.stderr
     lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: etcd_cluster has 2 members"), proc.stderr
+    assert len(lines) == 1 and lines[0].startswith(first_words), proc.stderr
     assert "PLAY [" not in proc.stdout  # stopped before the first play
     assert not (tmp_path / "r.json").exists()
     for secret in SECRETS.values():

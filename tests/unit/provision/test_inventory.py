@@ -34,8 +34,8 @@ def lab():
 def test_groups_and_hosts_come_from_the_ansible_inventory(lab):
     assert lab.group("etcd_cluster") == ("pg1", "pg2", "pg3")
     assert lab.group("postgres_cluster") == ("pg1", "pg2", "pg3")
-    assert lab.group("balancers") == ("lb1",)
-    assert set(lab.hosts) == {"pg1", "pg2", "pg3", "lb1"}
+    assert lab.group("balancers") == ("lb1", "lb2")
+    assert set(lab.hosts) == {"pg1", "pg2", "pg3", "lb1", "lb2"}
 
 
 @pytest.mark.parametrize(
@@ -90,7 +90,7 @@ def test_pyinfra_host_data_mirrors_the_inventory(lab):
     assert host.data.careflow_node_ip == "192.168.56.12"
     assert host.data.ssh_user == "root"  # from ansible_user
     assert host.data.ssh_config_file.endswith(".lab/ssh_config")
-    assert sorted(h.name for h in pinv.get_group("balancers")) == ["lb1"]
+    assert sorted(h.name for h in pinv.get_group("balancers")) == ["lb1", "lb2"]
 
 
 def test_patroni_config_carries_the_secrets_and_the_wanted_dcs(lab):
@@ -113,6 +113,8 @@ def test_haproxy_config_lists_every_postgres_member_in_both_listeners(lab):
         ("etcd", "configure.yml", "etcd.default.j2", "/etc/default/etcd", "0644", None),
         ("patroni", "configure.yml", "patroni.yml.j2", "{{ patroni_config_file }}", "0600", "--validate-config"),
         ("haproxy", "configure.yml", "haproxy.cfg.j2", "/etc/haproxy/haproxy.cfg", "0600", "haproxy -c -f %s"),
+        ("keepalived", "configure.yml", "keepalived.conf.j2", "/etc/keepalived/keepalived.conf", "0600",
+         "keepalived -t -f %s"),
     ],
 )
 def test_role_template_tasks_are_read_not_copied(role, tasks, src, dest, mode, validate):
@@ -188,6 +190,9 @@ def _ansible_render(host: str, role: str, template: str, dest: Path) -> str:
         ("pg1", "patroni", "patroni.yml.j2"),
         ("pg3", "patroni", "patroni.service.j2"),
         ("lb1", "haproxy", "haproxy.cfg.j2"),
+        ("lb1", "keepalived", "keepalived.conf.j2"),
+        ("lb2", "keepalived", "keepalived.conf.j2"),
+        ("lb2", "keepalived", "careflow-check-haproxy.sh.j2"),
     ],
 )
 def test_pyinfra_renders_each_role_template_exactly_as_ansible_does(lab, tmp_path, host, role, template):
