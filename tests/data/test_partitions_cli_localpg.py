@@ -7,6 +7,7 @@ import json
 import psycopg
 import pytest
 
+from careflow_ha.data.generator import MAX_CLINICS
 from tests.cli import run_cli
 
 pytestmark = pytest.mark.localpg
@@ -72,7 +73,7 @@ def test_maintain_extends_the_window_back_on_request(emr):
     [
         (["data", "load", "--rows", "0"], "--rows 0 is out of range"),
         (["data", "load", "--rows", "10", "--months", "0"], "--months 0 is out of range"),
-        (["data", "load", "--rows", "10", "--clinics", "500"], "--clinics 500 is out of range"),
+        (["data", "load", "--rows", "10", "--clinics", str(MAX_CLINICS + 1)], f"--clinics {MAX_CLINICS + 1} is out"),
         (["partitions", "maintain", "--from", "2026-13"], "use YYYY-MM"),
         (["partitions", "maintain", "--from", "2999-01"], "is in the future"),
         (["bench", "partitioning", "--repeat", "0"], "--repeat 0 must be at least 1"),
