@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -100,15 +101,27 @@ def test_restart_mid_run_counts_errors_and_every_user_recovers(emr_pg: LocalPost
     assert outs and all(o["end"] is not None for o in outs), outs
 
 
-def test_background_load_stops_with_its_block_and_reports(emr_pg: LocalPostgres, tmp_path: Path) -> None:
-    """What a drill's --under-load uses: Locust runs while the block is open and stops when it closes."""
+@pytest.mark.parametrize("ignore_sigint", [False, True], ids=["sigint-default", "sigint-ignored"])
+def test_background_load_stops_with_its_block_and_reports(emr_pg: LocalPostgres, tmp_path: Path,
+                                                          ignore_sigint: bool) -> None:
+    """What a drill's --under-load uses: Locust runs while the block is open and stops when it closes.
+
+    Also when the caller ignores SIGINT, as every background job of a non-interactive shell does
+    (``careflow-ha ... &`` in a script, a CI runner): Locust inherits the ignore (SIG_IGN survives
+    exec), and SIGINT is the graceful stop that still writes the reports.
+    """
     from careflow_ha.load.runner import background
 
-    cfg = _config(emr_pg, tmp_path, users=6, duration_s=600.0)
-    t0 = time.monotonic()
-    with background(cfg) as run:
-        wait_until(lambda: sum(r.ok for r in read_requests(run.folder)) >= 20, 20, 0.5, "20 successful requests")
-        folder = run.folder
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN) if ignore_sigint else None
+    try:
+        cfg = _config(emr_pg, tmp_path, users=6, duration_s=600.0)
+        t0 = time.monotonic()
+        with background(cfg) as run:
+            wait_until(lambda: sum(r.ok for r in read_requests(run.folder)) >= 20, 20, 0.5, "20 successful requests")
+            folder = run.folder
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGINT, previous)
     assert time.monotonic() - t0 < scaled(60), "the 600 s bound did not keep Locust running past the block"
     assert not run.running()
     rep = json.loads((folder / "report.json").read_text())
