@@ -40,7 +40,7 @@ import pyarrow.csv as pacsv
 from careflow_ha.data import clock
 from careflow_ha.data.catalog import BREEDS, LAB_TESTS, PANELS, SPECIES, SPECIES_SHARE
 from careflow_ha.data.clock import KST, seoul_month_start
-from careflow_ha.errors import UsageError
+from careflow_ha.errors import CommandFailed, UsageError
 
 #: Visits per chunk: about 50,000 lab results, a few MB of CSV.
 VISITS_PER_CHUNK = 3000
@@ -491,6 +491,7 @@ def iter_chunks_ahead(world: World, spec: DataSpec, first_visit_id: int = 1, dep
     instead of taking turns. Falls back to ``iter_chunks`` where fork is unavailable.
     """
     import multiprocessing as mp
+    import queue as queue_module
 
     if "fork" not in mp.get_all_start_methods():
         yield from iter_chunks(world, spec, first_visit_id)
@@ -501,7 +502,14 @@ def iter_chunks_ahead(world: World, spec: DataSpec, first_visit_id: int = 1, dep
     child.start()
     try:
         while True:
-            item = queue.get()
+            try:
+                item = queue.get(timeout=2.0)
+            except queue_module.Empty:
+                # A child killed from outside (the OOM killer) would leave us waiting forever.
+                if not child.is_alive():
+                    raise CommandFailed(f"the data generator process died (exit code {child.exitcode}); "
+                                        "the load is one transaction, so nothing of it was committed") from None
+                continue
             if item is None:
                 break
             if isinstance(item, BaseException):

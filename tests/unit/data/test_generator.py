@@ -256,3 +256,23 @@ def test_owners_above_the_faker_pool_are_complete_and_varied(network_sample):
     assert len({o[2] for o in owners}) > 1000, "names come from a pool of Faker draws"
     emails = [o[5] for o in owners if o[5]]
     assert 0.5 < len(emails) / len(owners) < 0.7 and len(set(emails)) == len(emails)
+
+
+def test_chunks_generated_ahead_are_the_same_and_a_dead_generator_is_an_error_not_a_hang(monkeypatch):
+    import os
+    import signal
+
+    from careflow_ha.data import generator
+    from careflow_ha.errors import CommandFailed
+
+    spec = DataSpec(rows=30_000, clinics=2, months=3, seed=4, end=END)
+    world = build_world(spec)
+    assert [c.results_csv for c in generator.iter_chunks_ahead(world, spec)] == \
+        [c.results_csv for c in iter_chunks(world, spec)]
+
+    def produce_then_die(queue, *_args) -> None:  # the child is killed from outside (say, the OOM killer)
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    monkeypatch.setattr(generator, "_produce", produce_then_die)
+    with pytest.raises(CommandFailed, match="generator process died"):
+        list(generator.iter_chunks_ahead(world, spec))
