@@ -6,6 +6,7 @@ with it, and the Locust shape class (shapes.py) asks it how many users to run.
 
 from __future__ import annotations
 
+import random
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Literal
@@ -67,3 +68,27 @@ def get_profile(name: str) -> Profile:
         from careflow_ha.errors import UsageError
 
         raise UsageError(f"--profile {name!r} is unknown; use one of {', '.join(PROFILES)}") from None
+
+
+class OperationDeck:
+    """A user's next operation, dealt from a shuffled deck holding each one ``weight`` times.
+
+    Locust's own choice (``random.choice`` over the weighted task list) can leave a rare
+    operation out of a short run altogether: CI's 15-second load once ran no
+    ``analyst.breed_age_patterns`` in about 30 analyst picks. A deck keeps each user's
+    order random but runs every operation in exact proportion over each ``len(deck)``
+    picks, so a short run (CI, a drill's background load) exercises the whole mix.
+    """
+
+    def __init__(self, weights: dict[str, int] | MappingProxyType, rng: random.Random) -> None:
+        if not weights or any(w < 1 for w in weights.values()):
+            raise ValueError(f"every operation needs a weight of 1 or more: {dict(weights)}")
+        self._weights = dict(weights)
+        self._rng = rng
+        self._deck: list[str] = []
+
+    def deal(self) -> str:
+        if not self._deck:
+            self._deck = [name for name, weight in self._weights.items() for _ in range(weight)]
+            self._rng.shuffle(self._deck)
+        return self._deck.pop()

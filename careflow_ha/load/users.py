@@ -26,7 +26,7 @@ from locust import LoadTestShape, User, between, events, task
 
 from careflow_ha.load import emr
 from careflow_ha.load.client import Backoff, PgSession, node_names_from_env, request_log, short_error
-from careflow_ha.load.profiles import DEFAULT_WEIGHTS, PROFILES
+from careflow_ha.load.profiles import DEFAULT_WEIGHTS, PROFILES, OperationDeck
 
 PROFILE = PROFILES.get(os.environ.get("CAREFLOW_LOAD_PROFILE", "steady"), PROFILES["steady"])
 THINK = float(os.environ.get("CAREFLOW_LOAD_THINK_SCALE", "1") or 1)
@@ -65,6 +65,9 @@ class EmrUser(User):
 
     abstract = True
     endpoint = "rw"
+    #: name -> (operation, weight): the user's mix, dealt by an OperationDeck (see profiles.py for why
+    #: not Locust's weighted @task choice).
+    operations: dict[str, tuple[Callable[[psycopg.Connection, emr.IdPool, random.Random], Any], int]] = {}
 
     @staticmethod
     def dsn_for(endpoint: str) -> str:
@@ -72,6 +75,7 @@ class EmrUser(User):
 
     def on_start(self) -> None:
         self.rng = random.Random()
+        self.deck = OperationDeck({name: weight for name, (_, weight) in self.operations.items()}, self.rng)
         self.user_no = os.getpid() * 100_000 + next(_user_numbers)
         self.session = PgSession(self.dsn_for(self.endpoint), self.endpoint, self.user_no,
                                  self.environment.events.request.fire, request_log(), node_names_from_env())
@@ -81,6 +85,11 @@ class EmrUser(User):
         log = request_log()
         if log is not None:
             log.flush()
+
+    @task
+    def next_operation(self) -> None:
+        name = self.deck.deal()
+        self.op(name, self.operations[name][0])
 
     def op(self, name: str, fn: Callable[[psycopg.Connection, emr.IdPool, random.Random], Any]) -> Any:
         pool = _Ids.get(self)
@@ -95,14 +104,10 @@ class ReceptionUser(EmrUser):
     endpoint = "rw"
     weight = PROFILE.weights["reception"]
     wait_time = _think(1.0, 3.0)
-
-    @task(1)
-    def register_owner_pet(self) -> None:
-        self.op("reception.register_owner_pet", emr.register_owner_pet)
-
-    @task(4)
-    def open_visit(self) -> None:
-        self.op("reception.open_visit", emr.open_visit)
+    operations = {
+        "reception.register_owner_pet": (emr.register_owner_pet, 1),
+        "reception.open_visit": (emr.open_visit, 4),
+    }
 
 
 class LabUser(EmrUser):
@@ -111,10 +116,7 @@ class LabUser(EmrUser):
     endpoint = "rw"
     weight = PROFILE.weights["lab"]
     wait_time = _think(1.0, 3.0)
-
-    @task
-    def post_results(self) -> None:
-        self.op("lab.post_results", emr.post_results)
+    operations = {"lab.post_results": (emr.post_results, 1)}
 
 
 class VetUser(EmrUser):
@@ -123,18 +125,11 @@ class VetUser(EmrUser):
     endpoint = "ro"
     weight = PROFILE.weights["vet"]
     wait_time = _think(0.5, 2.0)
-
-    @task(3)
-    def patient_history(self) -> None:
-        self.op("vet.patient_history", emr.patient_history)
-
-    @task(2)
-    def lab_trend(self) -> None:
-        self.op("vet.lab_trend", emr.lab_trend)
-
-    @task(1)
-    def abnormal_today(self) -> None:
-        self.op("vet.abnormal_today", emr.abnormal_today)
+    operations = {
+        "vet.patient_history": (emr.patient_history, 3),
+        "vet.lab_trend": (emr.lab_trend, 2),
+        "vet.abnormal_today": (emr.abnormal_today, 1),
+    }
 
 
 class AnalystUser(EmrUser):
@@ -143,14 +138,10 @@ class AnalystUser(EmrUser):
     endpoint = "ro"
     weight = PROFILE.weights["analyst"]
     wait_time = _think(2.0, 5.0)
-
-    @task(2)
-    def clinic_daily(self) -> None:
-        self.op("analyst.clinic_daily", emr.clinic_daily)
-
-    @task(1)
-    def breed_age_patterns(self) -> None:
-        self.op("analyst.breed_age_patterns", emr.breed_age_patterns)
+    operations = {
+        "analyst.clinic_daily": (emr.clinic_daily, 2),
+        "analyst.breed_age_patterns": (emr.breed_age_patterns, 1),
+    }
 
 
 class EmrShape(LoadTestShape):

@@ -152,3 +152,18 @@ def test_cli_help_lists_profiles() -> None:
 
     out = CliRunner().invoke(cli, ["load", "--help"]).output
     assert all(name in out for name in PROFILES)
+
+
+def test_operation_deck_runs_every_operation_in_exact_proportion() -> None:
+    """Each run of len(deck) picks holds every operation exactly `weight` times, in a seeded random order."""
+    from careflow_ha.load.profiles import OperationDeck
+
+    weights = {"analyst.clinic_daily": 2, "analyst.breed_age_patterns": 1}
+    deck = OperationDeck(weights, random.Random(7))
+    rounds = [[deck.deal() for _ in range(3)] for _ in range(200)]
+    for picks in rounds:
+        assert sorted(picks) == ["analyst.breed_age_patterns", "analyst.clinic_daily", "analyst.clinic_daily"]
+    # ... and the order is shuffled, not fixed: the rare operation comes first, second and last.
+    assert {picks.index("analyst.breed_age_patterns") for picks in rounds} == {0, 1, 2}
+    with pytest.raises(ValueError, match="weight of 1 or more"):
+        OperationDeck({"vet.lab_trend": 0}, random.Random(1))
