@@ -10,7 +10,7 @@ import os
 import secrets
 import stat
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Literal
@@ -133,6 +133,65 @@ def configured_vip(inventory: Path, environ: Mapping[str, str]) -> Vip | None:
     return Vip(address, {key: int(values[var]) for key, var in VIP_PORT_VARS.items()})
 
 
+#: The ways a client reaches the primary (``--via``). One list: the CLI's help, the drills' and the
+#: routing benchmark's columns and the README's table all come from it.
+WAYS_IN: Mapping[str, str] = MappingProxyType(
+    {
+        "haproxy-vip": "HAProxy's ports on the keepalived VIP (the default; any client, one proxy hop)",
+        "leader-vip": "PostgreSQL on a VIP that vip-manager keeps on Patroni's leader (no proxy hop)",
+        "libpq-multihost": "every node in the connection string, target_session_attrs picks the primary or a "
+        "standby (libpq-based clients only; no proxy and no VIP)",
+    }
+)
+DEFAULT_WAY_IN = "haproxy-vip"
+#: Why a way in cannot be provisioned here, for ``--via``'s error. vip-manager 1.0.2 (Debian bookworm's)
+#: reads its trigger key through etcd's v2 API only ("client: response is invalid json" against etcd 3.4,
+#: whose v2 API is off and is a separate keyspace anyway), while Patroni's etcd3 DCS keeps the leader key
+#: in v3: it can never see the leader. vip-manager 2.x speaks v3; it is not in bookworm.
+NOT_PROVISIONABLE: Mapping[str, str] = MappingProxyType(
+    {
+        "leader-vip": "Debian bookworm's vip-manager 1.0.2 reads the leader key through etcd's v2 API only, and "
+        "Patroni keeps it in v3 (README, 'Three ways in')",
+    }
+)
+
+
+@dataclass(frozen=True)
+class Routing:
+    """What the inventory provisions for the ways in besides HAProxy: the database nodes' addresses."""
+
+    pg_port: int = 5432
+    #: postgres_cluster host -> careflow_node_ip, in inventory order.
+    node_ips: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+
+    def available(self, client_vip: Vip | None) -> tuple[str, ...]:
+        """The ways in this inventory supports, in WAYS_IN order."""
+        ok = {"haproxy-vip": True, "leader-vip": False, "libpq-multihost": bool(self.node_ips)}
+        return tuple(name for name in WAYS_IN if ok[name])
+
+    def why_not(self, way: str) -> str:
+        if way in NOT_PROVISIONABLE:
+            return NOT_PROVISIONABLE[way]
+        return "the inventory lists no postgres_cluster host with a careflow_node_ip"
+
+
+def configured_routing(inventory: Path) -> Routing:
+    """The postgres_cluster nodes' addresses (libpq multi-host) and PostgreSQL's port on them."""
+    values = inventory_vars(inventory)
+    doc = yaml.safe_load(inventory.read_text(encoding="utf-8")) if inventory.exists() else None
+    groups = ((doc or {}).get("all") or {}).get("children") or {}
+    ips: dict[str, str] = {}
+    for group in groups.values():  # a host's careflow_node_ip may be set under any of its groups
+        for host, host_vars in ((group or {}).get("hosts") or {}).items():
+            if (host_vars or {}).get("careflow_node_ip"):
+                ips[str(host)] = str(host_vars["careflow_node_ip"])
+    members = (((groups.get("postgres_cluster") or {}).get("hosts")) or {}).keys()
+    return Routing(
+        pg_port=int(values.get("careflow_pg_port", 5432)),
+        node_ips=MappingProxyType({str(h): ips[str(h)] for h in members if str(h) in ips}),
+    )
+
+
 #: Where a setting's value came from, for error messages: ``("flag", "")`` (the command line),
 #: ``("environment", "")``, ``(".env", path)`` or ``("default", "")``.
 Source = tuple[str, str]
@@ -202,6 +261,9 @@ class Settings:
     host: str = "127.0.0.1"
     #: The client VIP (the inventory's careflow_vip); None: clients use the published 127.0.0.1 ports.
     vip: Vip | None = None
+    #: The way in that :meth:`dsn` routes through (``--via``), and what the other ways need.
+    via: str = DEFAULT_WAY_IN
+    routing: Routing = field(default_factory=Routing)
 
     @property
     def env_file(self) -> Path:
@@ -232,24 +294,57 @@ class Settings:
             return self.vip.address, self.vip.ports[key]
         return self.host, self.ports[key]
 
+    def with_via(self, via: str | None) -> Settings:
+        """These settings routed through ``via`` (a name in WAYS_IN that this inventory provisions)."""
+        if via is None or via == self.via:
+            return self
+        available = self.routing.available(self.vip)
+        if via not in WAYS_IN:
+            raise UsageError(f"--via {via!r} is unknown; use one of {', '.join(available)}")
+        if via not in available:
+            raise UsageError(
+                f"--via {via} is not provisioned ({self.routing.why_not(via)}); use one of {', '.join(available)}"
+            )
+        return replace(self, via=via)
+
     def dsn(self, endpoint: Endpoint = "rw", role: Role = "app", dbname: str = DB_NAME) -> str:
-        """A libpq URI through HAProxy (on the VIP by default): ``rw`` is port 5000, ``ro`` is 5001."""
+        """A libpq URI for ``endpoint`` through :attr:`via`.
+
+        haproxy-vip: HAProxy on the VIP (``rw`` 5000, ``ro`` 5001). libpq-multihost: every node,
+        ``target_session_attrs`` read-write or prefer-standby, in random order (``load_balance_hosts``:
+        a dead first node must not cost every reconnect a timeout, and reads spread over the standbys).
+        """
+        if self.via == "libpq-multihost":
+            return self._uri(
+                None, role, dbname, self.multihost_hosts(),
+                target_session_attrs="read-write" if endpoint == "rw" else "prefer-standby",
+                load_balance_hosts="random",
+            )
         host, port = self.endpoint(endpoint)
         return self._uri(port, role, dbname, host)
+
+    def multihost_hosts(self) -> str:
+        """``ip:port,ip:port,...`` of the database nodes (a libpq multi-host URI's host part)."""
+        return ",".join(f"{ip}:{self.routing.pg_port}" for ip in self.routing.node_ips.values())
 
     def node_dsn(self, node: str, role: Role = "superuser", dbname: str = "postgres") -> str:
         """A libpq URI straight to one node's PostgreSQL, bypassing HAProxy."""
         return self._uri(self.node_port(node, "PG"), role, dbname)
 
     def redacted_dsn(self, endpoint: Endpoint = "rw", role: Role = "app", dbname: str = DB_NAME) -> str:
-        host, port = self.endpoint(endpoint)
-        return f"postgresql://{ROLE_NAMES[role]}:***@{host}:{port}/{dbname}"
+        """:meth:`dsn` with the password replaced by ``***`` (for output and reports)."""
+        return self.dsn(endpoint, role, dbname).replace(quote(self.password(role), safe=""), "***", 1)
 
-    def _uri(self, port: int, role: str, dbname: str, host: str | None = None) -> str:
+    def _uri(self, port: int | None, role: str, dbname: str, host: str | None = None, **params: str) -> str:
+        """``port`` None: ``host`` already carries ``host:port`` pairs (multi-host)."""
         user = ROLE_NAMES[role]
         pw = quote(self.password(role), safe="")
-        host = host or self.host
-        return f"postgresql://{user}:{pw}@{host}:{port}/{dbname}?connect_timeout=5&application_name=careflow-ha"
+        where = host or self.host
+        if port is not None:
+            where = f"{where}:{port}"
+        query = "&".join(f"{k}={v}" for k, v in {"connect_timeout": "5", "application_name": "careflow-ha",
+                                                 **params}.items())
+        return f"postgresql://{user}:{pw}@{where}/{dbname}?{query}"
 
     def compose_env(self) -> dict[str, str]:
         """Variables for ``docker-compose.yml`` interpolation (ports only, no secrets)."""
@@ -284,7 +379,9 @@ def load_settings(
         port, keys = next(iter(dupes.items()))
         raise UsageError(f"port {port} is assigned to {', '.join(keys)}; give each a different port in .env")
     secret_values = {key: environ.get(key) or file_values[key] for key in SECRET_KEYS}
-    vip = configured_vip(project_dir / "inventory" / "lab.yml", {**file_values, **environ})
+    inventory = project_dir / "inventory" / "lab.yml"
+    vip = configured_vip(inventory, {**file_values, **environ})
     return Settings(
-        project_dir=project_dir, ports=MappingProxyType(ports), secrets=MappingProxyType(secret_values), vip=vip
+        project_dir=project_dir, ports=MappingProxyType(ports), secrets=MappingProxyType(secret_values), vip=vip,
+        routing=configured_routing(inventory),
     )

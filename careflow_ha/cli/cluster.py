@@ -60,6 +60,8 @@ def _render_status(data: dict) -> str:
     lines = [table(data["members"], ["member", "role", "state", "timeline", "lag"])]
     if data["haproxy"]:
         lines.append(table(data["haproxy"], ["proxy", "server", "status", "check"]))
+    if data.get("vips"):
+        lines.append(table(data["vips"], ["vip", "kind", "on", "ok"]))
     lines.append("healthy" if data["healthy"] else "NOT healthy: " + "; ".join(data["problems"]))
     return "\n".join(lines)
 
@@ -80,6 +82,9 @@ def print_connections(settings: Settings, show_secrets: bool) -> None:
             f"  also on lb1 only: 127.0.0.1:{settings.port('CAREFLOW_RW_PORT')} (rw), "
             f"127.0.0.1:{settings.port('CAREFLOW_RO_PORT')} (ro)"
         )
+    for way in settings.routing.available(settings.vip):
+        if way != "haproxy-vip":
+            click.echo(f"  --via {way:16} {settings.with_via(way).redacted_dsn('rw', 'app').split('?')[0]} (rw)")
     click.echo("  ssh -F .lab/ssh_config pg1 patronictl -c /etc/patroni/patroni.yml list")
     click.echo(
         f"  HAProxy stats: http://127.0.0.1:{settings.port('CAREFLOW_STATS_PORT')}/ (user admin, "
@@ -124,11 +129,30 @@ def provision_cmd(inventory, preset, synchronous, provisioner) -> None:
     click.echo(f"changed={result.changed} in {result.seconds:.0f}s (log: {result.log_file})")
 
 
+def vip_rows(settings: Settings) -> list[dict]:
+    """Who holds the client VIP now (asked inside each balancer); no holder, or two, is a problem."""
+    from careflow_ha.lab.vip import vip_holders
+    from careflow_ha.settings import LB_NODES
+
+    if settings.vip is None:
+        return []
+    holders = vip_holders(detect_engine(None), LB_NODES, settings.vip.address)
+    ok = "yes" if len(holders) == 1 else "NO"
+    on = ", ".join(holders) or "nobody"
+    return [{"vip": settings.vip.address, "kind": "client (keepalived)", "on": on, "ok": ok}]
+
+
 @click.command("status")
 @format_option
 def status_cmd(fmt: str) -> None:
-    """Patroni's members (role, state, timeline, lag) and HAProxy's backend states."""
-    emit(cluster_status(get_settings()).as_dict(), fmt, _render_status)
+    """Patroni's members (role, state, timeline, lag), HAProxy's backend states and who holds each VIP."""
+    settings = get_settings()
+    data = cluster_status(settings).as_dict()
+    data["vips"] = vip_rows(settings)
+    bad = [f"VIP {r['vip']} ({r['kind']}) is on {r['on']}" for r in data["vips"] if r["ok"] != "yes"]
+    if bad:
+        data["healthy"], data["problems"] = False, [*data["problems"], *bad]
+    emit(data, fmt, _render_status)
 
 
 @click.command("cluster")

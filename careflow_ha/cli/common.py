@@ -17,7 +17,7 @@ import click
 
 from careflow_ha.cluster.timing import TIMING_PRESETS
 from careflow_ha.errors import UsageError
-from careflow_ha.settings import LAB_NODES, Settings, load_settings
+from careflow_ha.settings import DEFAULT_WAY_IN, LAB_NODES, WAYS_IN, Settings, load_settings
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -37,6 +37,14 @@ format_option = click.option(
 )
 
 force_option = click.option("--force", is_flag=True, help="Do not ask for confirmation.")
+
+via_option = click.option(
+    "--via",
+    default=None,
+    metavar="WAY",
+    help="The way in to the primary: " + "; ".join(f"{name}: {what}" for name, what in WAYS_IN.items())
+    + f". Default: {DEFAULT_WAY_IN}.",
+)
 
 engine_option = click.option(
     "--engine",

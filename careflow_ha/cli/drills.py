@@ -1,4 +1,4 @@
-"""``careflow-ha drill ...``: list, run, all, compare.
+"""``careflow-ha drill ...``: list, run, all, compare; and ``bench routing`` (the primary drills per way in).
 
 Drills break the lab cluster on purpose, so they ask first unless ``--force``.
 Progress goes to stderr while a drill runs; the result (table or JSON) goes to
@@ -8,7 +8,9 @@ misses a target exits 5 (CheckFailed) after all reports are written.
 
 from __future__ import annotations
 
+import dataclasses
 import statistics
+import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -24,6 +26,7 @@ from careflow_ha.cli.common import (
     preset_option,
     progress,
     table,
+    via_option,
 )
 from careflow_ha.cluster.patroni import PatroniApi
 from careflow_ha.drills.control import PatroniRestControl
@@ -56,6 +59,7 @@ def _summary(run: DrillRun, folder: str = "") -> dict[str, Any]:
         "drill": run.name,
         "preset": run.preset,
         "sync": "on" if run.synchronous else "off",
+        "via": run.via,
         "write_outage_s": None if a.write_outage.seconds is None else round(a.write_outage.seconds, 2),
         "read_outage_s": None if a.read_outage.seconds is None else round(a.read_outage.seconds, 2),
         "lost_acked": None if a.lost_writes is None else len(a.lost_writes),
@@ -68,8 +72,8 @@ def _summary(run: DrillRun, folder: str = "") -> dict[str, Any]:
 
 
 SUMMARY_COLUMNS = [
-    "drill", "preset", "sync", "write_outage_s", "read_outage_s", "lost_acked", "split_brain", "leader", "rejoin_s",
-    "result", "report",
+    "drill", "preset", "sync", "via", "write_outage_s", "read_outage_s", "lost_acked", "split_brain", "leader",
+    "rejoin_s", "result", "report",
 ]  # fmt: skip
 
 
@@ -96,9 +100,11 @@ def haproxy_preset_switcher(settings: Settings) -> Callable[[str], None]:
     return switch
 
 
-def _runner(engine_name: str | None, under_load: bool = False) -> Callable[[str, str, bool], tuple[DrillRun, str]]:
+def _runner(
+    engine_name: str | None, under_load: bool = False, via: str | None = None
+) -> Callable[[str, str, bool], tuple[DrillRun, str]]:
     """Build the engine and cluster control once; return a function that runs and reports one drill."""
-    settings = get_settings()
+    settings = get_settings().with_via(via)
     background = None
     if under_load:
         from careflow_ha.load.background import drill_background
@@ -154,19 +160,21 @@ def list_cmd(fmt: str) -> None:
 @drill_preset_option
 @async_option
 @under_load_option
+@via_option
 @engine_option
 @force_option
 @format_option
 def run_cmd(
-    name: str, repeat: int, preset: str, asynchronous: bool, under_load: bool, engine_name: str | None, force: bool,
-    fmt: str,
+    name: str, repeat: int, preset: str, asynchronous: bool, under_load: bool, via: str | None,
+    engine_name: str | None, force: bool, fmt: str,
 ) -> None:
     """Run drill NAME (see 'drill list') and write its report."""
     fault = get_fault(name)  # an unknown name fails before anything is touched
+    get_settings().with_via(via)  # so does an unknown or unprovisioned way in
     if asynchronous and fault.name == "sync-standby-loss":
         raise UsageError("drill 'sync-standby-loss' needs synchronous_mode on; run it without --async")
     confirm_or_force(f"Drill '{fault.name}' breaks the lab cluster on purpose ({fault.title}). Continue?", force)
-    one = _runner(engine_name, under_load)
+    one = _runner(engine_name, under_load, via)
     runs = []
     for i in range(repeat):
         if repeat > 1:
@@ -182,18 +190,21 @@ def run_cmd(
 @drill_preset_option
 @async_option
 @under_load_option
+@via_option
 @engine_option
 @force_option
 @format_option
 def all_cmd(
-    ci_only: bool, preset: str, asynchronous: bool, under_load: bool, engine_name: str | None, force: bool, fmt: str
+    ci_only: bool, preset: str, asynchronous: bool, under_load: bool, via: str | None, engine_name: str | None,
+    force: bool, fmt: str,
 ) -> None:
     """Run every drill once, in the order of the failure model."""
+    get_settings().with_via(via)  # an unknown or unprovisioned way in fails before anything is touched
     faults = [f for f in FAULTS.values() if f.ci or not ci_only]
     if asynchronous:  # losing the sync standby means nothing without one
         faults = [f for f in faults if f.name != "sync-standby-loss"]
     confirm_or_force(f"Run {len(faults)} drills that break the lab cluster on purpose?", force)
-    one = _runner(engine_name, under_load)
+    one = _runner(engine_name, under_load, via)
     runs = []
     for i, fault in enumerate(faults, start=1):
         progress(f"drill {i} of {len(faults)}: {fault.name}")
@@ -256,6 +267,66 @@ def compare_cmd(
         raise CheckFailed(f"'{fault.name}' missed a target ({len(missed)} run(s) or the ratio); see the reports")
 
 
+#: The primary drills every way in is measured with (issue 12: switchover and primary node loss).
+ROUTING_DRILLS = ("switchover", "primary-node-loss")
+
+
+@click.command("routing")
+@click.option(
+    "--seconds", type=click.IntRange(5, 600), default=20, show_default=True, help="Length of each pgbench run."
+)
+@click.option("--clients", type=click.IntRange(1, 64), default=8, show_default=True, help="pgbench clients.")
+@click.option("--rounds", type=click.IntRange(1, 5), default=2, show_default=True, help="pgbench rounds per path.")
+@click.option("--drill-runs", type=click.IntRange(0, 10), default=3, show_default=True,
+              help="Runs of each primary drill (switchover, primary-node-loss) per way in; 0: pgbench only.")
+@drill_preset_option
+@engine_option
+@force_option
+@format_option
+def bench_routing_cmd(seconds: int, clients: int, rounds: int, drill_runs: int, preset: str, engine_name: str | None,
+                      force: bool, fmt: str) -> None:
+    """Every way in (HAProxy VIP, leader VIP, libpq multi-host) side by side: pgbench TPS as a ratio to direct
+    connections, and the switchover and node-loss write outage; a Markdown + JSON + PNG report."""
+    from careflow_ha.routing.bench import bench_paths, run_pgbench_paths, summarise_outages, summarise_pgbench
+    from careflow_ha.routing.report import write_report as write_routing_report
+
+    settings = get_settings()
+    ways = settings.routing.available(settings.vip)
+    if drill_runs:
+        confirm_or_force(
+            f"Run {len(ROUTING_DRILLS) * drill_runs * len(ways)} drills ({', '.join(ROUTING_DRILLS)} through "
+            f"{', '.join(ways)})? They break the lab cluster on purpose.", force)
+    started = time.time()
+    snap = PatroniApi(settings).cluster()
+    leaders = [m.name for m in snap.members if m.is_leader]
+    if len(leaders) != 1:
+        raise UsageError("no single leader to benchmark against; run `careflow-ha status` and heal the cluster first")
+    paths = bench_paths(settings, leaders[0])
+    results = run_pgbench_paths(settings, paths, progress, seconds=seconds, clients=clients, rounds=rounds)
+    outages: dict[str, dict[str, list[dict[str, Any]]]] = {}
+    for i in range(drill_runs):  # interleaved by run, so every way in sees the same machine load
+        for way in ways:
+            one = _runner(engine_name, False, way)
+            for name in ROUTING_DRILLS:
+                progress(f"routing: run {i + 1} of {drill_runs}, {name} via {way}")
+                run, _folder = one(name, preset, False)
+                outages.setdefault(way, {}).setdefault(name, []).append(_summary(run))
+    pgbench_rows, outage_rows = summarise_pgbench(results), summarise_outages(outages)
+    meta = {
+        "started_utc": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(started)), "leader": leaders[0],
+        "clients": clients, "seconds": seconds, "rounds": rounds, "preset": preset, "drill_runs": drill_runs,
+        "paths": {p.name: p.where for p in paths},
+    }
+    folder = settings.reports_dir / "bench" / "routing" / time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(started))
+    md = write_routing_report(folder, meta, [dataclasses.asdict(r) for r in results], pgbench_rows, outage_rows)
+    progress(f"report: {md.relative_to(settings.project_dir)}")
+    emit({"pgbench": pgbench_rows, "outages": outage_rows, "report": str(md.relative_to(settings.project_dir))}, fmt,
+         lambda d: "\n\n".join([table(d["pgbench"], list(d["pgbench"][0]) if d["pgbench"] else ["mode"]),
+                                 table(d["outages"], list(d["outages"][0])) if d["outages"] else "(no drills)",
+                                 f"report: {d['report']}"]))
+
+
 def register(cli: click.Group) -> None:
-    """Add the ``drill`` command group to the ``careflow-ha`` CLI."""
+    """Add the ``drill`` command group and ``bench routing`` to the ``careflow-ha`` CLI."""
     cli.add_command(drill_group)
+    cli.commands["bench"].add_command(bench_routing_cmd)  # type: ignore[attr-defined]

@@ -11,7 +11,7 @@ from typing import Any
 
 import click
 
-from careflow_ha.cli.common import emit, format_option, get_settings, progress, table
+from careflow_ha.cli.common import emit, format_option, get_settings, progress, table, via_option
 from careflow_ha.errors import CheckFailed, UsageError
 from careflow_ha.load.profiles import PROFILES
 from careflow_ha.load.runner import LoadConfig, parse_duration, run_load
@@ -50,16 +50,19 @@ def _pretty(data: dict[str, Any]) -> str:
               help="libpq URI for the writers (default: the lab through HAProxy 5000). For a local server.")
 @click.option("--dsn-ro", envvar="CAREFLOW_LOAD_DSN_RO", default=None,
               help="libpq URI for the readers (default: the lab through HAProxy 5001; with only --dsn-rw, the same).")
+@via_option
 @format_option
 def load_cmd(users: int, spawn_rate: float, duration: float, profile: str, processes: int, think_scale: float,
-             dsn_rw: str | None, dsn_ro: str | None, fmt: str) -> None:
+             dsn_rw: str | None, dsn_ro: str | None, via: str | None, fmt: str) -> None:
     """Drive EMR traffic (reception, lab, vets, analysts) through HAProxy and write a load report."""
+    if via and dsn_rw:
+        raise UsageError("--via picks the lab's way in and --dsn-rw names a server; give only one of them")
     if dsn_ro and not dsn_rw:
         raise UsageError("--dsn-ro needs --dsn-rw too (the writers need a target); add --dsn-rw")
     for flag, dsn in (("--dsn-rw", dsn_rw), ("--dsn-ro", dsn_ro)):
         if dsn and not dsn.startswith(("postgresql://", "postgres://")) and "=" not in dsn:
             raise UsageError(f"{flag} is not a libpq URI; use postgresql://user:pass@host:port/db")
-    settings = get_settings()
+    settings = get_settings().with_via(via)
     if dsn_rw:
         cfg = LoadConfig(users=users, spawn_rate=spawn_rate, duration_s=duration, dsn_rw=dsn_rw,
                          dsn_ro=dsn_ro or dsn_rw, reports_dir=settings.reports_dir, profile=profile,

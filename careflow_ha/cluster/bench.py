@@ -41,11 +41,17 @@ def _dsn(settings: Settings, port: int, dbname: str) -> str:
 
 
 def _pgbench(settings: Settings, args: list[str], port: int, timeout: float) -> str:
-    # The password goes through the environment (PGPASSWORD), never argv.
+    return pgbench_conninfo(settings, args, f"host={settings.host} port={port}", timeout)
+
+
+def pgbench_conninfo(settings: Settings, args: list[str], where: str, timeout: float) -> str:
+    """pgbench ``args`` as the superuser on the pgbench database at ``where`` (libpq keywords: ``host=a,b
+    port=5432,5432 target_session_attrs=read-write``, so multi-host works too). The password goes through
+    the environment (PGPASSWORD), never argv."""
     env = {**os.environ, "PGPASSWORD": settings.password("superuser")}
+    conninfo = f"{where} user={ROLE_NAMES['superuser']} dbname={BENCH_DB} connect_timeout=10"
     proc = subprocess.run(
-        [str(PGBENCH), "-h", settings.host, "-p", str(port), "-U", ROLE_NAMES["superuser"], *args, BENCH_DB],
-        env=env, capture_output=True, text=True, timeout=timeout, check=False,
+        [str(PGBENCH), *args, conninfo], env=env, capture_output=True, text=True, timeout=timeout, check=False
     )
     if proc.returncode != 0:
         raise CommandFailed(f"pgbench {' '.join(args)} failed: {proc.stderr.strip()[-400:]}")

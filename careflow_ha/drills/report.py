@@ -46,11 +46,19 @@ def _rel(at: float | None, origin: float) -> str:
     return "-" if at is None else f"{at - origin:+.2f} s"
 
 
+def _way(run: DrillRun, endpoint: str) -> str:
+    """How the probes reached the cluster, in a report's words."""
+    if run.via == "libpq-multihost":
+        return "libpq multi-host (" + ("read-write" if endpoint == "rw" else "prefer-standby") + ")"
+    return "5000" if endpoint == "rw" else "5001"
+
+
 def run_dir_name(run: DrillRun) -> str:
-    """``<UTC start>-<drill>-<preset>[-async]``: sorts by time, says what ran."""
+    """``<UTC start>-<drill>-<preset>[-async][-<way in>]``: sorts by time, says what ran."""
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(run.started_at))
     mode = "" if run.synchronous else "-async"
-    return f"{stamp}-{run.name}-{run.preset}{mode}"
+    way = "" if run.via == "haproxy-vip" else f"-{run.via}"
+    return f"{stamp}-{run.name}-{run.preset}{mode}{way}"
 
 
 def result_json(run: DrillRun) -> dict[str, Any]:
@@ -63,6 +71,7 @@ def result_json(run: DrillRun) -> dict[str, Any]:
         "title": run.title,
         "run_id": run.run_id,
         "preset": run.preset,
+        "via": run.via,
         "timing": {"ttl": run.timing.ttl, "loop_wait": run.timing.loop_wait, "retry_timeout": run.timing.retry_timeout},
         "synchronous_mode": run.synchronous,
         "under_load": run.under_load,
@@ -137,7 +146,8 @@ def markdown(run: DrillRun, png_name: str) -> str:
         "",
         f"{when} · preset `{run.preset}` (ttl {run.timing.ttl}, loop_wait {run.timing.loop_wait}, "
         f"retry_timeout {run.timing.retry_timeout}) · synchronous_mode **{'on' if run.synchronous else 'off'}**"
-        f"{' · under load' if run.under_load else ''} · result **{'PASS' if run.passed else 'MISS'}**",
+        f"{' · under load' if run.under_load else ''} · via `{run.via}`"
+        f" · result **{'PASS' if run.passed else 'MISS'}**",
         "",
         f"**What was broken:** {run.description}",
         "",
@@ -148,10 +158,10 @@ def markdown(run: DrillRun, png_name: str) -> str:
         "",
         "| measure | value |",
         "| --- | --- |",
-        f"| write outage via 5000 (last ack before -> first ack after) | {_fmt(wo.seconds)}"
+        f"| write outage via {_way(run, 'rw')} (last ack before -> first ack after) | {_fmt(wo.seconds)}"
         f"{'' if wo.recovered else ' (writes never resumed)'} |",
         f"| all write gaps above threshold | {_fmt(wo.total_seconds)} in {len(wo.gaps)} gap(s) |",
-        f"| read outage via 5001 | {_fmt(ro.seconds)}{'' if ro.recovered else ' (reads never resumed)'} |",
+        f"| read outage via {_way(run, 'ro')} | {_fmt(ro.seconds)}{'' if ro.recovered else ' (reads never resumed)'} |",
         f"| acknowledged writes | {a.acked_writes} of {run.write_attempts} attempts "
         f"({run.ambiguous_writes} ambiguous: cut short while waiting for the sync standby, never counted as acked) |",
         f"| acknowledged writes lost | {lost} |",
@@ -177,7 +187,7 @@ def markdown(run: DrillRun, png_name: str) -> str:
         "| fault injected | +0.00 s |",
         f"| leader key gone (expired or released), as observed | {_rel(a.leaderless_at, origin)} |",
         f"| promotion of {a.new_primary or '-'} | {_rel(a.promoted_at, origin)} |",
-        f"| HAProxy switch: first ack via 5000 from the new primary | {_rel(a.haproxy_switch_at, origin)} |",
+        f"| route switch: first ack via {_way(run, 'rw')} from the new primary | {_rel(a.haproxy_switch_at, origin)} |",
         f"| first write acknowledged after the outage | {_rel(wo.first_ack_after, origin)} |",
         f"| fault healed | {_rel(run.heal_at, origin)} |",
         f"| old primary streaming again | {_rel(a.rejoined_at, origin)} |",

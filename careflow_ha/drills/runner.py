@@ -92,6 +92,8 @@ class DrillRun:
     write_attempts: int = 0
     ambiguous_writes: int = 0
     figures: Mapping[str, float | str | None] = field(default_factory=dict)  # the fault's own (e.g. VRRP)
+    #: The way in the probes used (settings.WAYS_IN): where "write outage" was seen from.
+    via: str = "haproxy-vip"
 
     @property
     def passed(self) -> bool:
@@ -214,7 +216,7 @@ def _probe_and_break(
     with background, _running(poller, *samplers, reader, writer):
         if not _wait(lambda: len(writer.acks) >= options.warmup_acks, 30.0):
             last = writer.errors[-1].message if writer.errors else "no error recorded"
-            raise NotReady(f"the probe writer got no steady acknowledgements through port 5000 ({last})")
+            raise NotReady(f"the probe writer got no steady acknowledgements via {settings.via} ({last})")
         say(f"probes running: {len(writer.acks)} writes acknowledged; injecting {fault.title} on {', '.join(targets)}")
         fault_at = time.time()
         inject_note = ""
@@ -290,6 +292,7 @@ def _probe_and_break(
         write_attempts=len(writer.acks) + len(writer.errors),
         ambiguous_writes=sum(1 for e in writer.errors if e.kind == "ambiguous"),
         figures=dict(observation.figures),
+        via=settings.via,
     )
     wo = analysis.write_outage
     say(

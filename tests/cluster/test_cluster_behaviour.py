@@ -107,3 +107,19 @@ def test_the_published_loopback_ports_still_reach_the_primary(cluster):
                                             f"@127.0.0.1:{port}/")
     with psycopg.connect(dsn, autocommit=True) as conn:
         assert conn.execute("SELECT pg_is_in_recovery()").fetchone()[0] is False
+
+
+def test_libpq_multihost_writes_on_the_primary_and_reads_on_a_replica(cluster):
+    """--via libpq-multihost: libpq itself finds the primary for writes and a standby for reads, no proxy."""
+    routed = cluster.with_via("libpq-multihost")
+    snap = PatroniApi(cluster).cluster()
+    replicas = {m.name for m in snap.members if m.is_streaming_replica}
+    writes, reads = set(), set()
+    for _ in range(4):  # load_balance_hosts=random: a few connections try more than one order
+        with psycopg.connect(routed.dsn("rw", "app"), autocommit=True) as conn:
+            writes.add(_server_node(conn))
+            assert conn.execute("SELECT pg_is_in_recovery()").fetchone()[0] is False
+        with psycopg.connect(routed.dsn("ro", "ro"), autocommit=True) as conn:
+            reads.add(_server_node(conn))
+    assert writes == {snap.leader}, f"writes reached {writes}, the leader is {snap.leader}"
+    assert reads <= replicas, f"reads reached {reads}, replicas are {replicas}"

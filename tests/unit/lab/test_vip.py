@@ -1,4 +1,5 @@
-"""The client VIP: one source (the inventory), clients use it by default, and who holds it is read correctly."""
+"""The client VIP and the other ways in: one source (the inventory), clients use the VIP by default, ``--via``
+routes them another way, and who holds a VIP is read correctly."""
 
 from __future__ import annotations
 
@@ -7,10 +8,11 @@ import subprocess
 import pytest
 import yaml
 
+from careflow_ha.errors import UsageError
 from careflow_ha.lab.vip import holds, vip_holders
 from careflow_ha.provision import LAB_INVENTORY
 from careflow_ha.provision.inventory import load_inventory
-from careflow_ha.settings import PROJECT_DIR, SECRET_KEYS, configured_vip, load_settings
+from careflow_ha.settings import PROJECT_DIR, SECRET_KEYS, WAYS_IN, configured_routing, configured_vip, load_settings
 
 SECRETS = {key: f"{key.lower()}-s3cr3t-value" for key in SECRET_KEYS}
 IP_ADDR_LB = """\
@@ -91,7 +93,48 @@ def test_client_dsns_use_the_vip_on_haproxy_s_own_ports(tmp_path):
     assert settings.endpoint("rw") == ("192.168.56.100", 5000)  # not the published 15000
     assert settings.endpoint("ro") == ("192.168.56.100", 5001)
     assert "@192.168.56.100:5000/" in settings.dsn("rw", "app")
-    assert settings.redacted_dsn("ro", "ro") == "postgresql://careflow_ro:***@192.168.56.100:5001/careflow"
+    assert settings.redacted_dsn("ro", "ro") == (
+        "postgresql://careflow_ro:***@192.168.56.100:5001/careflow?connect_timeout=5&application_name=careflow-ha"
+    )
     assert "@127.0.0.1:" in settings.node_dsn("pg1")  # drills still reach each node directly
     off = load_settings(tmp_path, overrides={"CAREFLOW_RW_PORT": 15000}, environ={"CAREFLOW_USE_VIP": "0"})
     assert off.endpoint("rw") == ("127.0.0.1", 15000)
+
+
+def _lab_settings(tmp_path):
+    (tmp_path / "inventory").symlink_to(PROJECT_DIR / "inventory")
+    return load_settings(tmp_path, environ={})
+
+
+def test_libpq_multihost_lists_every_node_and_lets_libpq_pick(tmp_path):
+    settings = _lab_settings(tmp_path)
+    assert settings.routing.available(settings.vip) == ("haproxy-vip", "libpq-multihost")
+    multi = settings.with_via("libpq-multihost")
+    rw, ro = multi.dsn("rw", "app"), multi.dsn("ro", "ro")
+    app = settings.password("app")
+    assert rw.startswith(
+        f"postgresql://careflow_app:{app}@192.168.56.11:5432,192.168.56.12:5432,192.168.56.13:5432/careflow?"
+    )
+    assert "target_session_attrs=read-write" in rw and "load_balance_hosts=random" in rw
+    assert "target_session_attrs=prefer-standby" in ro
+    for s in (settings, multi):
+        for endpoint, role in (("rw", "app"), ("ro", "ro")):
+            red = s.redacted_dsn(endpoint, role)
+            assert s.password(role) not in red and red == s.dsn(endpoint, role).replace(s.password(role), "***")
+    assert settings.with_via(None) is settings and multi.with_via("haproxy-vip").dsn("rw") == settings.dsn("rw")
+
+
+def test_via_an_unknown_or_unprovisioned_way_names_the_available_ones(tmp_path):
+    settings = _lab_settings(tmp_path)
+    with pytest.raises(UsageError, match=r"^--via 'pgpool' is unknown; use one of haproxy-vip, libpq-multihost$"):
+        settings.with_via("pgpool")
+    with pytest.raises(UsageError, match=r"^--via leader-vip is not provisioned \(Debian bookworm's vip-manager"):
+        settings.with_via("leader-vip")
+    assert set(WAYS_IN) == {"haproxy-vip", "leader-vip", "libpq-multihost"}
+
+
+def test_routing_reads_the_database_nodes_addresses_from_the_inventory():
+    routing = configured_routing(LAB_INVENTORY)
+    inv = load_inventory(LAB_INVENTORY, SECRETS)
+    assert dict(routing.node_ips) == {h: inv.hostvars[h]["careflow_node_ip"] for h in inv.group("postgres_cluster")}
+    assert routing.pg_port == inv.hostvars["pg1"]["careflow_pg_port"]

@@ -1,0 +1,140 @@
+"""The routing benchmark's report: Markdown + JSON + PNG, and the plain-words advice on which way in to choose."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from careflow_ha.settings import WAYS_IN
+
+#: When each way in is the right choice; the measured figures below it say how much each choice costs.
+WHEN_TO_CHOOSE: Mapping[str, str] = {
+    "haproxy-vip": "Any client (JDBC, ODBC, Go, Node, psql, a reporting tool): one address, reads and writes "
+    "split by port, and HAProxy's checks hide a dead node from new connections. Costs one proxy hop per "
+    "round trip and a balancer pair to run.",
+    "leader-vip": "Writers that keep one address and want no proxy hop (an EMR application server, batch "
+    "imports), where a vip-manager that speaks etcd's v3 API (2.x) is available: Debian bookworm's 1.0.2 "
+    "cannot see Patroni's etcd3 leader key, so this lab does not provision it and measures nothing for it.",
+    "libpq-multihost": "libpq-based clients only (psycopg, psql, libpq-fe C, Ruby pg, PHP pgsql; JDBC has its "
+    "own targetServerType): no proxy, no VIP, nothing extra to run. Every client must list every node, "
+    "and a dead node in the list costs each new connection a connect timeout unless the client "
+    "shuffles hosts (libpq 16's load_balance_hosts).",
+}
+
+
+def _table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str]) -> list[str]:
+    out = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    out += ["| " + " | ".join("-" if r.get(c) is None else str(r.get(c)) for c in columns) + " |" for r in rows]
+    return out
+
+
+def verdict_lines(pgbench: Sequence[Mapping[str, Any]], outages: Sequence[Mapping[str, Any]]) -> list[str]:
+    """What the figures of this run say, in a sentence per question."""
+    lines = []
+    tpcb = [r for r in pgbench if r["mode"] == "tpcb-like" and r["path"] != "direct" and r["ratio_to_direct"]]
+    if tpcb:
+        best = max(tpcb, key=lambda r: r["ratio_to_direct"])
+        lines.append(f"- Least overhead on tpcb-like writes: **{best['path']}** at {best['ratio_to_direct']}x direct.")
+        below = [r for r in tpcb if r["path"] != "haproxy-vip" and r["ratio_to_direct"] < 0.95]
+        if below:
+            names = ", ".join(f"{r['path']} ({r['ratio_to_direct']}x)" for r in below)
+            lines.append(f"- Below the 0.95x target for a proxy-free way in: {names}.")
+    for drill in dict.fromkeys(r["drill"] for r in outages):
+        rows = [r for r in outages if r["drill"] == drill and r["median_write_outage_s"] is not None]
+        if rows:
+            best = min(rows, key=lambda r: r["median_write_outage_s"])
+            lines.append(
+                f"- Shortest {drill} write outage: **{best['path']}** (median {best['median_write_outage_s']} s "
+                f"over {best['measured']} runs)."
+            )
+    lost = sum(int(r["lost_acked"] or 0) for r in outages)
+    if outages:
+        lines.append(f"- Acknowledged writes lost over every drill run: **{lost}**.")
+    return lines
+
+
+def render_markdown(meta: Mapping[str, Any], pgbench: Sequence[Mapping[str, Any]],
+                    outages: Sequence[Mapping[str, Any]]) -> str:
+    lines = [
+        "# Routing benchmark: every way in, side by side",
+        "",
+        f"{meta['started_utc']} · leader {meta['leader']} · pgbench {meta['clients']} clients, {meta['seconds']} s "
+        f"per run, {meta['rounds']} rounds · drills on preset `{meta['preset']}`, {meta['drill_runs']} run(s) each",
+        "",
+        "## What the figures say",
+        "",
+        *(verdict_lines(pgbench, outages) or ["- Nothing was measured."]),
+        "",
+        "## Throughput (pgbench), ratio to direct connections to the primary in the same run",
+        "",
+        *_table(pgbench, ["mode", "path", "runs", "tps", "latency_ms", "ratio_to_direct"]),
+        "",
+        "## Write outage through each way in (median of the runs)",
+        "",
+        *(_table(outages, ["path", "drill", "runs", "measured", "median_write_outage_s", "max_write_outage_s",
+                           "lost_acked"]) if outages else ["Drills were not run (`--drill-runs 0`)."]),
+        "",
+        "## Which to choose when",
+        "",
+        *[f"- **{way}**{'' if way in meta.get('paths', {}) else ' (not measured here)'}: {WAYS_IN[way]}. "
+          f"{WHEN_TO_CHOOSE[way]}" for way in WAYS_IN],
+        "",
+        "![ratios and outages](report.png)",
+        "",
+        "Each drill's own report (timeline, lost-write check) is under `reports/drills/`; `report.json` "
+        "has every pgbench run.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def write_chart(path: Path, pgbench: Sequence[Mapping[str, Any]], outages: Sequence[Mapping[str, Any]]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
+    modes = list(dict.fromkeys(r["mode"] for r in pgbench))
+    paths = [p for p in dict.fromkeys(r["path"] for r in pgbench) if p != "direct"]
+    width = 0.8 / max(1, len(modes))
+    for i, mode in enumerate(modes):
+        vals = [next((r["ratio_to_direct"] or 0 for r in pgbench if r["mode"] == mode and r["path"] == p), 0)
+                for p in paths]
+        left.bar([x + i * width for x in range(len(paths))], vals, width, label=mode)
+    left.axhline(1.0, color="grey", lw=0.8)
+    left.axhline(0.95, color="red", lw=0.8, ls="--", label="0.95x target")
+    left.set_xticks([x + width * (len(modes) - 1) / 2 for x in range(len(paths))], paths)
+    left.set_ylabel("TPS / direct")
+    left.set_title("pgbench throughput")
+    left.legend(fontsize=8)
+    drills = list(dict.fromkeys(r["drill"] for r in outages))
+    opaths = list(dict.fromkeys(r["path"] for r in outages))
+    width = 0.8 / max(1, len(drills))
+    for i, drill in enumerate(drills):
+        vals = [next((r["median_write_outage_s"] or 0 for r in outages if r["drill"] == drill and r["path"] == p), 0)
+                for p in opaths]
+        right.bar([x + i * width for x in range(len(opaths))], vals, width, label=drill)
+    right.set_xticks([x + width * (len(drills) - 1) / 2 for x in range(len(opaths))], opaths)
+    right.set_ylabel("median write outage (s)")
+    right.set_title("drills" if outages else "drills not run")
+    if drills:
+        right.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def write_report(folder: Path, meta: Mapping[str, Any], results: Sequence[Mapping[str, Any]],
+                 pgbench: Sequence[Mapping[str, Any]], outages: Sequence[Mapping[str, Any]]) -> Path:
+    """report.json (every run), report.md and report.png in ``folder``; returns the Markdown's path."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "report.json").write_text(
+        json.dumps({"meta": dict(meta), "pgbench_runs": list(results), "pgbench": list(pgbench),
+                    "outages": list(outages)}, indent=2), encoding="utf-8")
+    write_chart(folder / "report.png", pgbench, outages)
+    md = folder / "report.md"
+    md.write_text(render_markdown(meta, pgbench, outages), encoding="utf-8")
+    return md
