@@ -1,4 +1,7 @@
-"""Drill analysis on recorded (synthetic) timelines: outages, lost writes, split brain, rejoin, phases."""
+"""Drill analysis on recorded (synthetic) timelines: outages, lost writes, split brain, rejoin, phases.
+
+The set checker's own rules are in test_checker.py; here it is checked as analyse() wires it.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +12,6 @@ from careflow_ha.drills.analysis import (
     Phase,
     analyse,
     leader_changes,
-    lost_acknowledged,
     measure_outage,
     recovery_phases,
     rejoined_at,
@@ -80,24 +82,6 @@ def test_outage_counts_every_gap_above_threshold_in_total():
 def test_outage_without_any_ack_or_fault_is_unrecovered():
     out = measure_outage([], None, STEP)
     assert out.recovered is False and out.seconds is None
-
-
-# -- lost acknowledged writes ------------------------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize(
-    ("case", "acked", "present", "lost"),
-    [
-        ("nothing lost", [1, 2, 3], [1, 2, 3], ()),
-        ("nothing acked", [], [1, 2], ()),
-        ("unacked rows present are fine (ambiguous commits)", [1, 2], [1, 2, 3, 4], ()),
-        ("tail lost at async failover", [1, 2, 3, 4, 5], [1, 2, 3], (4, 5)),
-        ("all writes lost", [1, 2, 3], [], (1, 2, 3)),
-        ("duplicates reported once, sorted", [5, 3, 3, 5, 1], [1], (3, 5)),
-    ],
-)
-def test_lost_acknowledged(case, acked, present, lost):
-    assert lost_acknowledged(acked, present) == lost, case
 
 
 # -- split brain -------------------------------------------------------------------------------------------------------
