@@ -12,8 +12,8 @@ import pytest
 
 from careflow_ha.drills.analysis import measure_outage
 from careflow_ha.drills.checker import attempts_of, check_set
-from careflow_ha.drills.model import Recording
 from careflow_ha.drills.faults import PGDATA
+from careflow_ha.drills.model import Recording
 from careflow_ha.drills.probes import (
     NodeSampler,
     ProbeReader,
