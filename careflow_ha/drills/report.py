@@ -320,7 +320,7 @@ def markdown(run: DrillRun, png_name: str) -> str:
 def timeline_png(run: DrillRun, path: Path) -> None:
     """Writes, reads and per-node writability over time, with the fault, expiry, promotion and switch marked."""
     rec, a, origin = run.recording, run.analysis, run.fault_at
-    nodes = sorted({s.node for s in rec.node_samples})
+    nodes = sorted({s.node for s in rec.node_samples} | {w.node for w in rec.node_writes})
     lanes = ["writes 5000", "reads 5001", *[f"{n} writable" for n in nodes]]
     fig, ax = plt.subplots(figsize=(11, 1.2 + 0.55 * len(lanes)), dpi=110)
     try:
@@ -339,6 +339,15 @@ def timeline_png(run: DrillRun, path: Path) -> None:
             unknown = [s.at - origin for s in rec.node_samples if s.node == node and s.writable is None]
             ax.scatter(ok, [i] * len(ok), s=6, color="black")
             ax.scatter(unknown, [i] * len(unknown), s=6, color="lightgrey")
+            # Per-node writes just above the samples: what the node did, next to what it said.
+            took = [w.done_at - origin for w in rec.node_writes if w.node == node and w.outcome == "acked"]
+            ax.scatter(took, [i + 0.2] * len(took), s=4, marker="|", color="tab:blue")
+        if a.write_split_brain is not None and a.write_split_brain.acknowledged:
+            found = a.write_split_brain.acknowledged
+            ax.scatter(
+                [f.done_at - origin for f in found], [nodes.index(f.node) + 2.2 for f in found],
+                s=30, marker="x", color="magenta", label="acked under another leader",
+            )  # fmt: skip
         if a.write_outage.seconds is not None and a.write_outage.interrupted:
             ax.axvspan(
                 a.write_outage.last_ack_before - origin,
