@@ -306,7 +306,7 @@ def analyse(
     attempts = attempts_of(rec)
     checked = None if present_seqs is None else check_set(attempts, present_seqs)
     split = split_brain_intervals(rec.node_samples)
-    window = (rec.started_at, rec.stopped_at)
+    window = rec.observed_window
     by_writes = (
         judge_node_writes(rec.node_writes, rec.snapshots, *window, nodes=(s.node for s in rec.node_samples))
         if rec.node_writes

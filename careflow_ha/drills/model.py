@@ -97,3 +97,14 @@ class Recording:
     stopped_at: float = 0.0
     write_interval_s: float = 0.05
     read_interval_s: float = 0.1
+    #: When the probes ran (started to stopped). Coverage is a share of this window: the drill's
+    #: preparation, before any probe runs, is no time in which a node went unobserved.
+    probes_from: float | None = None
+    probes_until: float | None = None
+
+    @property
+    def observed_window(self) -> tuple[float, float]:
+        """The probes' window, or the whole recording when it was not recorded (synthetic recordings)."""
+        start = self.started_at if self.probes_from is None else self.probes_from
+        stop = self.stopped_at if self.probes_until is None else self.probes_until
+        return start, stop

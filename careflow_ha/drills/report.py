@@ -94,6 +94,7 @@ def result_json(run: DrillRun) -> dict[str, Any]:
         "set_check": set_check_json(a.set_check),
         "split_brain": [{"start": s.start, "end": s.end, "nodes": list(s.nodes)} for s in a.split_brain],
         "sampling_coverage": dict(a.sampling_coverage),
+        "coverage_window": list(rec.observed_window),  # the probes' run: coverage is a share of it
         "split_brain_by_writes": write_split_brain_json(a.write_split_brain),
         "rejoin_s": a.rejoin_seconds,
         "promotions_after_fault": promotions_after(run),

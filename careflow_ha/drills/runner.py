@@ -237,6 +237,7 @@ def _probe_and_break(
     recovered, problem = False, None
     background = options.background() if options.background else contextlib.nullcontext()
     with background, _running(poller, *samplers, *node_writers, reader, writer):
+        probes_from = time.time()  # after the background load's start-up: from here on every probe runs
         if not _wait(lambda: len(writer.acks) >= options.warmup_acks, 30.0):
             last = writer.errors[-1].message if writer.errors else "no error recorded"
             raise NotReady(f"the probe writer got no steady acknowledgements through port 5000 ({last})")
@@ -268,6 +269,7 @@ def _probe_and_break(
             events.extend(observation.events)
         tail_from = time.time()
         _wait(lambda: writer.last_ack_after(tail_from + options.tail_s) is not None, options.tail_s + 10.0)
+    probes_until = time.time()
     for probe in (writer, reader, poller, *samplers, *node_writers):
         if probe.failure is not None:
             raise CheckFailed(f"drill probe {probe.name} failed: {probe.failure!r}") from probe.failure
@@ -291,6 +293,8 @@ def _probe_and_break(
         stopped_at=time.time(),
         write_interval_s=writer.interval_s,
         read_interval_s=reader.interval_s,
+        probes_from=probes_from,
+        probes_until=probes_until,
     )
     analysis = analyse(recording, fault_at=fault_at, heal_at=heal_at, old_primary=healthy.leader, present_seqs=present)
     run = DrillRun(

@@ -193,7 +193,9 @@ def test_runner_with_per_node_writers_reports_the_node_observed_and_no_split_bra
     judged = run.analysis.write_split_brain
     assert judged is not None and judged.acknowledged == ()
     assert judged.leader_known > 0.5
-    span = run.recording.stopped_at - run.recording.started_at
+    window_from, window_until = run.recording.observed_window
+    assert run.recording.started_at < window_from < window_until < run.recording.stopped_at
+    span = window_until - window_from
     assert 0.2 < judged.coverage["local"] <= 1.0 - 2.5 / span, "down for 3 s: not observed then"
     assert any(v.target.startswith("no write acknowledged on a node") and v.ok for v in run.verdicts)
     data = json.loads((write_report(run, tmp_path / "reports", settings.secrets) / "result.json").read_text())

@@ -5,6 +5,8 @@ The set checker's own rules are in test_checker.py; here it is checked as analys
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
 from careflow_ha.cluster.model import ClusterSnapshot, HistoryEntry, Member
@@ -235,3 +237,19 @@ def test_analyse_with_no_fault_is_a_quiet_baseline():
     res = analyse(rec, fault_at=None, heal_at=None, old_primary="pg1", present_seqs=range(100))
     assert res.write_outage.interrupted is False
     assert res.phases == () and res.events == () and res.new_primary is None and res.lost_writes == ()
+
+
+def test_coverage_is_a_share_of_the_probes_window_not_of_the_drills_preparation():
+    """The drill prepared for 60 s before any probe ran; a node answering throughout the probes is 100 % seen."""
+    rec = Recording(
+        node_samples=tuple(NodeSample(60.0 + i * 0.25, "pg1", True) for i in range(161)),
+        started_at=0.0,
+        stopped_at=110.0,
+        probes_from=60.0,
+        probes_until=100.0,
+    )
+    res = analyse(rec, fault_at=None, heal_at=None, old_primary="pg1", present_seqs=())
+    assert res.sampling_coverage["pg1"] == pytest.approx(1.0)
+    whole = analyse(replace(rec, probes_from=None, probes_until=None), fault_at=None, heal_at=None,
+                    old_primary="pg1", present_seqs=())
+    assert whole.sampling_coverage["pg1"] == pytest.approx(40.0 / 110.0), "synthetic recordings: the whole span"
