@@ -34,6 +34,10 @@ from careflow_ha.drills.model import NodeSample, NodeWrite
 #: Two consecutive leader-key snapshots this far apart or closer, naming the same leader, are taken to
 #: cover the time between them. Wider gaps (the poller could not reach any API) prove nothing.
 TENURE_GAP_S = 3.0
+#: A snapshot is stamped when its answer arrives; the leader key it shows was read up to one REST round
+#: trip earlier. A tenure's start needs no correction (the leader held the key by then), its end does:
+#: it is moved this much earlier, so a write judged "under another leader" is certainly inside.
+TENURE_END_MARGIN_S = 0.5
 #: Two consecutive definite answers from a node this far apart or closer count as observing it in between.
 OBSERVED_GAP_S = 1.0
 
@@ -73,18 +77,25 @@ class WriteSplitBrain:
         return tuple(sorted({w.node for w in self.acknowledged}))
 
 
-def leader_tenures(snapshots: Iterable[ClusterSnapshot], max_gap_s: float = TENURE_GAP_S) -> tuple[Tenure, ...]:
-    """Stretches between consecutive snapshots, at most ``max_gap_s`` apart, that name the same leader."""
+def leader_tenures(
+    snapshots: Iterable[ClusterSnapshot], max_gap_s: float = TENURE_GAP_S, end_margin_s: float = TENURE_END_MARGIN_S
+) -> tuple[Tenure, ...]:
+    """Stretches between consecutive snapshots, at most ``max_gap_s`` apart, that name the same leader.
+
+    Each stretch ends ``end_margin_s`` before its last snapshot's stamp (see TENURE_END_MARGIN_S);
+    one left with no length is dropped.
+    """
     ordered = sorted(snapshots, key=lambda s: s.at)
-    out: list[Tenure] = []
+    stretches: list[Tenure] = []
     for a, b in zip(ordered, ordered[1:], strict=False):
         if a.leader is None or a.leader != b.leader or b.at - a.at > max_gap_s:
             continue
-        if out and out[-1].leader == a.leader and out[-1].end >= a.at:
-            out[-1] = Tenure(a.leader, out[-1].start, b.at)
+        if stretches and stretches[-1].leader == a.leader and stretches[-1].end >= a.at:
+            stretches[-1] = Tenure(a.leader, stretches[-1].start, b.at)
         else:
-            out.append(Tenure(a.leader, a.at, b.at))
-    return tuple(out)
+            stretches.append(Tenure(a.leader, a.at, b.at))
+    trimmed = (Tenure(t.leader, t.start, t.end - end_margin_s) for t in stretches)
+    return tuple(t for t in trimmed if t.end > t.start)
 
 
 def _under_foreign_leader(write: NodeWrite, tenures: Sequence[Tenure]) -> Tenure | None:

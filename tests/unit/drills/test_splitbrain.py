@@ -39,9 +39,12 @@ FAILOVER = polls("pg1", 0.0, 10.0) + polls(None, 10.5, 19.5) + polls("pg2", 20.0
 
 
 def test_tenures_join_consecutive_polls_and_never_bridge_a_leader_change_or_a_blind_gap():
-    assert leader_tenures(FAILOVER) == (Tenure("pg1", 0.0, 10.0), Tenure("pg2", 20.0, 40.0))
+    # Each ends half a second before its last poll's stamp: the key it shows was read a round trip earlier.
+    assert leader_tenures(FAILOVER) == (Tenure("pg1", 0.0, 9.5), Tenure("pg2", 20.0, 39.5))
+    assert leader_tenures(FAILOVER, end_margin_s=0.0) == (Tenure("pg1", 0.0, 10.0), Tenure("pg2", 20.0, 40.0))
     blind = polls("pg2", 0.0, 5.0) + polls("pg2", 30.0, 35.0)  # the poller saw nothing for 25 s
-    assert leader_tenures(blind) == (Tenure("pg2", 0.0, 5.0), Tenure("pg2", 30.0, 35.0))
+    assert leader_tenures(blind) == (Tenure("pg2", 0.0, 4.5), Tenure("pg2", 30.0, 34.5))
+    assert leader_tenures(polls("pg1", 0.0, 0.5)) == (), "two polls half a second apart prove nothing after the margin"
     assert leader_tenures([snap(1.0, "pg1")]) == (), "one poll proves no stretch of time"
     assert leader_tenures(reversed(FAILOVER)) == leader_tenures(FAILOVER), "order of input does not matter"
 
@@ -58,7 +61,7 @@ def test_a_clean_failover_is_no_split_brain():
     assert judged.acknowledged == () and judged.ambiguous == ()
     assert judged.coverage["pg2"] == pytest.approx(1.0, abs=0.01)
     assert judged.coverage["pg1"] == pytest.approx(0.25, abs=0.01), "unreachable is not observed"
-    assert judged.leader_known == pytest.approx(30.0 / 40.0)
+    assert judged.leader_known == pytest.approx(29.0 / 40.0)
 
 
 def test_the_old_primary_acknowledging_under_the_new_leader_is_split_brain():
@@ -76,6 +79,7 @@ def test_writes_while_nobody_holds_the_key_or_straddling_the_change_are_not_judg
         NodeWrite("pg1", 1, 12.0, 12.01, "acked"),  # leaderless: the rule cannot say (coverage shows it)
         NodeWrite("pg1", 2, 19.99, 20.02, "acked"),  # began before pg2's first poll: might have committed before
         NodeWrite("pg1", 3, 9.5, 9.51, "acked"),  # its own tenure
+        NodeWrite("pg3", 4, 39.6, 39.61, "acked"),  # pg2's last poll is stamped 40.0: its key was read earlier
     ]
     assert judge_node_writes(history, FAILOVER, 0.0, 40.0).acknowledged == ()
 
