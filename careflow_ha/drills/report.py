@@ -30,7 +30,10 @@ INDEX_NAME = "index.md"
 #: Seq lists in result.json stop here: a count says how bad, the first thousand say which.
 SEQ_LIST_CAP = 1000
 RESULT_NAME = "result.json"
-INDEX_ROW = "| {when} | [{drill}]({folder}/report.md) | {preset} | {sync} | {wo} | {ro} | {lost} | {sb} | {rj} | {ok} |"
+INDEX_ROW = (
+    "| {when} | [{drill}]({folder}/report.md) | {preset} | {sync} | {wo} | {ro} | {lost} | {invented} | {ambiguous} "
+    "| {sb} | {rj} | {ok} |"
+)
 
 ASYNC_TRADE_OFF = (
     "This run had **synchronous_mode off**. A commit was acknowledged as soon as the primary had written it "
@@ -431,6 +434,8 @@ def write_index(drills_dir: Path) -> Path:
         except (OSError, json.JSONDecodeError):
             continue
         lost = r.get("lost_acked_writes")
+        counts = (r.get("set_check") or {}).get("counts")  # runs written before the set checker have none
+        invented = "?" if not counts else counts["unexpected"] + counts["duplicated"] + counts["refused_present"]
         rows.append(
             INDEX_ROW.format(
                 when=time.strftime("%Y-%m-%d %H:%M", time.gmtime(r.get("started_at", 0))),
@@ -441,6 +446,8 @@ def write_index(drills_dir: Path) -> Path:
                 wo=_fmt(r.get("write_outage_s")),
                 ro=_fmt(r.get("read_outage_s")),
                 lost="?" if lost is None else lost,
+                invented=invented,
+                ambiguous="?" if not counts else counts["ambiguous_present"] + counts["ambiguous_absent"],
                 sb=len(r.get("split_brain") or []),
                 rj=_fmt(r.get("rejoin_s"), 1),
                 ok="PASS" if r.get("passed") else "**MISS**",
@@ -452,9 +459,9 @@ def write_index(drills_dir: Path) -> Path:
             "",
             "Client-observed figures; newest first. Each link opens the run's report (Markdown, JSON, timeline).",
             "",
-            "| started (UTC) | drill | preset | sync | write outage | read outage | lost acked | two primaries "
-            "| old primary back | result |",
-            "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+            "| started (UTC) | drill | preset | sync | write outage | read outage | lost acked "
+            "| unexpected / dup / refused yet present | ambiguous | two primaries | old primary back | result |",
+            "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
             *rows,
             "",
         ]

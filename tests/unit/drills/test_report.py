@@ -206,6 +206,17 @@ def test_a_run_without_per_node_writers_says_so_and_still_reports_sampling_cover
     assert "pg1 20%, pg2 100%" in md
 
 
+def test_index_shows_invented_and_ambiguous_rows_and_tolerates_old_results(tmp_path):
+    errors = (ProbeError(301, T0 + 10.2, "ambiguous", "server closed the connection unexpectedly"),)
+    out = write_report(make_run(extra_rows=(5, 77_777), extra_errors=errors), tmp_path, SECRETS)
+    old = tmp_path / "drills" / "20200101T000000Z-switchover-fast"
+    old.mkdir()
+    (old / "result.json").write_text(json.dumps({"drill": "switchover", "lost_acked_writes": 0, "started_at": 1.58e9}))
+    rows = [line for line in write_index(tmp_path / "drills").read_text().splitlines() if line.startswith("| 20")]
+    assert out.name in rows[0] and "| 0 | 2 | 1 |" in rows[0], rows[0]  # lost 0, invented 2, ambiguous 1
+    assert "| 0 | ? | ? |" in rows[1], "a result from before the set checker says unknown, not 0"
+
+
 def test_index_lists_every_run_newest_first_and_is_rebuilt_idempotently(tmp_path):
     first = write_report(make_run(), tmp_path, SECRETS)
     second = write_report(make_run(synchronous=False, lost_tail=3), tmp_path, SECRETS)
@@ -215,6 +226,7 @@ def test_index_lists_every_run_newest_first_and_is_rebuilt_idempotently(tmp_path
     rows = [line for line in index.splitlines() if line.startswith("| 2026")]
     assert len(rows) == 3
     assert "| off |" in index and "| 3 |" in index
+    assert all(row.count("|") == 13 for row in rows), "every row has the header's 12 columns"
     assert write_index(tmp_path / "drills").read_text() == index
 
 
