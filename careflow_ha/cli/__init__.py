@@ -1,7 +1,7 @@
 """The ``careflow-ha`` command line.
 
 Verbs follow patronictl: ``up``, ``down``, ``status``, ``provision``, ``lab``,
-``data``, ``partitions``, ``drill``, ``load``, ``archive``, ``bench``, ``test``.
+``data``, ``partitions``, ``drill``, ``soak``, ``load``, ``archive``, ``bench``, ``test``.
 A user error prints one line and exits with the code documented in errors.py.
 Each verb group has its module in this package (``lab``, ``cluster``,
 ``data``, ``drills``, ``load``, ``archive``); shared options live in ``common``.
@@ -45,6 +45,9 @@ def _register_commands() -> None:
     from careflow_ha.cli.drills import register as register_drills
 
     register_drills(cli)
+    from careflow_ha.cli.soak import register as register_soak
+
+    register_soak(cli)
     from careflow_ha.cli.load import register as register_load
 
     register_load(cli)

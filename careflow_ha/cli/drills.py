@@ -63,6 +63,8 @@ def _summary(run: DrillRun, folder: str = "") -> dict[str, Any]:
         "write_outage_s": None if a.write_outage.seconds is None else round(a.write_outage.seconds, 2),
         "read_outage_s": None if a.read_outage.seconds is None else round(a.read_outage.seconds, 2),
         "lost_acked": None if a.lost_writes is None else len(a.lost_writes),
+        # Every class of the set check (JSON only; the table keeps lost_acked): unexpected, ambiguous, ...
+        "set_check": None if a.set_check is None else a.set_check.counts(),
         "split_brain": len(a.split_brain),
         "leader": f"{a.old_primary}->{a.new_primary or a.old_primary}",
         "rejoin_s": None if a.rejoin_seconds is None else round(a.rejoin_seconds, 1),

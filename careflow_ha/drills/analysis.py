@@ -1,4 +1,4 @@
-"""Pure analysis of a drill recording: outages, lost writes, split brain, rejoin, phases.
+"""Pure analysis of a drill recording: outages, the set check of writes, split brain, rejoin, phases.
 
 No I/O here: every function takes recorded timelines and returns immutable
 results, so each rule is unit-tested on synthetic timelines (including the
@@ -7,11 +7,13 @@ edge cases: no fault, no outage, an ack just before the fault, duplicates).
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from careflow_ha.cluster.model import ClusterSnapshot, HistoryEntry, TimelineEvent
+from careflow_ha.drills.checker import SetCheck, attempts_of, check_set
 from careflow_ha.drills.model import Ack, NodeSample, Recording
+from careflow_ha.drills.splitbrain import WriteSplitBrain, judge_node_writes, sampling_coverage
 
 #: A gap between acknowledgements counts as an outage when it is longer than
 #: this many probe intervals (and at least MIN_OUTAGE_S): ordinary jitter on a
@@ -91,8 +93,12 @@ class Analysis:
     write_outage: Outage
     read_outage: Outage
     acked_writes: int
-    lost_writes: tuple[int, ...] | None  # None: could not be verified (new primary never readable)
-    split_brain: tuple[SplitBrain, ...]
+    attempted_writes: int
+    ambiguous_writes: int  # outcome unknown to the client (never counted as acknowledged)
+    set_check: SetCheck | None  # None: could not be verified (the primary never answered the read-back)
+    split_brain: tuple[SplitBrain, ...]  # by role sampling: two nodes saying "not in recovery" at once
+    sampling_coverage: Mapping[str, float]  # node -> share of the run the role sampler got an answer
+    write_split_brain: WriteSplitBrain | None  # by per-node writes; None when the run had no per-node writers
     old_primary: str | None
     new_primary: str | None
     leaderless_at: float | None
@@ -102,6 +108,11 @@ class Analysis:
     rejoin_seconds: float | None  # from heal (or the fault when nothing is healed) to streaming replica
     phases: tuple[Phase, ...]
     events: tuple[TimelineEvent, ...]
+
+    @property
+    def lost_writes(self) -> tuple[int, ...] | None:
+        """Acknowledged seqs missing after healing (the set check's ``lost``); None when not verifiable."""
+        return None if self.set_check is None else self.set_check.lost
 
 
 def outage_threshold(interval_s: float) -> float:
@@ -146,11 +157,6 @@ def measure_outage(ack_times: Iterable[float], fault_at: float | None, interval_
         interrupted=bool(big),
         gaps=big,
     )
-
-
-def lost_acknowledged(acked: Iterable[int], present: Iterable[int]) -> tuple[int, ...]:
-    """Acknowledged seqs missing from the new primary (sorted, each once)."""
-    return tuple(sorted(set(acked) - set(present)))
 
 
 def _writable_intervals(samples: Sequence[NodeSample]) -> list[tuple[float, float]]:
@@ -290,12 +296,22 @@ def analyse(
     old_primary: str | None,
     present_seqs: Iterable[int] | None,
 ) -> Analysis:
-    """Derive every reported figure from one recording."""
+    """Derive every reported figure from one recording.
+
+    ``present_seqs`` is the probe table read back once after healing, one seq
+    per row (duplicates kept), or None when it could not be read.
+    """
     write_outage = measure_outage((a.acked_at for a in rec.writes), fault_at, rec.write_interval_s)
     read_outage = measure_outage((a.acked_at for a in rec.reads), fault_at, rec.read_interval_s)
-    acked = {a.seq for a in rec.writes}
-    lost = None if present_seqs is None else lost_acknowledged(acked, present_seqs)
+    attempts = attempts_of(rec)
+    checked = None if present_seqs is None else check_set(attempts, present_seqs)
     split = split_brain_intervals(rec.node_samples)
+    window = rec.observed_window
+    by_writes = (
+        judge_node_writes(rec.node_writes, rec.snapshots, *window, nodes=(s.node for s in rec.node_samples))
+        if rec.node_writes
+        else None
+    )
     events = list(rec.events)
     leaderless_at = promoted_at = switch_at = rejoin = None
     new_primary = None
@@ -330,9 +346,13 @@ def analyse(
     return Analysis(
         write_outage=write_outage,
         read_outage=read_outage,
-        acked_writes=len(acked),
-        lost_writes=lost,
+        acked_writes=sum(1 for a in attempts if a.outcome == "acked"),
+        attempted_writes=len({a.seq for a in attempts}),
+        ambiguous_writes=sum(1 for a in attempts if a.outcome == "ambiguous"),
+        set_check=checked,
         split_brain=split,
+        sampling_coverage=sampling_coverage(rec.node_samples, *window),
+        write_split_brain=by_writes,
         old_primary=old_primary,
         new_primary=new_primary,
         leaderless_at=leaderless_at,

@@ -23,6 +23,10 @@ from careflow_ha.errors import CommandFailed, NotReady, UsageError
 from careflow_ha.lab.engine import run as host_run
 
 PGDATA = "/var/lib/postgresql/15/main"
+#: What a fault does to its target, as a soak's ``--nemesis`` names it ("mixed" draws from all of them).
+NEMESIS_KINDS = ("kill", "partition", "pause", "planned")
+#: The host groups faults break; faults on different layers may overlap in a soak.
+FAULT_LAYERS = ("database", "balancer")
 #: iptables rules that cut a node off its network but keep loopback (Patroni
 #: talks to its own PostgreSQL and etcd over localhost; cutting that would be
 #: a different fault).
@@ -91,6 +95,10 @@ class Fault:
     pick_live: Callable[[FaultContext], Targets] | None = None
     #: After recovery: wait for and report what this fault's own machinery did (keepalived's VRRP).
     observe: Callable[[FaultContext, Targets, float, float | None, Callable[[str], None]], Observation] | None = None
+    #: Which ``soak --nemesis`` draws it (one of NEMESIS_KINDS); "" keeps it out of every soak.
+    nemesis: str = ""
+    #: The hosts it breaks: a soak never overlaps two faults of one layer (see drills/nemesis.py).
+    layer: str = "database"
 
 
 # -- target selection --------------------------------------------------------------------------------------------------
@@ -272,12 +280,14 @@ def _at_vip_holder(
     inject: Callable[[FaultContext, Targets], str],
     heal: Callable[[FaultContext, Targets], str],
     hold: Hold,
+    nemesis: str,
     ci: bool = False,
 ) -> Fault:
     """A balancer fault: aimed at the VIP's holder when it runs, keepalived watched afterwards, never a failover."""
     return Fault(
         name, title, description, _pick_nothing, inject, heal, hold,
         expects_failover=False, ci=ci, pick_live=pick_vip_holder, observe=observe_vrrp,
+        nemesis=nemesis, layer="balancer",
     )
 
 
@@ -294,6 +304,7 @@ _FAULTS: tuple[Fault, ...] = (
         Hold(),
         expects_failover=True,
         ci=True,
+        nemesis="planned",
     ),
     Fault(
         "postgres-crash",
@@ -305,6 +316,7 @@ _FAULTS: tuple[Fault, ...] = (
         no_heal,
         Hold(min_s=1.0, max_s=90.0, until_writes_resume=True),
         expects_failover=None,
+        nemesis="kill",
     ),
     Fault(
         "patroni-crash",
@@ -316,6 +328,7 @@ _FAULTS: tuple[Fault, ...] = (
         heal_patroni,
         Hold(min_s=5.0, max_s=60.0, until_writes_resume=True),
         expects_failover=False,
+        nemesis="kill",
     ),
     Fault(
         "primary-node-loss",
@@ -328,6 +341,7 @@ _FAULTS: tuple[Fault, ...] = (
         _UNTIL_RECOVERED,
         expects_failover=True,
         ci=True,
+        nemesis="kill",
     ),
     Fault(
         "primary-node-freeze",
@@ -339,6 +353,7 @@ _FAULTS: tuple[Fault, ...] = (
         heal_unpause_node,
         _UNTIL_RECOVERED,
         expects_failover=True,
+        nemesis="pause",
     ),
     Fault(
         "primary-partition",
@@ -351,6 +366,7 @@ _FAULTS: tuple[Fault, ...] = (
         _UNTIL_RECOVERED,
         expects_failover=True,
         ci=True,
+        nemesis="partition",
     ),
     Fault(
         "replica-loss",
@@ -362,6 +378,7 @@ _FAULTS: tuple[Fault, ...] = (
         heal_start_node,
         Hold(min_s=5.0, max_s=60.0, until_writes_resume=True),
         expects_failover=False,
+        nemesis="kill",
     ),
     Fault(
         "sync-standby-loss",
@@ -373,6 +390,7 @@ _FAULTS: tuple[Fault, ...] = (
         heal_start_node,
         Hold(min_s=5.0, max_s=90.0, until_writes_resume=True),
         expects_failover=False,
+        nemesis="kill",
     ),
     Fault(
         "etcd-member-loss",
@@ -384,6 +402,7 @@ _FAULTS: tuple[Fault, ...] = (
         heal_start_etcd,
         Hold(min_s=10.0, max_s=60.0, until_writes_resume=True),
         expects_failover=False,
+        nemesis="kill",
     ),
     Fault(
         "etcd-quorum-loss",
@@ -395,6 +414,7 @@ _FAULTS: tuple[Fault, ...] = (
         heal_start_etcd,
         Hold(min_s=30.0, max_s=30.0),
         expects_failover=None,
+        nemesis="kill",
     ),
     _at_vip_holder(
         "balancer-loss",
@@ -405,6 +425,7 @@ _FAULTS: tuple[Fault, ...] = (
         inject_kill_node,
         heal_start_node,
         Hold(min_s=2.0, max_s=60.0, until_writes_resume=True),
+        nemesis="kill",
         ci=True,
     ),
     _at_vip_holder(
@@ -416,6 +437,7 @@ _FAULTS: tuple[Fault, ...] = (
         inject_partition,
         heal_partition,
         Hold(min_s=5.0, max_s=60.0, until_writes_resume=True),
+        nemesis="partition",
     ),
 )
 

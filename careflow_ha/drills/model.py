@@ -25,11 +25,16 @@ class Ack:
 
 @dataclass(frozen=True)
 class ProbeError:
-    """One probe operation that failed; ``kind`` is 'connect', 'query' or 'ambiguous'.
+    """One probe operation that failed; ``kind`` says what the client knows of its fate.
 
-    'ambiguous' is a commit whose outcome the client cannot know (for example a
-    sync-replication wait cancelled by statement_timeout): it never counts as
-    acknowledged, so it can never be reported as a lost acknowledged write.
+    - 'connect': no connection, so nothing was sent: certainly not applied.
+    - 'query': the server answered the statement with an ERROR: in autocommit
+      that aborts the transaction, so certainly not applied.
+    - 'ambiguous': the outcome is unknown. A sync-replication wait cut short
+      (the commit is local only), or the connection dropped or was cut while
+      the statement ran (it may have committed). It never counts as
+      acknowledged, so it can never be reported as a lost acknowledged write,
+      and the set checker says whether it turned up in the table or not.
     """
 
     seq: int
@@ -48,15 +53,43 @@ class NodeSample:
     via: Literal["tcp", "exec", "none"] = "tcp"
 
 
+#: ProbeError kinds that mean "certainly not applied" (see :class:`ProbeError`).
+DEFINITE_FAILURE_KINDS = frozenset({"connect", "query"})
+
+NodeWriteOutcome = Literal["acked", "refused", "ambiguous", "unreachable"]
+
+
+@dataclass(frozen=True)
+class NodeWrite:
+    """One tiny insert sent straight to one node's own port (not through HAProxy), to catch split brain.
+
+    The commit, if any, happened somewhere in ``[sent_at, done_at]``. 'acked':
+    the node committed it; 'refused': the node answered with an error (a
+    replica's read-only refusal); 'ambiguous': the connection dropped or timed
+    out mid-statement; 'unreachable': no connection, nothing was sent.
+    """
+
+    node: str
+    seq: int
+    sent_at: float
+    done_at: float
+    outcome: NodeWriteOutcome
+    via: Literal["tcp", "exec"] = "tcp"
+
+
 @dataclass(frozen=True)
 class Recording:
     """Everything observed during one drill run, before analysis."""
 
     writes: tuple[Ack, ...] = ()
     write_errors: tuple[ProbeError, ...] = ()
+    #: Seqs the writer sent whose answer it never recorded (in flight when it stopped): ambiguous.
+    writes_in_flight: tuple[int, ...] = ()
     reads: tuple[Ack, ...] = ()
     read_errors: tuple[ProbeError, ...] = ()
     node_samples: tuple[NodeSample, ...] = ()
+    #: The per-node writers' inserts; empty when the run had none (see ``probes.NodeWriter``).
+    node_writes: tuple[NodeWrite, ...] = ()
     snapshots: tuple[ClusterSnapshot, ...] = ()
     history: tuple[HistoryEntry, ...] = ()
     events: tuple[TimelineEvent, ...] = ()
@@ -64,3 +97,14 @@ class Recording:
     stopped_at: float = 0.0
     write_interval_s: float = 0.05
     read_interval_s: float = 0.1
+    #: When the probes ran (started to stopped). Coverage is a share of this window: the drill's
+    #: preparation, before any probe runs, is no time in which a node went unobserved.
+    probes_from: float | None = None
+    probes_until: float | None = None
+
+    @property
+    def observed_window(self) -> tuple[float, float]:
+        """The probes' window, or the whole recording when it was not recorded (synthetic recordings)."""
+        start = self.started_at if self.probes_from is None else self.probes_from
+        stop = self.stopped_at if self.probes_until is None else self.probes_until
+        return start, stop

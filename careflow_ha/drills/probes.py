@@ -26,9 +26,11 @@ import psycopg
 from psycopg import sql
 
 from careflow_ha.cluster.watch import BoundedLoop
-from careflow_ha.drills.model import Ack, NodeSample, ProbeError
+from careflow_ha.drills.model import Ack, NodeSample, NodeWrite, NodeWriteOutcome, ProbeError
 
 PROBE_TABLE = "drill_probe"
+#: The per-node writers' table: one row per acknowledged insert on whichever node took it.
+NODE_PROBE_TABLE = "drill_node_probe"
 
 #: libpq options for every probe connection. Keepalives and tcp_user_timeout
 #: make a dead or partitioned server show up as an error within seconds
@@ -116,11 +118,49 @@ def ensure_probe_table(admin_dsn: str, grant_to: str | None = None) -> None:
             )
 
 
-def fetch_seqs(dsn: str, run_id: str) -> frozenset[int]:
-    """Every seq of ``run_id`` that the server behind ``dsn`` holds."""
+def ensure_node_probe_table(admin_dsn: str, grant_to: str | None = None) -> None:
+    """Create the per-node writers' table if missing, writable by ``grant_to`` (idempotent).
+
+    Created through the primary like the probe table; it reaches the replicas
+    by replication, so each node's own insert finds it.
+    """
+    with connect(admin_dsn, 30_000) as conn, Watchdog(conn, 30.0):
+        conn.execute(
+            f"CREATE TABLE IF NOT EXISTS {NODE_PROBE_TABLE} ("
+            " run_id text NOT NULL,"
+            " node text NOT NULL,"
+            " seq bigint NOT NULL,"
+            " client_ts timestamptz NOT NULL,"
+            " PRIMARY KEY (run_id, node, seq))"
+        )
+        if grant_to:
+            conn.execute(
+                sql.SQL("GRANT SELECT, INSERT ON {} TO {}").format(
+                    sql.Identifier(NODE_PROBE_TABLE), sql.Identifier(grant_to)
+                )
+            )
+
+
+def fetch_seqs(dsn: str, run_id: str) -> tuple[int, ...]:
+    """One seq per row of ``run_id`` that the server behind ``dsn`` holds (sorted; duplicates kept for the checker)."""
     with connect(dsn, 30_000) as conn:
-        rows = conn.execute(f"SELECT seq FROM {PROBE_TABLE} WHERE run_id = %s", (run_id,)).fetchall()
-    return frozenset(int(r[0]) for r in rows)
+        rows = conn.execute(f"SELECT seq FROM {PROBE_TABLE} WHERE run_id = %s ORDER BY seq", (run_id,)).fetchall()
+    return tuple(int(r[0]) for r in rows)
+
+
+def outcome_unknown(exc: psycopg.Error) -> bool:
+    """Whether a statement that raised ``exc`` may still have committed.
+
+    An ERROR from the server aborts the autocommit transaction: certainly not
+    applied. Anything else (no SQLSTATE: the connection dropped or the
+    watchdog cut it; class 08 connection exceptions; FATAL or PANIC, which
+    end the backend, possibly after its commit record was written) leaves the
+    outcome unknown.
+    """
+    state = exc.sqlstate
+    if state is None or state.startswith("08"):
+        return True
+    return (exc.diag.severity_nonlocalized or "ERROR") != "ERROR"
 
 
 def _short(exc: BaseException) -> str:
@@ -131,6 +171,9 @@ def _short(exc: BaseException) -> str:
 
 class _SqlProbe(BoundedLoop):
     """A probe that keeps one connection and reconnects after any failure."""
+
+    #: Whether a failed operation may have changed data, so an unknown outcome is 'ambiguous' (writers only).
+    changes_data = False
 
     def __init__(
         self,
@@ -148,10 +191,14 @@ class _SqlProbe(BoundedLoop):
         self._dsn = dsn
         self._names = dict(server_names or {})
         self._timeout_ms = statement_timeout_ms
+        self._connect_kw: dict[str, Any] = {}
         self._conn: psycopg.Connection | None = None
         self._acks: list[Ack] = []
         self._errors: list[ProbeError] = []
         self._notices: list[str] = []
+        # Recorded before sending, so an operation still running when the run
+        # stops is known as attempted (ambiguous), never mistaken for "never sent".
+        self._pending: set[int] = set()
 
     @property
     def acks(self) -> tuple[Ack, ...]:
@@ -173,12 +220,36 @@ class _SqlProbe(BoundedLoop):
 
     def _connection(self) -> psycopg.Connection:
         if self._conn is None or self._conn.closed:
-            conn = connect(self._dsn, self._timeout_ms)
+            conn = connect(self._dsn, self._timeout_ms, **self._connect_kw)
             conn.add_notice_handler(lambda diag: self._notices.append(diag.message_primary or ""))
             self._conn = conn
         return self._conn
 
+    def outcomes(self) -> tuple[tuple[Ack, ...], tuple[ProbeError, ...], tuple[int, ...]]:
+        """(acks, errors, in flight), taken under one lock: every attempt is in exactly one of them.
+
+        Three separate reads could miss an operation that completed between
+        them, and the set checker would then call its row unexpected.
+        """
+        with self._lock:
+            return tuple(self._acks), tuple(self._errors), tuple(sorted(self._pending))
+
+    @property
+    def in_flight(self) -> tuple[int, ...]:
+        """Seqs sent but not answered yet; after the loop ended, ones it never got an answer for."""
+        with self._lock:
+            return tuple(sorted(self._pending))
+
     def _record(self, seq: int, sent: float, sql: str, params: tuple[Any, ...]) -> None:
+        with self._lock:
+            self._pending.add(seq)
+        try:
+            self._attempt(seq, sent, sql, params)
+        finally:
+            with self._lock:
+                self._pending.discard(seq)
+
+    def _attempt(self, seq: int, sent: float, sql: str, params: tuple[Any, ...]) -> None:
         kind = "connect"
         try:
             conn = self._connection()
@@ -189,6 +260,8 @@ class _SqlProbe(BoundedLoop):
             acked = time.time()
         except psycopg.Error as exc:
             self._drop()
+            if self.changes_data and kind == "query" and outcome_unknown(exc):
+                kind = "ambiguous"
             with self._lock:
                 self._errors.append(ProbeError(seq, time.time(), kind, _short(exc)))
             return
@@ -212,7 +285,14 @@ class _SqlProbe(BoundedLoop):
 
 
 class ProbeWriter(_SqlProbe):
-    """Insert one probe row per tick through ``dsn`` (HAProxy 5000) and record acknowledgements."""
+    """Insert one probe row per tick through ``dsn`` (HAProxy 5000) and record acknowledgements.
+
+    A row's seq is the loop's operation number: one attempt per seq, never
+    retried, so it is the attempt id the set checker needs (unique within
+    ``run_id``, which is unique per run).
+    """
+
+    changes_data = True
 
     def __init__(
         self,
@@ -262,6 +342,68 @@ class ProbeReader(_SqlProbe):
 
     def once(self, n: int) -> None:
         self._record(n, time.time(), "SELECT host(inet_server_addr())", ())
+
+
+class NodeWriter(_SqlProbe):
+    """Insert one tiny row straight into one node (its own port, not HAProxy) per tick, with short timeouts.
+
+    The split-brain measure that matters: a node that claims to be primary but
+    can acknowledge nothing (a frozen old primary in synchronous mode) is
+    harmless, a node that acknowledges writes while another holds the leader
+    key is not. A replica refuses (read-only), a partitioned or dead node is
+    unreachable; both are recorded, so the analysis can say how much of the
+    run each node was actually observed. A commit cut short while waiting for
+    the sync standby is ambiguous, never acknowledged: the node could not get
+    it replicated.
+    """
+
+    changes_data = True
+
+    def __init__(
+        self,
+        node: str,
+        dsn: str,
+        run_id: str,
+        *,
+        interval_s: float = 0.2,
+        max_seconds: float = 900.0,
+        statement_timeout_ms: int = 1000,
+        op_timeout_s: float = 1.0,
+        connect_timeout_s: int = 1,
+    ) -> None:
+        max_ops = int(max_seconds / interval_s) + 1
+        super().__init__(
+            f"drill-node-writer-{node}", dsn, interval_s, max_seconds, max_ops, None, statement_timeout_ms,
+            op_timeout_s,
+        )  # fmt: skip
+        self.node = node
+        self.run_id = run_id
+        # A short connect timeout bounds each tick against an unreachable node (libpq's minimum is 2 s).
+        self._connect_kw = {"connect_timeout": max(connect_timeout_s, 2)}
+        self._sent: dict[int, float] = {}
+
+    def once(self, n: int) -> None:
+        sent = time.time()
+        with self._lock:
+            self._sent[n] = sent
+        self._record(
+            n,
+            sent,
+            f"INSERT INTO {NODE_PROBE_TABLE} (run_id, node, seq, client_ts) VALUES (%s, %s, %s, to_timestamp(%s))"
+            " RETURNING node",  # a result row is what _record takes as the acknowledgement
+            (self.run_id, self.node, n, sent),
+        )
+
+    @property
+    def writes(self) -> tuple[NodeWrite, ...]:
+        """Every completed insert as a :class:`NodeWrite` (an operation still in flight is left out)."""
+        kinds: dict[str, NodeWriteOutcome] = {"connect": "unreachable", "query": "refused", "ambiguous": "ambiguous"}
+        with self._lock:
+            sent = dict(self._sent)
+            acks, errors = tuple(self._acks), tuple(self._errors)
+        out = [NodeWrite(self.node, a.seq, a.sent_at, a.acked_at, "acked") for a in acks]
+        out += [NodeWrite(self.node, e.seq, sent.get(e.seq, e.at), e.at, kinds[e.kind]) for e in errors]
+        return tuple(sorted(out, key=lambda w: w.seq))
 
 
 #: A fallback look at a node that bypasses the network: True writable, False read-only, None unknown.

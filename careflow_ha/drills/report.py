@@ -19,13 +19,21 @@ import matplotlib
 matplotlib.use("Agg")  # headless: reports are written on CI machines without a display
 import matplotlib.pyplot as plt  # noqa: E402 - must follow the backend choice
 
+from careflow_ha.drills.analysis import Analysis  # noqa: E402
+from careflow_ha.drills.checker import ANOMALY_CLASSES, SetCheck  # noqa: E402
 from careflow_ha.drills.runner import DrillRun  # noqa: E402
+from careflow_ha.drills.splitbrain import ForeignLeaderWrite, WriteSplitBrain  # noqa: E402
 from careflow_ha.drills.targets import Verdict  # noqa: E402
 from careflow_ha.errors import CheckFailed  # noqa: E402
 
 INDEX_NAME = "index.md"
+#: Seq lists in result.json stop here: a count says how bad, the first thousand say which.
+SEQ_LIST_CAP = 1000
 RESULT_NAME = "result.json"
-INDEX_ROW = "| {when} | [{drill}]({folder}/report.md) | {preset} | {sync} | {wo} | {ro} | {lost} | {sb} | {rj} | {ok} |"
+INDEX_ROW = (
+    "| {when} | [{drill}]({folder}/report.md) | {preset} | {sync} | {wo} | {ro} | {lost} | {invented} | {ambiguous} "
+    "| {sb} | {rj} | {ok} |"
+)
 
 ASYNC_TRADE_OFF = (
     "This run had **synchronous_mode off**. A commit was acknowledged as soon as the primary had written it "
@@ -91,11 +99,15 @@ def result_json(run: DrillRun) -> dict[str, Any]:
         "read_outage_s": a.read_outage.seconds,
         "read_outage_recovered": a.read_outage.recovered,
         "acked_writes": a.acked_writes,
-        "write_attempts": run.write_attempts,
-        "ambiguous_writes": run.ambiguous_writes,
+        "write_attempts": a.attempted_writes,
+        "ambiguous_writes": a.ambiguous_writes,
         "lost_acked_writes": None if a.lost_writes is None else len(a.lost_writes),
-        "lost_acked_seqs": None if a.lost_writes is None else list(a.lost_writes[:1000]),
+        "lost_acked_seqs": None if a.lost_writes is None else list(a.lost_writes[:SEQ_LIST_CAP]),
+        "set_check": set_check_json(a.set_check),
         "split_brain": [{"start": s.start, "end": s.end, "nodes": list(s.nodes)} for s in a.split_brain],
+        "sampling_coverage": dict(a.sampling_coverage),
+        "coverage_window": list(rec.observed_window),  # the probes' run: coverage is a share of it
+        "split_brain_by_writes": write_split_brain_json(a.write_split_brain),
         "rejoin_s": a.rejoin_seconds,
         "promotions_after_fault": promotions_after(run),
         "moments_from_fault_s": {
@@ -115,10 +127,89 @@ def result_json(run: DrillRun) -> dict[str, Any]:
         ],
         "writes": [[w.seq, round(w.sent_at, 4), round(w.acked_at, 4), w.server] for w in rec.writes],
         "write_errors": [[e.seq, round(e.at, 4), e.kind, e.message] for e in rec.write_errors],
+        "writes_in_flight": list(rec.writes_in_flight),
         "reads": [[r.seq, round(r.acked_at, 4), r.server] for r in rec.reads],
         "read_errors": [[e.seq, round(e.at, 4), e.kind, e.message] for e in rec.read_errors],
         "node_samples": [[s.node, round(s.at, 4), s.writable, s.via] for s in rec.node_samples],
+        "node_writes": [
+            [w.node, w.seq, round(w.sent_at, 4), round(w.done_at, 4), w.outcome, w.via] for w in rec.node_writes
+        ],
     }
+
+
+def set_check_json(check: SetCheck | None) -> dict[str, Any] | None:
+    """Every class's size, and its seqs (capped) for the classes a person would look up."""
+    if check is None:
+        return None
+    listed = (*ANOMALY_CLASSES, "ambiguous_present", "ambiguous_absent")
+    return {
+        "counts": check.counts(),
+        "anomalies": check.anomalies,
+        **{name: list(getattr(check, name)[:SEQ_LIST_CAP]) for name in listed},
+    }
+
+
+def write_split_brain_json(judged: WriteSplitBrain | None) -> dict[str, Any] | None:
+    if judged is None:
+        return None
+
+    def rows(found: tuple[ForeignLeaderWrite, ...]) -> list[dict[str, Any]]:
+        return [
+            {"node": f.node, "leader": f.leader, "seq": f.seq, "sent_at": f.sent_at, "done_at": f.done_at}
+            for f in found[:SEQ_LIST_CAP]
+        ]
+
+    return {
+        "acknowledged_count": len(judged.acknowledged),
+        "ambiguous_count": len(judged.ambiguous),
+        "nodes": list(judged.nodes),
+        "acknowledged": rows(judged.acknowledged),
+        "ambiguous": rows(judged.ambiguous),
+        "coverage": dict(judged.coverage),
+        "leader_known": judged.leader_known,
+    }
+
+
+def _coverage_measures(a: Analysis) -> str:
+    return "role sampling / per-node writes" if a.write_split_brain is not None else "role sampling"
+
+
+def _coverage_cell(a: Analysis) -> str:
+    """``pg1 99% / 97%`` per node: role sampling, then per-node writes when the run had them."""
+    by_writes = a.write_split_brain.coverage if a.write_split_brain is not None else {}
+    nodes = sorted(set(a.sampling_coverage) | set(by_writes))
+    cells = []
+    for node in nodes:
+        sampled = a.sampling_coverage.get(node)
+        text = f"{node} {'-' if sampled is None else f'{100 * sampled:.0f}%'}"
+        if a.write_split_brain is not None:
+            written = by_writes.get(node)
+            text += f" / {'-' if written is None else f'{100 * written:.0f}%'}"
+        cells.append(text)
+    return ", ".join(cells) or "-"
+
+
+def _by_writes_cell(a: Analysis) -> str:
+    judged = a.write_split_brain
+    if judged is None:
+        return "not measured (no per-node writers in this run)"
+    text = f"{len(judged.acknowledged)}"
+    if judged.acknowledged:
+        text += f" (on {', '.join(judged.nodes)})"
+    if judged.ambiguous:
+        text += f"; {len(judged.ambiguous)} ambiguous (timed out mid-commit), not counted"
+    return text + f"; leader key known for {100 * judged.leader_known:.0f}% of the run"
+
+
+def _set_check_cell(check: SetCheck | None) -> str:
+    if check is None:
+        return "not verifiable (the primary never answered the read-back)"
+    return (
+        f"ok {len(check.ok)} · lost {len(check.lost)} · duplicated {len(check.duplicated)} · "
+        f"unexpected {len(check.unexpected)} · refused yet present {len(check.refused_present)} · "
+        f"ambiguous {check.ambiguous} ({len(check.ambiguous_present)} turned up, "
+        f"{len(check.ambiguous_absent)} did not)"
+    )
 
 
 def promotions_after(run: DrillRun) -> int:
@@ -162,10 +253,13 @@ def markdown(run: DrillRun, png_name: str) -> str:
         f"{'' if wo.recovered else ' (writes never resumed)'} |",
         f"| all write gaps above threshold | {_fmt(wo.total_seconds)} in {len(wo.gaps)} gap(s) |",
         f"| read outage via {_way(run, 'ro')} | {_fmt(ro.seconds)}{'' if ro.recovered else ' (reads never resumed)'} |",
-        f"| acknowledged writes | {a.acked_writes} of {run.write_attempts} attempts "
-        f"({run.ambiguous_writes} ambiguous: cut short while waiting for the sync standby, never counted as acked) |",
+        f"| acknowledged writes | {a.acked_writes} of {a.attempted_writes} attempts "
+        f"({a.ambiguous_writes} ambiguous: outcome unknown to the client, never counted as acked) |",
         f"| acknowledged writes lost | {lost} |",
-        f"| moments with two writable primaries | {len(a.split_brain)} |",
+        f"| set check of every attempt against the table after healing | {_set_check_cell(a.set_check)} |",
+        f"| moments with two writable primaries (role sampling) | {len(a.split_brain)} |",
+        f"| writes acknowledged on a node while another held the leader key | {_by_writes_cell(a)} |",
+        f"| share of the run each node was observed ({_coverage_measures(a)}) | {_coverage_cell(a)} |",
         f"| old primary {a.old_primary} back as a streaming replica | {_fmt(a.rejoin_seconds, 1)} after "
         f"{'healing' if run.heal_at is not None else 'the fault (nothing to heal)'} |",
         f"| leader | {a.old_primary} -> {a.new_primary or a.old_primary} |",
@@ -212,6 +306,23 @@ def markdown(run: DrillRun, png_name: str) -> str:
             for s in a.split_brain
         ]
         lines.append("")
+    if a.set_check is not None and a.set_check.anomalies:
+        lines += ["## Writes the table contradicts", ""]
+        for name in ANOMALY_CLASSES:
+            seqs = getattr(a.set_check, name)
+            if seqs:
+                shown = ", ".join(str(q) for q in seqs[:20]) + (" ..." if len(seqs) > 20 else "")
+                lines.append(f"- {name.replace('_', ' ')}: {len(seqs)} (seqs {shown})")
+        lines.append("")
+    if a.write_split_brain is not None and a.write_split_brain.acknowledged:
+        found = a.write_split_brain.acknowledged
+        lines += ["## Writes acknowledged under another node's leadership", ""]
+        lines += [
+            f"- {f.node} acknowledged seq {f.seq} ({_rel(f.sent_at, origin)} to {_rel(f.done_at, origin)}) "
+            f"while {f.leader} held the leader key"
+            for f in found[:20]
+        ]
+        lines += [f"- ... and {len(found) - 20} more" if len(found) > 20 else "", ""]
     if not run.synchronous:
         lines += ["## Synchronous vs asynchronous: the trade-off", "", ASYNC_TRADE_OFF, ""]
     if run.recovery_problem:
@@ -223,7 +334,7 @@ def markdown(run: DrillRun, png_name: str) -> str:
 def timeline_png(run: DrillRun, path: Path) -> None:
     """Writes, reads and per-node writability over time, with the fault, expiry, promotion and switch marked."""
     rec, a, origin = run.recording, run.analysis, run.fault_at
-    nodes = sorted({s.node for s in rec.node_samples})
+    nodes = sorted({s.node for s in rec.node_samples} | {w.node for w in rec.node_writes})
     lanes = ["writes 5000", "reads 5001", *[f"{n} writable" for n in nodes]]
     fig, ax = plt.subplots(figsize=(11, 1.2 + 0.55 * len(lanes)), dpi=110)
     try:
@@ -242,6 +353,15 @@ def timeline_png(run: DrillRun, path: Path) -> None:
             unknown = [s.at - origin for s in rec.node_samples if s.node == node and s.writable is None]
             ax.scatter(ok, [i] * len(ok), s=6, color="black")
             ax.scatter(unknown, [i] * len(unknown), s=6, color="lightgrey")
+            # Per-node writes just above the samples: what the node did, next to what it said.
+            took = [w.done_at - origin for w in rec.node_writes if w.node == node and w.outcome == "acked"]
+            ax.scatter(took, [i + 0.2] * len(took), s=4, marker="|", color="tab:blue")
+        if a.write_split_brain is not None and a.write_split_brain.acknowledged:
+            found = a.write_split_brain.acknowledged
+            ax.scatter(
+                [f.done_at - origin for f in found], [nodes.index(f.node) + 2.2 for f in found],
+                s=30, marker="x", color="magenta", label="acked under another leader",
+            )  # fmt: skip
         if a.write_outage.seconds is not None and a.write_outage.interrupted:
             ax.axvspan(
                 a.write_outage.last_ack_before - origin,
@@ -324,6 +444,8 @@ def write_index(drills_dir: Path) -> Path:
         except (OSError, json.JSONDecodeError):
             continue
         lost = r.get("lost_acked_writes")
+        counts = (r.get("set_check") or {}).get("counts")  # runs written before the set checker have none
+        invented = "?" if not counts else counts["unexpected"] + counts["duplicated"] + counts["refused_present"]
         rows.append(
             INDEX_ROW.format(
                 when=time.strftime("%Y-%m-%d %H:%M", time.gmtime(r.get("started_at", 0))),
@@ -334,6 +456,8 @@ def write_index(drills_dir: Path) -> Path:
                 wo=_fmt(r.get("write_outage_s")),
                 ro=_fmt(r.get("read_outage_s")),
                 lost="?" if lost is None else lost,
+                invented=invented,
+                ambiguous="?" if not counts else counts["ambiguous_present"] + counts["ambiguous_absent"],
                 sb=len(r.get("split_brain") or []),
                 rj=_fmt(r.get("rejoin_s"), 1),
                 ok="PASS" if r.get("passed") else "**MISS**",
@@ -345,9 +469,9 @@ def write_index(drills_dir: Path) -> Path:
             "",
             "Client-observed figures; newest first. Each link opens the run's report (Markdown, JSON, timeline).",
             "",
-            "| started (UTC) | drill | preset | sync | write outage | read outage | lost acked | two primaries "
-            "| old primary back | result |",
-            "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+            "| started (UTC) | drill | preset | sync | write outage | read outage | lost acked "
+            "| unexpected / dup / refused yet present | ambiguous | two primaries | old primary back | result |",
+            "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
             *rows,
             "",
         ]

@@ -27,19 +27,22 @@ from careflow_ha.cluster.nodes import node_addresses
 from careflow_ha.cluster.timing import Timing, timing_preset
 from careflow_ha.cluster.watch import BoundedLoop, ClusterPoller, role_change_events
 from careflow_ha.drills.analysis import Analysis, analyse
+from careflow_ha.drills.checker import describe_set_check
 from careflow_ha.drills.control import ClusterControl
 from careflow_ha.drills.faults import PGDATA, Fault, FaultContext, NodeEngine
 from careflow_ha.drills.model import Recording
 from careflow_ha.drills.probes import (
     NodeSampler,
+    NodeWriter,
     ProbeReader,
     ProbeWriter,
+    ensure_node_probe_table,
     ensure_probe_table,
     fetch_seqs,
 )
 from careflow_ha.drills.targets import Observation, Verdict, verdicts
 from careflow_ha.errors import CareflowError, CheckFailed, NotReady
-from careflow_ha.settings import ROLE_NAMES, Settings
+from careflow_ha.settings import DB_NAME, ROLE_NAMES, Settings
 
 Progress = Callable[[str], None]
 #: A background load to run around the fault (the load-test work plugs Locust in here for ``--under-load``).
@@ -61,6 +64,10 @@ class DrillOptions:
     max_run_s: float = 900.0
     background: Background | None = None
     restore_synchronous: bool = True
+    #: Run a per-node writer on every node (the split-brain measure by acknowledged writes). Off until it has
+    #: been verified on the lab: it adds one connection per node and a table to the drill.
+    node_writers: bool = False
+    node_write_interval_s: float = 0.2
 
 
 @dataclass(frozen=True)
@@ -89,8 +96,6 @@ class DrillRun:
     recording: Recording
     analysis: Analysis
     verdicts: tuple[Verdict, ...]
-    write_attempts: int = 0
-    ambiguous_writes: int = 0
     figures: Mapping[str, float | str | None] = field(default_factory=dict)  # the fault's own (e.g. VRRP)
     #: The way in the probes used (settings.WAYS_IN): where "write outage" was seen from.
     via: str = "haproxy-vip"
@@ -134,6 +139,21 @@ def _wait(condition: Callable[[], bool], timeout: float, interval: float = 0.2) 
             return False
         time.sleep(interval)
     return condition()
+
+
+def node_writers_for(
+    settings: Settings, nodes: tuple[str, ...], run_id: str, *, interval_s: float, max_seconds: float
+) -> list[NodeWriter]:
+    """One per-node writer per node, straight to its published port as the app role (table created first).
+
+    Each writer connects to the node itself, never through HAProxy: the
+    question is whether that node takes writes, whatever the balancer thinks.
+    """
+    ensure_node_probe_table(settings.dsn("rw", "superuser"), grant_to=ROLE_NAMES["app"])
+    return [
+        NodeWriter(n, settings.node_dsn(n, "app", DB_NAME), run_id, interval_s=interval_s, max_seconds=max_seconds)
+        for n in nodes
+    ]
 
 
 @contextlib.contextmanager
@@ -205,6 +225,11 @@ def _probe_and_break(
     samplers = [
         NodeSampler(n, settings.node_dsn(n), fallback=exec_writable_check(engine, n), max_seconds=bound) for n in nodes
     ]
+    node_writers = (
+        node_writers_for(settings, nodes, run_id, interval_s=options.node_write_interval_s, max_seconds=bound)
+        if options.node_writers
+        else []
+    )
     poller = ClusterPoller(control.topology, max_seconds=bound, on_change=lambda line: say(f"cluster: {line}"))
     events: list[TimelineEvent] = []
     ctx = FaultContext(engine, control, vip=settings.vip.address if settings.vip else None)
@@ -213,7 +238,8 @@ def _probe_and_break(
     heal_note = ""
     recovered, problem = False, None
     background = options.background() if options.background else contextlib.nullcontext()
-    with background, _running(poller, *samplers, reader, writer):
+    with background, _running(poller, *samplers, *node_writers, reader, writer):
+        probes_from = time.time()  # after the background load's start-up: from here on every probe runs
         if not _wait(lambda: len(writer.acks) >= options.warmup_acks, 30.0):
             last = writer.errors[-1].message if writer.errors else "no error recorded"
             raise NotReady(f"the probe writer got no steady acknowledgements via {settings.via} ({last})")
@@ -245,18 +271,23 @@ def _probe_and_break(
             events.extend(observation.events)
         tail_from = time.time()
         _wait(lambda: writer.last_ack_after(tail_from + options.tail_s) is not None, options.tail_s + 10.0)
-    for probe in (writer, reader, poller, *samplers):
+    probes_until = time.time()
+    for probe in (writer, reader, poller, *samplers, *node_writers):
         if probe.failure is not None:
             raise CheckFailed(f"drill probe {probe.name} failed: {probe.failure!r}") from probe.failure
+    # Attempts first, table second: a write still in flight is then "ambiguous", never "unexpected".
+    write_acks, write_errors, writes_in_flight = writer.outcomes()
     present = _read_back(rw_dsn, run_id, say)
     history = _history(control)
     snapshots = poller.snapshots
     recording = Recording(
-        writes=writer.acks,
-        write_errors=writer.errors,
+        writes=write_acks,
+        write_errors=write_errors,
+        writes_in_flight=writes_in_flight,
         reads=reader.acks,
         read_errors=reader.errors,
         node_samples=tuple(s for sampler in samplers for s in sampler.samples),
+        node_writes=tuple(w for nw in node_writers for w in nw.writes),
         snapshots=snapshots,
         history=history,
         events=tuple(events) + role_change_events(snapshots),
@@ -264,6 +295,8 @@ def _probe_and_break(
         stopped_at=time.time(),
         write_interval_s=writer.interval_s,
         read_interval_s=reader.interval_s,
+        probes_from=probes_from,
+        probes_until=probes_until,
     )
     analysis = analyse(recording, fault_at=fault_at, heal_at=heal_at, old_primary=healthy.leader, present_seqs=present)
     run = DrillRun(
@@ -289,16 +322,15 @@ def _probe_and_break(
         recording=recording,
         analysis=analysis,
         verdicts=verdicts(fault.name, options.preset, options.synchronous, analysis, recovered) + observation.verdicts,
-        write_attempts=len(writer.acks) + len(writer.errors),
-        ambiguous_writes=sum(1 for e in writer.errors if e.kind == "ambiguous"),
         figures=dict(observation.figures),
         via=settings.via,
     )
     wo = analysis.write_outage
+    check = analysis.set_check
     say(
         f"done: write outage {'-' if wo.seconds is None else f'{wo.seconds:.2f}s'}, "
-        f"lost acked writes {'?' if analysis.lost_writes is None else len(analysis.lost_writes)}, "
-        f"split brain {len(analysis.split_brain)}"
+        + ("writes not verifiable" if check is None else describe_set_check(check))
+        + f", split brain {len(analysis.split_brain)}"
     )
     return run
 
@@ -327,7 +359,7 @@ def _hold(fault: Fault, writer: ProbeWriter, injected: float, say: Progress) -> 
         time.sleep(0.2)
 
 
-def _read_back(dsn: str, run_id: str, say: Progress, timeout: float = 60.0) -> frozenset[int] | None:
+def _read_back(dsn: str, run_id: str, say: Progress, timeout: float = 60.0) -> tuple[int, ...] | None:
     """The run's rows as the current primary holds them, or None if it never answered."""
     deadline = time.monotonic() + timeout
     for _ in range(int(timeout) + 1):

@@ -54,15 +54,28 @@ def verdicts(name: str, preset: str, synchronous: bool, a: Analysis, recovered: 
         ok = None if secs is None else secs <= bound
         shown = "never recovered" if secs is None else f"{secs:.2f} s"
         out.append(Verdict(f"write outage <= {bound:g} s", ok, shown))
+    check = a.set_check
+    unverifiable = "not verifiable: the primary never answered the read-back"
     if synchronous:
-        lost = a.lost_writes
         out.append(
             Verdict(
                 "0 lost acknowledged writes (synchronous mode)",
-                None if lost is None else not lost,
-                "not verifiable: the new primary never answered" if lost is None else f"{len(lost)} lost",
+                None if check is None else not check.lost,
+                unverifiable if check is None else f"{len(check.lost)} lost",
             )
         )
+    # Asynchronous replication may lose acknowledged writes, but no mode may invent, repeat or resurrect one.
+    invented = None if check is None else len(check.unexpected) + len(check.duplicated) + len(check.refused_present)
+    out.append(
+        Verdict(
+            "0 unexpected, duplicated or refused-yet-present rows",
+            None if invented is None else invented == 0,
+            unverifiable
+            if check is None
+            else f"{len(check.unexpected)} unexpected, {len(check.duplicated)} duplicated, "
+            f"{len(check.refused_present)} refused yet present",
+        )
+    )
     out.append(
         Verdict(
             "never two writable primaries",
@@ -72,6 +85,17 @@ def verdicts(name: str, preset: str, synchronous: bool, a: Analysis, recovered: 
             else f"{len(a.split_brain)} interval(s), first {a.split_brain[0].nodes}",
         )
     )
+    by_writes = a.write_split_brain
+    if by_writes is not None:
+        out.append(
+            Verdict(
+                "no write acknowledged on a node while another held the leader key",
+                not by_writes.acknowledged,
+                "none observed"
+                if not by_writes.acknowledged
+                else f"{len(by_writes.acknowledged)} write(s) on {', '.join(by_writes.nodes)}",
+            )
+        )
     if a.new_primary is not None and a.old_primary is not None and a.new_primary != a.old_primary:
         rj = a.rejoin_seconds
         out.append(

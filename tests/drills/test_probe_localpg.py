@@ -10,8 +10,10 @@ import time
 import psycopg
 import pytest
 
-from careflow_ha.drills.analysis import lost_acknowledged, measure_outage
+from careflow_ha.drills.analysis import measure_outage
+from careflow_ha.drills.checker import attempts_of, check_set
 from careflow_ha.drills.faults import PGDATA
+from careflow_ha.drills.model import Recording
 from careflow_ha.drills.probes import (
     NodeSampler,
     ProbeReader,
@@ -37,8 +39,8 @@ def test_probe_table_is_created_idempotently_and_granted_to_the_app_role(restart
         conn.execute("INSERT INTO drill_probe (run_id, seq, client_ts) VALUES ('grant-1', 1, now())")
         with pytest.raises(psycopg.errors.InsufficientPrivilege):
             conn.execute("DELETE FROM drill_probe")  # the drill role may add and read, never remove
-    assert fetch_seqs(app_dsn, "grant-1") == frozenset({1})
-    assert fetch_seqs(app_dsn, "nothing-yet") == frozenset()
+    assert fetch_seqs(app_dsn, "grant-1") == (1,)
+    assert fetch_seqs(app_dsn, "nothing-yet") == ()
 
 
 def test_restart_is_measured_as_an_outage_and_the_writer_recovers(restartable_pg):
@@ -84,8 +86,13 @@ def test_restart_is_measured_as_an_outage_and_the_writer_recovers(restartable_pg
     read_out = measure_outage([a.acked_at for a in reader.acks], fault_at, reader.interval_s)
     assert read_out.interrupted and read_out.recovered and read_out.seconds >= down_until - fault_at
 
-    # Every acknowledged insert survived the crash (synchronous_commit is on).
-    assert lost_acknowledged((a.seq for a in writer.acks), fetch_seqs(restartable_pg.dsn, "restart-1")) == ()
+    # Every acknowledged insert survived the crash (synchronous_commit is on), and the table holds
+    # nothing the writer did not attempt: the set checker over the real table, not a synthetic one.
+    acks, errors, in_flight = writer.outcomes()
+    rec = Recording(writes=acks, write_errors=errors, writes_in_flight=in_flight)
+    check = check_set(attempts_of(rec), fetch_seqs(restartable_pg.dsn, "restart-1"))
+    assert (check.lost, check.unexpected, check.duplicated, check.refused_present) == ((), (), (), ())
+    assert len(check.ok) == len(acks)
 
     states = [s.writable for s in sampler.samples]
     assert True in states and None in states, "sampler saw the node writable, then not answering"
@@ -107,9 +114,12 @@ def test_commit_stuck_on_sync_standby_is_cancelled_and_never_counted_as_acked(re
         writer.stop()
     assert writer.acks == ()
     assert {e.kind for e in writer.errors} == {"ambiguous"}
-    # The rows are there (committed locally): unacked-but-present is not a lost write.
-    present = fetch_seqs(restartable_pg.dsn, "stuck-1")
-    assert {e.seq for e in writer.errors} <= present
+    # The rows are there (committed locally): the checker reports them as ambiguous writes that turned
+    # up, never as lost and never as unexpected.
+    rec = Recording(write_errors=writer.errors, writes_in_flight=writer.in_flight)
+    check = check_set(attempts_of(rec), fetch_seqs(restartable_pg.dsn, "stuck-1"))
+    assert {e.seq for e in writer.errors} <= set(check.ambiguous_present)
+    assert check.anomalies == 0
 
 
 def test_probes_stop_by_themselves_at_their_time_bound(restartable_pg):

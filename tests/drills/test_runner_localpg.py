@@ -130,6 +130,11 @@ def test_runner_measures_a_crash_and_restart_and_writes_a_report(lab_like, tmp_p
     data = json.loads((out / "result.json").read_text())
     assert data["acked_writes"] == a.acked_writes > 20
     assert data["lost_acked_writes"] == 0
+    # The set check read the real table: nothing invented; the commits cut by the crash are ambiguous.
+    counts = data["set_check"]["counts"]
+    assert data["set_check"]["anomalies"] == 0 and counts["ok"] == a.acked_writes
+    assert counts["ambiguous_present"] + counts["ambiguous_absent"] == data["ambiguous_writes"]
+    assert data["split_brain_by_writes"] is None  # per-node writers are off by default
     assert (out / "timeline.png").stat().st_size > 1000
     text = (out / "report.md").read_text() + (out / "result.json").read_text()
     assert not any(v in text for v in settings.secrets.values())
@@ -158,3 +163,41 @@ def test_runner_heals_even_when_the_fault_fails_half_way(lab_like):
         run_drill(fault, settings, NoEngine(), OneNodeControl(pg.dsn), options)
     with psycopg.connect(pg.dsn, connect_timeout=5) as conn:
         assert conn.execute("SELECT 1").fetchone() == (1,)
+
+
+def test_runner_with_per_node_writers_reports_the_node_observed_and_no_split_brain(lab_like, tmp_path):
+    """The wiring of the per-node writers, against a real server: it leads throughout, so its own
+    acknowledged writes are never split brain, and the 3 s it was down are missing from its coverage."""
+    pg, settings = lab_like
+    fault = Fault(
+        name="local-crash",
+        title="crash of the local server",
+        description="pg_ctl stop -m immediate, held 3 s, then started again.",
+        pick=lambda snap: ("local",),
+        inject=lambda ctx, t: pg.stop("immediate") or "pg_ctl stop -m immediate",
+        heal=lambda ctx, t: pg.start() or "pg_ctl start",
+        hold=Hold(min_s=3.0, max_s=3.0),
+        expects_failover=False,
+    )
+    options = DrillOptions(
+        synchronous=False,
+        healthy_timeout_s=scaled(30),
+        recovery_timeout_s=scaled(60),
+        tail_s=1.0,
+        max_run_s=scaled(120),
+        node_writers=True,
+    )
+    run = run_drill(fault, settings, NoEngine(), OneNodeControl(pg.dsn), options)
+    node_writes = run.recording.node_writes
+    assert {"acked", "unreachable"} <= {w.outcome for w in node_writes}
+    judged = run.analysis.write_split_brain
+    assert judged is not None and judged.acknowledged == ()
+    assert judged.leader_known > 0.5
+    window_from, window_until = run.recording.observed_window
+    assert run.recording.started_at < window_from < window_until < run.recording.stopped_at
+    span = window_until - window_from
+    assert 0.2 < judged.coverage["local"] <= 1.0 - 2.5 / span, "down for 3 s: not observed then"
+    assert any(v.target.startswith("no write acknowledged on a node") and v.ok for v in run.verdicts)
+    data = json.loads((write_report(run, tmp_path / "reports", settings.secrets) / "result.json").read_text())
+    assert data["split_brain_by_writes"]["acknowledged_count"] == 0
+    assert data["split_brain_by_writes"]["coverage"]["local"] == pytest.approx(judged.coverage["local"])

@@ -1,6 +1,11 @@
-"""Drill analysis on recorded (synthetic) timelines: outages, lost writes, split brain, rejoin, phases."""
+"""Drill analysis on recorded (synthetic) timelines: outages, lost writes, split brain, rejoin, phases.
+
+The set checker's own rules are in test_checker.py; here it is checked as analyse() wires it.
+"""
 
 from __future__ import annotations
+
+from dataclasses import replace
 
 import pytest
 
@@ -9,7 +14,6 @@ from careflow_ha.drills.analysis import (
     Phase,
     analyse,
     leader_changes,
-    lost_acknowledged,
     measure_outage,
     recovery_phases,
     rejoined_at,
@@ -80,24 +84,6 @@ def test_outage_counts_every_gap_above_threshold_in_total():
 def test_outage_without_any_ack_or_fault_is_unrecovered():
     out = measure_outage([], None, STEP)
     assert out.recovered is False and out.seconds is None
-
-
-# -- lost acknowledged writes ------------------------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize(
-    ("case", "acked", "present", "lost"),
-    [
-        ("nothing lost", [1, 2, 3], [1, 2, 3], ()),
-        ("nothing acked", [], [1, 2], ()),
-        ("unacked rows present are fine (ambiguous commits)", [1, 2], [1, 2, 3, 4], ()),
-        ("tail lost at async failover", [1, 2, 3, 4, 5], [1, 2, 3], (4, 5)),
-        ("all writes lost", [1, 2, 3], [], (1, 2, 3)),
-        ("duplicates reported once, sorted", [5, 3, 3, 5, 1], [1], (3, 5)),
-    ],
-)
-def test_lost_acknowledged(case, acked, present, lost):
-    assert lost_acknowledged(acked, present) == lost, case
 
 
 # -- split brain -------------------------------------------------------------------------------------------------------
@@ -251,3 +237,19 @@ def test_analyse_with_no_fault_is_a_quiet_baseline():
     res = analyse(rec, fault_at=None, heal_at=None, old_primary="pg1", present_seqs=range(100))
     assert res.write_outage.interrupted is False
     assert res.phases == () and res.events == () and res.new_primary is None and res.lost_writes == ()
+
+
+def test_coverage_is_a_share_of_the_probes_window_not_of_the_drills_preparation():
+    """The drill prepared for 60 s before any probe ran; a node answering throughout the probes is 100 % seen."""
+    rec = Recording(
+        node_samples=tuple(NodeSample(60.0 + i * 0.25, "pg1", True) for i in range(161)),
+        started_at=0.0,
+        stopped_at=110.0,
+        probes_from=60.0,
+        probes_until=100.0,
+    )
+    res = analyse(rec, fault_at=None, heal_at=None, old_primary="pg1", present_seqs=())
+    assert res.sampling_coverage["pg1"] == pytest.approx(1.0)
+    whole = analyse(replace(rec, probes_from=None, probes_until=None), fault_at=None, heal_at=None,
+                    old_primary="pg1", present_seqs=())
+    assert whole.sampling_coverage["pg1"] == pytest.approx(40.0 / 110.0), "synthetic recordings: the whole span"

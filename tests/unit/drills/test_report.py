@@ -9,7 +9,7 @@ import pytest
 from careflow_ha.cluster.model import ClusterSnapshot, HistoryEntry, Member
 from careflow_ha.cluster.timing import TIMING_PRESETS
 from careflow_ha.drills.analysis import analyse
-from careflow_ha.drills.model import Ack, NodeSample, ProbeError, Recording
+from careflow_ha.drills.model import Ack, NodeSample, NodeWrite, ProbeError, Recording
 from careflow_ha.drills.report import write_index, write_report
 from careflow_ha.drills.runner import DrillRun
 from careflow_ha.drills.targets import compare_verdict, verdicts
@@ -24,13 +24,22 @@ def members(leader: str, others: dict[str, tuple[str, str]], tl: int) -> tuple[M
 
 
 def make_run(
-    *, synchronous: bool = True, lost_tail: int = 0, outage_end: float = 31.0, inject_note: str = ""
+    *,
+    synchronous: bool = True,
+    lost_tail: int = 0,
+    outage_end: float = 31.0,
+    inject_note: str = "",
+    extra_rows: tuple[int, ...] = (),
+    extra_errors: tuple[ProbeError, ...] = (),
+    node_writes: tuple[NodeWrite, ...] = (),
+    extra_snapshots: tuple[ClusterSnapshot, ...] = (),
 ) -> DrillRun:
     """A primary-node-loss run: fault at +10 s, writes back at +outage_end via pg2, pg1 streams again at +45 s."""
     before = [Ack(i, T0 + i * 0.05, T0 + i * 0.05 + 0.004, "pg1") for i in range(200)]  # up to +10 s
     after = [Ack(1000 + i, T0 + outage_end + i * 0.05, T0 + outage_end + i * 0.05 + 0.004, "pg2") for i in range(400)]
     writes = tuple(before + after)
     present = [w.seq for w in writes][: len(writes) - lost_tail] if lost_tail else [w.seq for w in writes]
+    present += list(extra_rows)
     snaps = (
         ClusterSnapshot(
             T0 + 9.5, members("pg1", {"pg2": ("sync_standby", "streaming"), "pg3": ("replica", "streaming")}, 1)
@@ -45,13 +54,14 @@ def make_run(
     )
     rec = Recording(
         writes=writes,
-        write_errors=(ProbeError(300, T0 + 12.0, "connect", "connection refused"),),
+        write_errors=(ProbeError(300, T0 + 12.0, "connect", "connection refused"), *extra_errors),
         reads=tuple(Ack(i, T0 + i * 0.1, T0 + i * 0.1, "pg3") for i in range(500)),
         node_samples=tuple(
             [NodeSample(T0 + i * 0.25, "pg1", True if i < 40 else None) for i in range(120)]
             + [NodeSample(T0 + i * 0.25, "pg2", i >= 118) for i in range(200)]
         ),
-        snapshots=snaps,
+        node_writes=node_writes,
+        snapshots=snaps + extra_snapshots,
         history=(HistoryEntry(1, 50331800, "no recovery target specified", T0 + 29.0, "pg2"),),
         started_at=T0,
         stopped_at=T0 + 50.0,
@@ -81,7 +91,6 @@ def make_run(
         recording=rec,
         analysis=a,
         verdicts=verdicts("primary-node-loss", "fast", synchronous, a, True),
-        write_attempts=len(writes) + 1,
     )
 
 
@@ -126,6 +135,88 @@ def test_lost_writes_in_sync_mode_fail_the_run():
     assert lost[0].ok is False and not run.passed
 
 
+def test_the_set_check_is_in_json_and_markdown_and_one_source_for_lost(tmp_path):
+    """Ambiguous writes are reported with how they resolved; lost_acked_writes is the set check's lost."""
+    errors = (
+        ProbeError(301, T0 + 10.2, "ambiguous", "server closed the connection unexpectedly"),
+        ProbeError(302, T0 + 10.3, "ambiguous", "canceling wait for synchronous replication"),
+    )
+    out = write_report(make_run(lost_tail=2, extra_rows=(301,), extra_errors=errors), tmp_path, SECRETS)
+    data = json.loads((out / "result.json").read_text())
+    check = data["set_check"]
+    assert check["counts"]["lost"] == data["lost_acked_writes"] == 2
+    assert check["lost"] == data["lost_acked_seqs"] == [1398, 1399]
+    assert (check["ambiguous_present"], check["ambiguous_absent"]) == ([301], [302])
+    assert check["counts"]["refused_absent"] == 1 and check["anomalies"] == 2
+    assert data["ambiguous_writes"] == 2 and data["write_attempts"] == 600 + 3
+    md = (out / "report.md").read_text()
+    assert "ambiguous 2 (1 turned up, 1 did not)" in md
+    assert "- lost: 2 (seqs 1398, 1399)" in md
+
+
+@pytest.mark.parametrize("synchronous", [True, False])
+def test_unexpected_or_duplicated_rows_fail_the_run_in_either_mode(tmp_path, synchronous):
+    run = make_run(synchronous=synchronous, extra_rows=(5, 77_777))  # seq 5 twice; 77777 never attempted
+    verdict = next(v for v in run.verdicts if v.target.startswith("0 unexpected"))
+    assert verdict.ok is False and not run.passed
+    assert verdict.detail == "1 unexpected, 1 duplicated, 0 refused yet present"
+    data = json.loads((write_report(run, tmp_path, SECRETS) / "result.json").read_text())
+    assert (data["set_check"]["unexpected"], data["set_check"]["duplicated"]) == ([77_777], [5])
+
+
+def test_a_clean_run_passes_the_set_check_verdict():
+    verdict = next(v for v in make_run().verdicts if v.target.startswith("0 unexpected"))
+    assert verdict.ok is True
+
+
+def test_per_node_writes_under_another_leader_are_split_brain_in_the_report(tmp_path):
+    """pg1 (not partitioned off from the host, say) acknowledges a write at +30 s, while pg2 holds the key."""
+    node_writes = (
+        NodeWrite("pg2", 1, T0 + 30.0, T0 + 30.01, "acked"),
+        NodeWrite("pg1", 1, T0 + 30.0, T0 + 30.02, "acked"),
+        NodeWrite("pg3", 1, T0 + 30.0, T0 + 30.01, "refused"),
+    )
+    # The poller saw pg2 as leader every second from +29.5 s (the rule needs consecutive snapshots, not one).
+    polls = tuple(
+        ClusterSnapshot(T0 + 29.5 + i, members("pg2", {"pg3": ("sync_standby", "streaming")}, 2)) for i in range(16)
+    )
+    run = make_run(node_writes=node_writes, extra_snapshots=polls)
+    verdict = next(v for v in run.verdicts if v.target.startswith("no write acknowledged on a node"))
+    assert verdict.ok is False and verdict.detail == "1 write(s) on pg1"
+    out = write_report(run, tmp_path, SECRETS)
+    data = json.loads((out / "result.json").read_text())
+    by_writes = data["split_brain_by_writes"]
+    assert by_writes["acknowledged_count"] == 1 and by_writes["acknowledged"][0]["leader"] == "pg2"
+    assert set(by_writes["coverage"]) == {"pg1", "pg2", "pg3"}
+    md = (out / "report.md").read_text()
+    assert "- pg1 acknowledged seq 1 (+20.00 s to +20.02 s) while pg2 held the leader key" in md
+
+
+def test_a_run_without_per_node_writers_says_so_and_still_reports_sampling_coverage(tmp_path):
+    run = make_run()
+    assert not any(v.target.startswith("no write acknowledged on a node") for v in run.verdicts)
+    out = write_report(run, tmp_path, SECRETS)
+    data = json.loads((out / "result.json").read_text())
+    assert data["split_brain_by_writes"] is None
+    # pg1 answered for 10 s of the 50 s run, pg2 throughout.
+    assert data["sampling_coverage"]["pg1"] == pytest.approx(10.0 / 50.0, abs=0.01)
+    assert data["sampling_coverage"]["pg2"] == pytest.approx(49.75 / 50.0, abs=0.01)
+    md = (out / "report.md").read_text()
+    assert "| writes acknowledged on a node while another held the leader key | not measured" in md
+    assert "pg1 20%, pg2 100%" in md
+
+
+def test_index_shows_invented_and_ambiguous_rows_and_tolerates_old_results(tmp_path):
+    errors = (ProbeError(301, T0 + 10.2, "ambiguous", "server closed the connection unexpectedly"),)
+    out = write_report(make_run(extra_rows=(5, 77_777), extra_errors=errors), tmp_path, SECRETS)
+    old = tmp_path / "drills" / "20200101T000000Z-switchover-fast"
+    old.mkdir()
+    (old / "result.json").write_text(json.dumps({"drill": "switchover", "lost_acked_writes": 0, "started_at": 1.58e9}))
+    rows = [line for line in write_index(tmp_path / "drills").read_text().splitlines() if line.startswith("| 20")]
+    assert out.name in rows[0] and "| 0 | 2 | 1 |" in rows[0], rows[0]  # lost 0, invented 2, ambiguous 1
+    assert "| 0 | ? | ? |" in rows[1], "a result from before the set checker says unknown, not 0"
+
+
 def test_index_lists_every_run_newest_first_and_is_rebuilt_idempotently(tmp_path):
     first = write_report(make_run(), tmp_path, SECRETS)
     second = write_report(make_run(synchronous=False, lost_tail=3), tmp_path, SECRETS)
@@ -135,6 +226,7 @@ def test_index_lists_every_run_newest_first_and_is_rebuilt_idempotently(tmp_path
     rows = [line for line in index.splitlines() if line.startswith("| 2026")]
     assert len(rows) == 3
     assert "| off |" in index and "| 3 |" in index
+    assert all(row.count("|") == 13 for row in rows), "every row has the header's 12 columns"
     assert write_index(tmp_path / "drills").read_text() == index
 
 
