@@ -69,7 +69,9 @@ def test_dsn_quotes_the_password_and_redacted_dsn_hides_it(tmp_path):
     settings = load_settings(tmp_path, environ={"CAREFLOW_APP_PASSWORD": "p@ss/word:x"})
     assert "p%40ss%2Fword%3Ax@127.0.0.1:5000/careflow" in settings.dsn("rw", "app")
     assert "p@ss" not in settings.redacted_dsn("rw", "app")
-    assert settings.redacted_dsn("ro", "ro") == "postgresql://careflow_ro:***@127.0.0.1:5001/careflow"
+    assert settings.redacted_dsn("ro", "ro") == (
+        "postgresql://careflow_ro:***@127.0.0.1:5001/careflow?connect_timeout=5&application_name=careflow-ha"
+    )
 
 
 def test_compose_env_has_ports_and_no_secrets(tmp_path):
