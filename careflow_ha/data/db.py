@@ -159,10 +159,16 @@ SCHEME_LOCK_TIMEOUT = "10s"
 
 
 def _layout(conn: psycopg.Connection) -> str | None:
-    """lab_results_layout() (migration 0008) if it exists yet, else None."""
-    if conn.execute("SELECT to_regproc('public.lab_results_layout')").fetchone()[0] is None:
+    """lab_results_layout() (migration 0008); before 0008 every lab is per-clinic (0003); None: no lab_results."""
+    if conn.execute("SELECT to_regclass('public.lab_results')").fetchone()[0] is None:
         return None
-    return conn.execute("SELECT lab_results_layout()").fetchone()[0]
+    if conn.execute("SELECT to_regproc('public.lab_results_layout')").fetchone()[0] is None:
+        return "per-clinic"
+    try:
+        with conn.transaction():
+            return conn.execute("SELECT lab_results_layout()").fetchone()[0]
+    except psycopg.errors.RaiseException:
+        return "unexpected"  # for the report only: lab_results_apply_scheme refuses it, naming what it found
 
 
 def _scheme_error(exc: psycopg.Error, what: str) -> CareflowError:
@@ -206,7 +212,14 @@ def migrate(dsn: str, migrations_dir: Path = MIGRATIONS_DIR, *, scheme: str | No
             progress(diag.message_primary or "")
 
     backend = get_backend(_yoyo_uri(dsn, scheme))
-    backend.connection.add_notice_handler(notice)
+    make_copy = backend.copy
+
+    def copy_with_notices():  # yoyo applies each migration on a fresh copy of the backend (its own connection)
+        other = make_copy()
+        other.connection.add_notice_handler(notice)
+        return other
+
+    backend.copy = copy_with_notices
     migrations = read_migrations(str(migrations_dir))
     try:
         with backend.lock():

@@ -172,6 +172,12 @@ BEGIN
         RAISE EXCEPTION 'careflow_partition_scheme=% is not one of per-clinic, months-only; set one in inventory/group_vars/all.yml', quote_literal(p_scheme)
             USING ERRCODE = 'invalid_parameter_value';
     END IF;
+    -- Per-clinic with its partman config in place: nothing to do, and nothing to judge (the checks below
+    -- guard a conversion; a lab that stays per-clinic is `partitions check`'s business).
+    IF p_scheme = 'per-clinic'
+       AND EXISTS (SELECT 1 FROM partman.part_config_sub WHERE sub_parent = 'public.lab_results') THEN
+        RETURN;
+    END IF;
     layout_now := lab_results_layout();
     IF layout_now = p_scheme THEN
         RETURN;
