@@ -174,8 +174,9 @@ def _layout(conn: psycopg.Connection) -> str | None:
 def _scheme_error(exc: psycopg.Error, what: str) -> CareflowError:
     """A failed migration or scheme change as a one-line error with the exit code of its cause."""
     first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-    if isinstance(exc, psycopg.errors.LockNotAvailable):
-        return NotReady(f"{what} stopped: lab_results stayed locked by another session for {SCHEME_LOCK_TIMEOUT}; "
+    if isinstance(exc, psycopg.errors.LockNotAvailable | psycopg.errors.DeadlockDetected):
+        return NotReady(f"{what} stopped: lab_results stayed locked by another session ({SCHEME_LOCK_TIMEOUT} "
+                        "lock timeout, or a deadlock with it); "
                         "months already converted are kept; run `careflow-ha data migrate` again when long "
                         "queries are done")
     if isinstance(exc, psycopg.errors.InvalidParameterValue):
