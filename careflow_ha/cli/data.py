@@ -144,8 +144,9 @@ def status_cmd(dsn: str | None, fmt: str) -> None:
 
     def pretty(d: dict) -> str:
         head = (f"{d['parent']} ({d['scheme']}): {d['months']} months, {d['leaves']} leaf partitions; premake "
-                f"{d['premake_months']} "
-                f"months, clinic premake {d['clinic_premake']}; retention {d['retention']} "
+                f"{d['premake_months']} months"
+                + (f", clinic premake {d['clinic_premake']}" if d["clinic_premake"] is not None else "")
+                + f"; retention {d['retention']} "
                 f"(keep table: {d['retention_keep_table']})")
         return "\n".join([head, table(d["partitions"], ["month", "table", "leaves", "clinics", "default", "est_rows",
                                                          "mb"]),

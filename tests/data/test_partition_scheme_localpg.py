@@ -25,7 +25,7 @@ from careflow_ha.data.db import MIGRATIONS_DIR, migrate
 from careflow_ha.data.generator import DataSpec
 from careflow_ha.data.loader import load
 from careflow_ha.data.localserver import LocalPostgres, start_local_server
-from careflow_ha.data.partitions import check, maintain
+from careflow_ha.data.partitions import check, maintain, status
 from careflow_ha.errors import CheckFailed, NotReady, UsageError
 
 pytestmark = pytest.mark.localpg
@@ -154,6 +154,9 @@ def test_every_month_is_one_table_with_both_indexes_and_partman_keeps_one_set(la
         assert conn.execute("SELECT count(*) FROM partman.part_config_sub").fetchone()[0] == 0
         # partman's template for the set survives (the months shared it).
         assert conn.execute("SELECT to_regclass(template_table) IS NOT NULL FROM partman.part_config").fetchone()[0]
+        shown = status(conn)  # what `partitions status` prints
+        assert (shown["scheme"], shown["leaves"], shown["months"]) == ("months-only", len(now), len(now))
+        assert {row["clinics"] for row in shown["partitions"]} == {"all"}
         # The read-only role still reads the new tables (default privileges).
         assert conn.execute("SELECT bool_and(has_table_privilege('careflow_ro', c.oid, 'SELECT')) FROM pg_inherits i "
                             "JOIN pg_class c ON c.oid = i.inhrelid WHERE i.inhparent = 'lab_results'::regclass"

@@ -8,7 +8,7 @@ import pytest
 import yaml
 from yoyo.connections import parse_uri
 
-from careflow_ha.data.db import SCHEME_GUC, _yoyo_uri, migrate
+from careflow_ha.data.db import SCHEME_GUC, SCHEME_LOCK_TIMEOUT, _yoyo_uri, migrate
 from careflow_ha.errors import UsageError
 from careflow_ha.settings import PARTITION_SCHEMES, PROJECT_DIR, check_partition_scheme, configured_partition_scheme
 from tests.cli import run_cli
@@ -68,6 +68,11 @@ def test_the_preflight_role_and_the_migration_accept_exactly_the_python_choices(
     spec = yaml.safe_load(ARGUMENT_SPECS.read_text())["argument_specs"]["main"]["options"]
     assert spec["careflow_partition_scheme"]["choices"] == list(PARTITION_SCHEMES)
     assert f"p_scheme NOT IN ({', '.join(repr(s) for s in PARTITION_SCHEMES)})" in MIGRATION.read_text()
+
+
+def test_the_migration_waits_for_locks_as_long_as_data_migrate_does():
+    # 0008's own CALL uses the procedure's default; later runs pass SCHEME_LOCK_TIMEOUT: one figure.
+    assert f"p_lock_timeout text DEFAULT '{SCHEME_LOCK_TIMEOUT}'" in MIGRATION.read_text()
 
 
 def test_the_scheme_travels_to_the_migration_as_a_session_variable():
