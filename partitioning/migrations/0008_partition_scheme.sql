@@ -11,9 +11,9 @@
 -- on the next migrate. With the setting per-clinic (or unset: yoyo run by
 -- hand) nothing changes.
 --
--- Not transactional: the conversion commits one month at a time, so a live
--- cluster never holds more than one month's write lock, and a run that stops
--- half-way (lock timeout, crash, failover) is finished by the next one.
+-- Not transactional: the conversion commits one month at a time, so writers
+-- on a live cluster never wait longer than one month's copy, and a run that
+-- stops half-way (lock timeout, crash, failover) is finished by the next one.
 -- Months-only -> per-clinic is not supported: it is refused, by name.
 -- transactional: false
 -- depends: 0007_import_batches_rerun_safe
