@@ -192,6 +192,29 @@ def configured_routing(inventory: Path) -> Routing:
     )
 
 
+#: The layouts of lab_results that ``careflow_partition_scheme`` (inventory/group_vars/all.yml) may name:
+#: months split into one leaf per clinic, or months only with a (clinic_id, collected_at) index.
+#: Migration 0008 and ``data migrate`` apply it; partitioning/DECISION.md says which to pick.
+PARTITION_SCHEMES: tuple[str, ...] = ("per-clinic", "months-only")
+
+
+def check_partition_scheme(value: Any, where: str = "inventory/group_vars/all.yml") -> str:
+    """``value`` if it names a partition scheme, else a one-line UsageError naming the choices."""
+    if not isinstance(value, str) or value not in PARTITION_SCHEMES:
+        raise UsageError(f"careflow_partition_scheme={value!r} is not one of {', '.join(PARTITION_SCHEMES)}; "
+                         f"set one in {where}")
+    return value
+
+
+def configured_partition_scheme(inventory: Path) -> str:
+    """The inventory's ``careflow_partition_scheme`` (group_vars, then the inventory's ``all.vars``), checked."""
+    values = inventory_vars(inventory)
+    if "careflow_partition_scheme" not in values:
+        raise UsageError("careflow_partition_scheme is not set; add careflow_partition_scheme: per-clinic "
+                         "(or months-only) to inventory/group_vars/all.yml")
+    return check_partition_scheme(values["careflow_partition_scheme"])
+
+
 #: Where a setting's value came from, for error messages: ``("flag", "")`` (the command line),
 #: ``("environment", "")``, ``(".env", path)`` or ``("default", "")``.
 Source = tuple[str, str]

@@ -16,14 +16,15 @@ from careflow_ha.settings import LB_NODES, Settings
 Progress = Callable[[str], None]
 
 
-def load_demo_data(settings: Settings, progress: Progress) -> None:
-    """The EMR schema and a small demo data set, through HAProxy port 5000. Idempotent."""
+def load_demo_data(settings: Settings, progress: Progress, scheme: str | None = None) -> None:
+    """The EMR schema (lab_results in ``scheme``, the inventory's careflow_partition_scheme; None: as it is)
+    and a small demo data set, through HAProxy port 5000. Idempotent."""
     from careflow_ha.data.db import migrate, prepare_database
     from careflow_ha.data.loader import load_demo
 
     progress("data: preparing database careflow (extensions, grants)")
     prepare_database(settings.dsn("rw", "superuser", dbname="postgres"))
-    applied = migrate(settings.dsn("rw", "app"))
+    applied = migrate(settings.dsn("rw", "app"), scheme=scheme, progress=lambda line: progress(f"data: {line}"))
     progress(f"data: {len(applied)} migrations applied" if applied else "data: schema is current")
     summary = load_demo(settings.dsn("rw", "app"), progress=True)
     if summary.rows:
@@ -45,7 +46,7 @@ def bring_up(
     """Lab hosts (for the lab inventory) -> provisioning (Ansible or pyinfra) -> healthy cluster, VIP on one
     balancer -> demo data."""
     check_provisioner(provisioner)  # an unknown name or a bad inventory fails before the lab is touched
-    check_inventory_file(inventory, settings.secrets, extra_vars, lookups_checked_later=provisioner == "ansible")
+    inv = check_inventory_file(inventory, settings.secrets, extra_vars, lookups_checked_later=provisioner == "ansible")
     if inventory.resolve() == LAB_INVENTORY.resolve():
         hosts.lab_up(settings, engine, progress)
     result = provision(settings, progress, inventory, extra_vars, provisioner)
@@ -54,5 +55,6 @@ def bring_up(
         # Clients (and the demo data load below) go through the VIP: one balancer must hold it.
         wait_single_holder(engine, LB_NODES, settings.vip.address, timeout_s, progress)
     if data:
-        load_demo_data(settings, progress)
+        # The checked inventory's value: the same one `provision` validated (exit 2 on a bad one, before any host).
+        load_demo_data(settings, progress, inv.hostvars[inv.hosts[0]]["careflow_partition_scheme"])
     return result, status

@@ -179,6 +179,13 @@ def _partman_config(conn: psycopg.Connection, qualified: str) -> dict | None:
     return row[0] if row else None
 
 
+def _parent_index_columns(conn: psycopg.Connection, qualified: str) -> list[str]:
+    """The ``btree (pet_id, collected_at)`` part of every index on ``qualified``, to build them on a month."""
+    return [defn.split(" USING ", 1)[1] for (defn,) in conn.execute(
+        "SELECT pg_get_indexdef(indexrelid) FROM pg_index WHERE indrelid = %s::regclass AND NOT indisunique "
+        "ORDER BY indexrelid", (qualified,))]
+
+
 class Archiver:
     """Archive and restore months of ``table`` between the database at ``dsn`` and ``store``."""
 
@@ -513,7 +520,12 @@ class Archiver:
             sql.Literal(manifest.lower), sql.Literal(manifest.upper))
         check_name = sql.Identifier(manifest.partition.rpartition(".")[2] + "_archive_bounds")
         with connect(self.dsn) as conn:
-            if where == "absent":
+            # The month comes back in the table's layout of today (careflow_partition_scheme), whatever it was
+            # archived from: clinic leaves only while lab_results is still configured for them.
+            per_clinic = bool(manifest.leaves) and conn.execute(
+                "SELECT EXISTS (SELECT 1 FROM partman.part_config_sub WHERE sub_parent = %s)",
+                (self.table,)).fetchone()[0]
+            if where == "absent" and per_clinic:
                 conn.execute(sql.SQL("CREATE TABLE {} (LIKE {} INCLUDING DEFAULTS INCLUDING CONSTRAINTS, "
                                      "CONSTRAINT {} {}) PARTITION BY RANGE (clinic_id)").format(
                     part, parent, check_name, check))
@@ -523,6 +535,12 @@ class Archiver:
                 rows = self._copy_in(conn, manifest, columns)
                 # The parent's index, built before the attach so the attach only links it (no build under lock).
                 conn.execute(sql.SQL("CREATE INDEX ON {} (pet_id, collected_at)").format(part))
+            elif where == "absent":  # months-only: one table holds the month
+                conn.execute(sql.SQL("CREATE TABLE {} (LIKE {} INCLUDING DEFAULTS INCLUDING CONSTRAINTS, "
+                                     "CONSTRAINT {} {})").format(part, parent, check_name, check))
+                rows = self._copy_in(conn, manifest, columns)
+                for using in _parent_index_columns(conn, self.table):  # built now: the attach only links them
+                    conn.execute(sql.SQL("CREATE INDEX ON {} USING {}").format(part, sql.SQL(using)))
             else:  # kept detached: prove the bounds the same way
                 conn.execute(sql.SQL("ALTER TABLE {} ADD CONSTRAINT {} {}").format(part, check_name, check))
                 rows = conn.execute(sql.SQL("SELECT count(*) FROM {}").format(part)).fetchone()[0]
@@ -542,7 +560,7 @@ class Archiver:
                 conn.rollback()
                 raise CheckFailed(f"restore of {manifest.month} rolled back: checksum {checksum} ({count} rows) "
                                   f"differs from the manifest's {manifest.checksum_postgres}")
-            if manifest.partman_config:
+            if manifest.partman_config and per_clinic:  # a clinic-partitioned month's own partman config
                 conn.execute("INSERT INTO partman.part_config SELECT * FROM "
                              "jsonb_populate_record(NULL::partman.part_config, %s::jsonb) ON CONFLICT DO NOTHING",
                              (psycopg.types.json.Jsonb(manifest.partman_config),))

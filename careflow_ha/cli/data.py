@@ -14,16 +14,18 @@ from careflow_ha.cli.common import (
     force_option,
     format_option,
     get_settings,
+    progress,
     resolve_dsn,
     table,
 )
 from careflow_ha.errors import CheckFailed, UsageError
+from careflow_ha.settings import PARTITION_SCHEMES
 
 
-def _echo_target(dsn: str) -> None:
+def _echo_target(dsn: str, extra: str = "") -> None:
     from careflow_ha.dsn import redact
 
-    click.echo(f"target: {redact(dsn)}", err=True)
+    click.echo(f"target: {redact(dsn)}" + (f", {extra}" if extra else ""), err=True)
 
 
 @click.group("data")
@@ -45,14 +47,24 @@ def prepare_cmd(admin_dsn: str | None) -> None:
 
 
 @data_group.command("migrate")
+@click.option("--scheme", type=click.Choice(list(PARTITION_SCHEMES)), default=None,
+              help="lab_results layout for this run. Default: careflow_partition_scheme of the inventory "
+                   "(inventory/group_vars/all.yml).")
 @dsn_option
-def migrate_cmd(dsn: str | None) -> None:
-    """Apply pending schema migrations (yoyo) as the app role; a second run applies nothing."""
-    from careflow_ha.data.db import migrate
+def migrate_cmd(scheme: str | None, dsn: str | None) -> None:
+    """Apply pending schema migrations (yoyo) as the app role, and the partition scheme; a second run does nothing.
 
+    per-clinic -> months-only converts lab_results month by month, keeping every row (partitioning/DECISION.md,
+    "Changing the scheme"); months-only -> per-clinic is refused.
+    """
+    from careflow_ha.data.db import migrate
+    from careflow_ha.provision import LAB_INVENTORY
+    from careflow_ha.settings import configured_partition_scheme
+
+    chosen = scheme or configured_partition_scheme(LAB_INVENTORY)  # a bad inventory value stops here, exit 2
     target = resolve_dsn(dsn)
-    _echo_target(target)
-    applied = migrate(target)
+    _echo_target(target, f"partition scheme {chosen}")
+    applied = migrate(target, scheme=chosen, progress=progress)
     click.echo(("applied: " + ", ".join(applied)) if applied else "schema up to date: nothing to apply")
 
 
@@ -131,8 +143,10 @@ def status_cmd(dsn: str | None, fmt: str) -> None:
         data = status(conn)
 
     def pretty(d: dict) -> str:
-        head = (f"{d['parent']}: {d['months']} months, {d['leaves']} leaf partitions; premake {d['premake_months']} "
-                f"months, clinic premake {d['clinic_premake']}; retention {d['retention']} "
+        head = (f"{d['parent']} ({d['scheme']}): {d['months']} months, {d['leaves']} leaf partitions; premake "
+                f"{d['premake_months']} months"
+                + (f", clinic premake {d['clinic_premake']}" if d["clinic_premake"] is not None else "")
+                + f"; retention {d['retention']} "
                 f"(keep table: {d['retention_keep_table']})")
         return "\n".join([head, table(d["partitions"], ["month", "table", "leaves", "clinics", "default", "est_rows",
                                                          "mb"]),

@@ -115,6 +115,7 @@ class Params:
     pet: int
     pet_clinic: int
     pet_first_visit: datetime
+    today: tuple[datetime, datetime] = (datetime.min, datetime.min)  # the Seoul day, as clock.clinic_day_bounds
 
 
 #: name -> (label, builder(table, params) -> (sql, prepared?)). "prepared" queries run as a prepared
@@ -123,7 +124,8 @@ class Params:
 QUERIES: dict[str, str] = {
     "a": "(a) one clinic, one month (biggest clinic)",
     "a_small": "(a) one clinic, one month (median clinic)",
-    "today": "today's abnormal results of one clinic (emr.abnormal_today)",
+    "today": "today's abnormal results of one clinic, >= date_trunc('day', now())",
+    "today_literal": "today's abnormal results, the Seoul day as literal bounds (emr.abnormal_today)",
     "b_pet": "(b) pet history, pet_id only (no key)",
     "b_clinic": "(b) pet history, pet_id + clinic_id (emr.lab_trend shape)",
     "hist_emr": "(b) patient history as emr.py runs it today (visits -> results, clinic key)",
@@ -160,6 +162,11 @@ def query_text(name: str, lab: str, p: Params) -> tuple[str, dict, bool]:
                   f"JOIN {pets} p ON p.pet_id = r.pet_id WHERE r.clinic_id = %(clinic)s "
                   "AND r.collected_at >= date_trunc('day', now()) AND r.flag <> 'N' "
                   "ORDER BY r.collected_at DESC LIMIT 200", {"clinic": p.clinic}, False),
+        "today_literal": (f"SELECT r.collected_at, p.name, p.species, r.test_code, r.value, r.flag FROM {lab} r "
+                          f"JOIN {pets} p ON p.pet_id = r.pet_id WHERE r.clinic_id = %(clinic)s "
+                          "AND r.collected_at >= %(d0)s AND r.collected_at < %(d1)s AND r.flag <> 'N' "
+                          "ORDER BY r.collected_at DESC LIMIT 200",
+                          {"clinic": p.clinic, "d0": p.today[0], "d1": p.today[1]}, False),
         "b_pet": (f"SELECT collected_at, test_code, value, flag FROM {lab} WHERE pet_id = %(pet)s "
                   "ORDER BY collected_at", {"pet": p.pet}, False),
         "b_clinic": (f"SELECT collected_at, test_code, value, flag FROM {lab} WHERE clinic_id = %(clinic)s "
@@ -520,11 +527,12 @@ def pick_params(conn: psycopg.Connection, spec: DataSpec) -> Params:
         f"SELECT pet_id, min(clinic_id) FROM {S}.visits GROUP BY pet_id ORDER BY count(*) DESC, pet_id "
         f"LIMIT 1 OFFSET (SELECT count(DISTINCT pet_id) / 20 FROM {S}.visits)").fetchone()
     first = conn.execute(f"SELECT min(visited_at) FROM {S}.visits WHERE pet_id = %s", (pet,)).fetchone()[0]
-    from careflow_ha.data.clock import KST
+    from careflow_ha.data.clock import KST, clinic_day_bounds
 
     return Params(clinic=1, small_clinic=max(1, spec.clinics // 2),
                   month=(datetime.fromtimestamp(lo, KST), datetime.fromtimestamp(hi, KST)),
-                  pet=pet, pet_clinic=pet_clinic, pet_first_visit=first)
+                  pet=pet, pet_clinic=pet_clinic, pet_first_visit=first,
+                  today=clinic_day_bounds(conn.execute("SELECT now()").fetchone()[0]))
 
 
 # -- report ----------------------------------------------------------------------------------------

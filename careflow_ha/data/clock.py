@@ -28,6 +28,17 @@ def clinic_date(at: datetime | None = None) -> date:
     return (at or now()).astimezone(KST).date()
 
 
+def clinic_day_bounds(at: datetime | None = None) -> tuple[datetime, datetime]:
+    """[first instant, first instant of the next day) of the Seoul day that holds ``at`` (default: now).
+
+    What "today" means for a query, as literal bounds: unlike ``date_trunc('day', now())`` they are
+    constants when the query is planned, so the planner prunes to the one month that holds today.
+    """
+    day = clinic_date(at)
+    start = datetime(day.year, day.month, day.day, tzinfo=KST)
+    return start, start + timedelta(days=1)
+
+
 def seoul_month_start(at: datetime, offset: int = 0) -> datetime:
     """First instant (Seoul) of the month ``offset`` months from the Seoul month that holds ``at``."""
     local = at.astimezone(KST)

@@ -8,6 +8,7 @@ calls; both are idempotent.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from pathlib import Path
 
 import psycopg
@@ -15,8 +16,8 @@ from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from careflow_ha.dsn import check_dsn, redact
-from careflow_ha.errors import CheckFailed, EnvironmentProblem, UsageError
-from careflow_ha.settings import DB_NAME, ROLE_NAMES
+from careflow_ha.errors import CareflowError, CheckFailed, EnvironmentProblem, NotReady, UsageError
+from careflow_ha.settings import DB_NAME, ROLE_NAMES, check_partition_scheme
 
 log = logging.getLogger(__name__)
 
@@ -130,8 +131,11 @@ def _check_preload(conn: psycopg.Connection, dbname: str) -> None:
                     "restart the server", workers)
 
 
-def _yoyo_uri(dsn: str) -> str:
-    """yoyo wants a URI with the psycopg 3 scheme; build it from any libpq DSN."""
+def _yoyo_uri(dsn: str, scheme: str | None = None) -> str:
+    """yoyo wants a URI with the psycopg 3 scheme; build it from any libpq DSN.
+
+    ``scheme`` travels as the session variable ``careflow.partition_scheme``, which migration 0008 reads.
+    """
     from urllib.parse import quote, urlencode
 
     params = conninfo_to_dict(dsn)
@@ -140,34 +144,102 @@ def _yoyo_uri(dsn: str) -> str:
     host = params.pop("host", "127.0.0.1") or "127.0.0.1"
     port = params.pop("port", "5432") or "5432"
     dbname = params.pop("dbname", DB_NAME) or DB_NAME
+    if scheme is not None:
+        params["options"] = " ".join(filter(None, [params.get("options"), f"-c {SCHEME_GUC}={scheme}"]))
     auth = user + (":" + quote(password, safe="") if password else "")
     query = urlencode({k: v for k, v in params.items() if v is not None})
     return f"postgresql+psycopg://{auth}@{host}:{port}/{dbname}" + (f"?{query}" if query else "")
 
 
-def migrate(dsn: str, migrations_dir: Path = MIGRATIONS_DIR) -> list[str]:
-    """Apply pending migrations as the app role (yoyo records them); return the ids applied.
+#: The session variable that carries ``careflow_partition_scheme`` to migration 0008.
+SCHEME_GUC = "careflow.partition_scheme"
+#: How long the conversion waits for lab_results' lock before giving up (and leaving the rest for a re-run):
+#: a swap that queued behind a long query would make every other query on lab_results queue behind it.
+SCHEME_LOCK_TIMEOUT = "10s"
 
-    Idempotent: a second call applies nothing and returns ``[]``. Needs
-    :func:`prepare_database` first (pg_partman and pg_cron must exist).
+
+def _layout(conn: psycopg.Connection) -> str | None:
+    """lab_results_layout() (migration 0008); before 0008 every lab is per-clinic (0003); None: no lab_results."""
+    if conn.execute("SELECT to_regclass('public.lab_results')").fetchone()[0] is None:
+        return None
+    if conn.execute("SELECT to_regproc('public.lab_results_layout')").fetchone()[0] is None:
+        return "per-clinic"
+    try:
+        with conn.transaction():
+            return conn.execute("SELECT lab_results_layout()").fetchone()[0]
+    except psycopg.errors.RaiseException:
+        return "unexpected"  # for the report only: lab_results_apply_scheme refuses it, naming what it found
+
+
+def _scheme_error(exc: psycopg.Error, what: str) -> CareflowError:
+    """A failed migration or scheme change as a one-line error with the exit code of its cause."""
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    if isinstance(exc, psycopg.errors.LockNotAvailable | psycopg.errors.DeadlockDetected):
+        return NotReady(f"{what} stopped: lab_results stayed locked by another session ({SCHEME_LOCK_TIMEOUT} "
+                        "lock timeout, or a deadlock with it); "
+                        "months already converted are kept; run `careflow-ha data migrate` again when long "
+                        "queries are done")
+    if isinstance(exc, psycopg.errors.InvalidParameterValue):
+        return UsageError(first)
+    return CheckFailed(f"{what} failed: {first}")
+
+
+def migrate(dsn: str, migrations_dir: Path = MIGRATIONS_DIR, *, scheme: str | None = None,
+            progress: Callable[[str], None] | None = None) -> list[str]:
+    """Apply pending migrations as the app role (yoyo records them); return what was done.
+
+    ``scheme`` is ``careflow_partition_scheme`` (one of ``settings.PARTITION_SCHEMES``): after the
+    migrations, lab_results is brought to it (migration 0008's ``lab_results_apply_scheme``; per-clinic -> months-only
+    keeps every row, the reverse is refused). ``None`` leaves the layout as it is. Returns the migration ids
+    applied, then ``"lab_results layout: A -> B"`` if the layout changed. Idempotent: a second call does
+    nothing and returns ``[]``. Needs :func:`prepare_database` first (pg_partman and pg_cron must exist).
+    ``progress`` receives the conversion's per-month lines.
     """
     from yoyo import get_backend, read_migrations
 
+    if scheme is not None:
+        check_partition_scheme(scheme)
     with connect(dsn) as conn:
         missing = {"pg_partman", "pg_cron"} - {r[0] for r in conn.execute("SELECT extname FROM pg_extension")}
+        before = _layout(conn) if not missing else None
     if missing:
         raise EnvironmentProblem(
             f"extensions {', '.join(sorted(missing))} are missing in {redact(dsn)}; run prepare_database "
             "(careflow-ha data prepare) as superuser first"
         )
-    backend = get_backend(_yoyo_uri(dsn))
+
+    def notice(diag: psycopg.errors.Diagnostic) -> None:
+        if progress is not None and (diag.message_primary or "").startswith("lab_results"):
+            progress(diag.message_primary or "")
+
+    backend = get_backend(_yoyo_uri(dsn, scheme))
+    make_copy = backend.copy
+
+    def copy_with_notices():  # yoyo applies each migration on a fresh copy of the backend (its own connection)
+        other = make_copy()
+        other.connection.add_notice_handler(notice)
+        return other
+
+    backend.copy = copy_with_notices
     migrations = read_migrations(str(migrations_dir))
     try:
         with backend.lock():
             pending = backend.to_apply(migrations)
             backend.apply_migrations(pending)
     except psycopg.Error as exc:
-        raise CheckFailed(f"migration failed: {str(exc).strip().splitlines()[0]}") from exc
+        raise _scheme_error(exc, "migration") from exc
     finally:
         backend.connection.close()
-    return [m.id for m in pending]
+    done = [m.id for m in pending]
+    with connect(dsn, autocommit=True) as conn:
+        if scheme is not None and _layout(conn) is not None:
+            # 0008 applied the setting when it ran; this applies a setting changed since (a no-op otherwise).
+            conn.add_notice_handler(notice)
+            try:
+                conn.execute("CALL lab_results_apply_scheme(%s, %s)", (scheme, SCHEME_LOCK_TIMEOUT))
+            except psycopg.Error as exc:
+                raise _scheme_error(exc, f"changing lab_results to {scheme}") from exc
+        after = _layout(conn)
+    if after is not None and before != after:
+        done.append(f"lab_results layout: {before or 'new'} -> {after}")
+    return done

@@ -1,4 +1,4 @@
-"""Partition layout, coverage and health of ``lab_results`` (months, then clinics).
+"""Partition layout, coverage and health of ``lab_results`` (months, then clinics; or months only).
 
 All partition DDL goes through pg_partman (``create_partition_time``,
 ``create_partition_id``, ``run_maintenance_proc``, ``partition_data_id``);
@@ -30,7 +30,10 @@ SELECT m.relname,
        (regexp_match(pg_get_expr(l.relpartbound, l.oid), 'TO \((-?\d+)\)'))[1]::bigint,
        pg_get_expr(l.relpartbound, l.oid) = 'DEFAULT',
        greatest(l.reltuples, 0)::bigint,
-       coalesce(pg_total_relation_size(l.oid), 0)
+       coalesce(pg_total_relation_size(l.oid), 0),
+       m.relkind = 'p',
+       greatest(m.reltuples, 0)::bigint,
+       coalesce(pg_total_relation_size(m.oid), 0)
   FROM pg_inherits im
   JOIN pg_class m ON m.oid = im.inhrelid
   LEFT JOIN pg_inherits il ON il.inhparent = m.oid
@@ -55,6 +58,10 @@ class Month:
     start: datetime | None  # None: a month-level DEFAULT partition (must not exist)
     end: datetime | None
     leaves: list[Leaf] = field(default_factory=list)
+    #: False for a months-only month (careflow_partition_scheme: months-only): one table, every clinic, no leaves.
+    partitioned: bool = True
+    est_rows: int = 0  # of a months-only month (a partitioned month's are its leaves')
+    bytes: int = 0
 
     @property
     def is_default(self) -> bool:
@@ -73,12 +80,14 @@ class Month:
 
 
 def layout(conn: psycopg.Connection, parent: str = PARENT) -> list[Month]:
-    """The two-level partition tree of ``parent``, oldest month first."""
+    """The partition tree of ``parent`` (months, and their clinic leaves if per-clinic), oldest month first."""
     if conn.execute("SELECT to_regclass(%s)", (parent,)).fetchone()[0] is None:
         raise EnvironmentProblem(f"{parent} does not exist; run `careflow-ha data migrate` first")
     months: dict[str, Month] = {}
-    for (mt, start, end, m_default, lt, lo, hi, l_default, est, size) in conn.execute(_LAYOUT_SQL, (parent,)):
-        month = months.setdefault(mt, Month(mt, None if m_default else start, None if m_default else end))
+    for (mt, start, end, m_default, lt, lo, hi, l_default, est, size, m_partitioned, m_est, m_size) in conn.execute(
+            _LAYOUT_SQL, (parent,)):
+        month = months.setdefault(mt, Month(mt, None if m_default else start, None if m_default else end,
+                                            partitioned=m_partitioned, est_rows=m_est, bytes=m_size))
         if lt is not None:
             month.leaves.append(Leaf(lt, None if l_default else lo, None if l_default else hi, est, size))
     return sorted(months.values(), key=lambda m: (m.start is not None, m.start or datetime.min.replace(tzinfo=UTC)))
@@ -156,16 +165,17 @@ def status(conn: psycopg.Connection) -> dict:
         rows.append({
             "month": m.start.astimezone(_tz(conn)).strftime("%Y-%m") if m.start else "DEFAULT",
             "table": m.table,
-            "leaves": len([leaf for leaf in m.leaves if leaf.clinic_lo is not None]),
-            "clinics": f"{clinics[0]}-{clinics[-1]}" if clinics else "-",
+            "leaves": len([leaf for leaf in m.leaves if leaf.clinic_lo is not None]) if m.partitioned else 1,
+            "clinics": (f"{clinics[0]}-{clinics[-1]}" if clinics else "-") if m.partitioned else "all",
             "default": "yes" if m.default_leaf else "no",
-            "est_rows": sum(leaf.est_rows for leaf in m.leaves),
-            "mb": round(sum(leaf.bytes for leaf in m.leaves) / 2**20, 1),
+            "est_rows": sum(leaf.est_rows for leaf in m.leaves) if m.partitioned else m.est_rows,
+            "mb": round((sum(leaf.bytes for leaf in m.leaves) if m.partitioned else m.bytes) / 2**20, 1),
         })
     return {
         "parent": PARENT,
+        "scheme": "per-clinic" if sub else ("converting" if any(m.partitioned for m in months) else "months-only"),
         "months": len([m for m in months if not m.is_default]),
-        "leaves": sum(len(m.leaves) for m in months),
+        "leaves": sum(len(m.leaves) if m.partitioned else 1 for m in months),
         "premake_months": cfg[0] if cfg else None,
         "clinic_premake": sub[0] if sub else None,
         "retention": cfg[1] if cfg else None,
@@ -227,12 +237,15 @@ def check(conn: psycopg.Connection) -> list[Check]:
                                       "careflow-partman-maintenance job") if last_end else
                      "no month partitions at all; run `careflow-ha data migrate`"))
     clinic_ids = [r[0] for r in conn.execute("SELECT clinic_id FROM clinics ORDER BY 1")]
+    # A months-only month holds every clinic: only clinic-partitioned months can lack a leaf.
     gaps = [f"{m.start.astimezone(tz):%Y-%m} lacks {sorted(set(clinic_ids) - m.clinics())[:5]}"
-            for m in real if m.start and set(clinic_ids) - m.clinics()]
+            for m in real if m.start and m.partitioned and set(clinic_ids) - m.clinics()]
+    plain = sum(1 for m in real if not m.partitioned)
     out.append(Check("every clinic has a leaf in every month", "FAIL" if gaps else "ok",
                      ("; ".join(gaps[:3]) + (f" (+{len(gaps) - 3} more)" if len(gaps) > 3 else "") +
                       "; run `careflow-ha partitions maintain`") if gaps else
-                     f"{len(clinic_ids)} clinics x {len(real)} months"))
+                     f"{len(clinic_ids)} clinics x {len(real)} months" +
+                     (f" ({plain} months-only months: one table holds every clinic)" if plain else "")))
     job_rows = jobs(conn)
     found = {j["job"] for j in job_rows}
     bad = [j for j in job_rows if not j["active"] or j["last_status"] == "failed"]
@@ -267,7 +280,8 @@ def maintain(conn: psycopg.Connection, first_month: date | None = None) -> dict[
     after = layout(conn)
     return {
         "months_before": len(before), "months_after": len(after),
-        "leaves_before": sum(len(m.leaves) for m in before), "leaves_after": sum(len(m.leaves) for m in after),
+        "leaves_before": sum(len(m.leaves) if m.partitioned else 1 for m in before),
+        "leaves_after": sum(len(m.leaves) if m.partitioned else 1 for m in after),
         "months_created_for_window": created["months"], "clinic_leaves_created": created["leaves"],
         "rows_moved_from_defaults": moved,
     }

@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 
 import psycopg
 
+from careflow_ha.data import clock
+
 #: Ids of rows created by load tests start here (the generator's ids are dense from 1).
 LOAD_ID_MIN = 1 << 50
 LOAD_ID_MAX = (1 << 62) - 1
@@ -178,13 +180,23 @@ def lab_trend(conn: psycopg.Connection, pool: IdPool, rng: random.Random) -> lis
         " ORDER BY collected_at", (clinic, pet_id, rng.choice(pool.test_codes))).fetchall()
 
 
+#: Today's abnormal results of one clinic. "Today" comes as the Seoul day's bounds, not as
+#: ``date_trunc('day', now())``: now() is not a constant when the query is planned, so the planner
+#: planned every month of the clinic and pruned only at executor start; bound values are, and it plans
+#: the one month that holds today (figures: partitioning/DECISION.md, "Today's abnormal results").
+ABNORMAL_TODAY = (
+    "SELECT r.collected_at, p.name, p.species, r.test_code, r.value, r.flag "
+    "  FROM lab_results r JOIN pets p ON p.pet_id = r.pet_id "
+    " WHERE r.clinic_id = %(clinic)s AND r.collected_at >= %(day_start)s AND r.collected_at < %(day_end)s "
+    "   AND r.flag <> 'N' "
+    " ORDER BY r.collected_at DESC LIMIT 200")
+
+
 def abnormal_today(conn: psycopg.Connection, pool: IdPool, rng: random.Random) -> list[tuple]:
-    """Today's (clinic-local: the database time zone is Asia/Seoul) abnormal results of one clinic."""
-    return conn.execute(
-        "SELECT r.collected_at, p.name, p.species, r.test_code, r.value, r.flag "
-        "  FROM lab_results r JOIN pets p ON p.pet_id = r.pet_id "
-        " WHERE r.clinic_id = %s AND r.collected_at >= date_trunc('day', now()) AND r.flag <> 'N' "
-        " ORDER BY r.collected_at DESC LIMIT 200", (rng.choice(pool.clinics),)).fetchall()
+    """Today's (the clinics' day: Asia/Seoul) abnormal results of one clinic."""
+    day_start, day_end = clock.clinic_day_bounds()
+    return conn.execute(ABNORMAL_TODAY, {"clinic": rng.choice(pool.clinics), "day_start": day_start,
+                                         "day_end": day_end}).fetchall()
 
 
 # -- analyst (port 5001) -----------------------------------------------------------

@@ -20,6 +20,7 @@ from typing import Any
 
 from careflow_ha.errors import UsageError
 from careflow_ha.provision.inventory import ClusterInventory, UnsupportedLookup, load_inventory
+from careflow_ha.settings import check_partition_scheme
 
 #: careflow_*_port variables that must all differ.
 PORT_VARS: tuple[str, ...] = (
@@ -168,6 +169,10 @@ def check_inventory(inv: ClusterInventory, check_wheelhouse: bool = True, lookup
             f"synchronous_node_count={sync_count} needs more than that many PostgreSQL nodes; add nodes to "
             "postgres_cluster or lower careflow_synchronous_node_count."
         )
+
+    # Read by `data migrate` on the control host, not by a role; checked here so that a bad value stops
+    # `provision` and `up` before any host is touched, like every other shared setting.
+    check_partition_scheme(_var(inv, first, "careflow_partition_scheme"))
 
     _check_secrets(inv, first, lookups_checked_later)
 

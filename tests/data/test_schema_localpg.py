@@ -49,7 +49,7 @@ def test_migrations_and_prepare_are_idempotent(emr, local_pg):
         applied = [r[0] for r in conn.execute("SELECT migration_id FROM _yoyo_migration ORDER BY migration_id")]
     assert applied == ["0001_emr_dimensions", "0002_lab_test_catalog", "0003_lab_results_partitioned",
                        "0004_daily_aggregate_and_quarantine", "0005_scheduled_jobs", "0006_clinic_leaf_coverage",
-                       "0007_import_batches_rerun_safe"]
+                       "0007_import_batches_rerun_safe", "0008_partition_scheme"]
 
 
 def test_every_month_of_the_window_and_every_clinic_has_a_leaf(emr):

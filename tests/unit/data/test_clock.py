@@ -64,3 +64,13 @@ def test_a_month_is_in_the_future_only_after_the_seoul_month(parse, text, at, ac
     else:
         with pytest.raises(UsageError, match="in the future"):
             parse(text, at)
+
+
+@pytest.mark.parametrize(("at", "seoul_day"), AWKWARD)
+def test_today_bounds_are_the_seoul_day_that_holds_the_instant(at, seoul_day):
+    start, end = clock.clinic_day_bounds(at)
+    assert start.date() == seoul_day and (start.hour, start.minute, start.second) == (0, 0, 0)
+    assert start.utcoffset().total_seconds() == 9 * 3600
+    assert start <= at < end  # the instant is inside "today", whatever the UTC date says
+    assert (end - start).total_seconds() == 24 * 3600  # no DST in Seoul: every day is 24 hours
+    assert end.date() == date.fromordinal(seoul_day.toordinal() + 1)  # month and year ends roll over

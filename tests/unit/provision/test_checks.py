@@ -105,6 +105,18 @@ def _no_vip_one_balancer(inv: dict, gv: dict) -> None:
     _hosts(inv, "balancers").pop("lb2")
 
 
+def _scheme_typo(inv: dict, gv: dict) -> None:
+    gv["careflow_partition_scheme"] = "months"
+
+
+def _scheme_missing(inv: dict, gv: dict) -> None:
+    gv.pop("careflow_partition_scheme")
+
+
+def _scheme_months_only(inv: dict, gv: dict) -> None:
+    inv["all"].setdefault("vars", {})["careflow_partition_scheme"] = "months-only"  # the inventory overrides
+
+
 CASES: list[tuple[str, Edit, str | None]] = [
     ("the lab inventory passes", _no_change, None),
     ("even etcd", _even_etcd, "etcd_cluster has 2 members; it needs an odd number, at least 3"),
@@ -124,6 +136,10 @@ CASES: list[tuple[str, Edit, str | None]] = [
     ("vip garbage", _vip_garbage, "careflow_vip='192.168.56.300' is not an IP address"),
     ("vip with one balancer", _vip_one_balancer, "careflow_vip is set but balancers has 1 host(s)"),
     ("no vip, one balancer is fine", _no_vip_one_balancer, None),
+    ("partition scheme typo", _scheme_typo,
+     "careflow_partition_scheme='months' is not one of per-clinic, months-only; set one in"),
+    ("partition scheme missing", _scheme_missing, "variable careflow_partition_scheme is not defined"),
+    ("partition scheme months-only", _scheme_months_only, None),
 ]
 VIP_FIXES = ('pick a free address inside it', "pick an address no host uses", "add a balancer")
 
