@@ -54,8 +54,9 @@ class Pgbackrest:
         return self._base("info") + ["--output=json"]
 
     def verify(self) -> list[str]:
-        """INFO level, or the damaged files are not named (see verify.py)."""
-        return self._base("verify") + ["--log-level-console=info"]
+        """INFO level, or the damaged files are not named; the verbose text summary, or a clean repository
+        prints no verdict at all (see verify.py)."""
+        return self._base("verify") + ["--log-level-console=info", "--output=text", "--verbose"]
 
     def backup(self, type_: str = "full", from_standby: bool = False) -> list[str]:
         """A backup of ``type_``; ``from_standby`` copies the files from a replica (only the start/stop

@@ -3,11 +3,13 @@
 The range runs from the oldest usable backup's *stop* time to the newest commit in the archived WAL:
 
 - not from the backup's start: a restore is consistent only once it has replayed to the end of the backup
-  (its stop point), so no target before that can be reached;
-- up to the last commit in the newest archived segment, not to the segment's archive time: PostgreSQL
-  (13+) fails a recovery whose target lies past the end of the WAL it has ("recovery ended before
-  configured recovery target was reached"). When that commit is unknown, the newest backup's stop time
-  is the safe end.
+  (its stop point), so no target before that can be reached. And one second after it: pgBackRest records
+  the stop time in whole seconds and picks a backup only when that is strictly before the target
+  ("unable to find backup set with stop time less than ...");
+- up to the last commit in the archived WAL, not to the segment's archive time nor the newest backup's
+  end: recovery to a time stops at the first commit after it, and PostgreSQL (13+) fails a recovery
+  that runs out of WAL before meeting one ("recovery ended before configured recovery target was
+  reached"). When that commit cannot be read, the newest backup's stop time stands in for it.
 
 A refusal names the range, so the user can pick a time inside it.
 """
@@ -17,11 +19,15 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 from careflow_ha.backup.target import RestoreTarget, shown
 from careflow_ha.errors import CommandFailed, UsageError
 
+#: ``pgbackrest info`` status codes: ok, and "no valid backups" (a stanza that exists but is empty).
+STATUS_OK, STATUS_NO_BACKUP = 0, 2
+#: pgBackRest's backup times are whole seconds, and a time target needs a backup that stopped strictly before it.
+PGBACKREST_TIME_RESOLUTION = timedelta(seconds=1)
 #: pg_waldump's description of a commit record, printed with TZ=UTC (compat.c's timestamptz_to_str).
 _COMMIT = re.compile(r"desc: COMMIT (\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2}(?:\.\d+)?) UTC\b")
 
@@ -136,6 +142,11 @@ class RestorableRange:
         if target.kind != "time":
             return
         assert target.time is not None
+        if self.latest < self.earliest:
+            raise UsageError(
+                f"no time can be restored to: nothing was committed after the oldest backup ended "
+                f"({shown(self.earliest)}); restore with --latest instead"
+            )
         if not self.earliest <= target.time <= self.latest:
             early = target.time < self.earliest
             side = "before the oldest backup's end" if early else "after the newest archived commit"
@@ -146,9 +157,12 @@ class RestorableRange:
 def restorable_range(stanza: Stanza, newest_commit: datetime | None = None) -> RestorableRange:
     """The range a restore from ``stanza`` can reach; ``newest_commit`` is the last commit in archived WAL."""
     usable = stanza.usable_backups
+    if not stanza.backups and stanza.status_code not in (STATUS_OK, STATUS_NO_BACKUP):
+        raise UsageError(f"stanza {stanza.name!r}: {stanza.status_message}; check the repository path and its "
+                         "permissions (pgbackrest info), or create the stanza")
     if not usable:
         why = "has no backup" if not stanza.backups else "has no backup whose WAL is complete in the archive"
         raise UsageError(f"stanza {stanza.name!r} {why}; take one first (careflow-ha backup run --type full)")
     oldest, newest = usable[0], usable[-1]
-    end = max(newest.stop, newest_commit) if newest_commit else newest.stop
-    return RestorableRange(oldest.stop, end, oldest.label, newest.label)
+    latest = newest_commit if newest_commit is not None else newest.stop
+    return RestorableRange(oldest.stop + PGBACKREST_TIME_RESOLUTION, latest, oldest.label, newest.label)

@@ -4,7 +4,8 @@ pgBackRest 2.45 exits 0 even when verify finds damage: the verdict is only in it
 in the summary, and one INFO line per bad file, e.g. ``P01 INFO: invalid checksum
 '20261201-222616F/pg_data/base/5/1255.zst'``). So the exit code alone proves nothing; this module reads
 both, and run it with ``--log-level-console=info`` (``Pgbackrest.verify`` does) or the file lines are not
-printed at all.
+printed at all. A clean repository prints its "status: ok" summary only with ``--output=text --verbose``,
+so those are on too: no verdict in the output is a failure, never a pass.
 """
 
 from __future__ import annotations

@@ -23,7 +23,7 @@ BASE = ["pgbackrest", "--config=/etc/pgbackrest/pgbackrest.conf", "--stanza=care
         (PGBR.backup("incr"), [*BASE, "backup", "--type=incr"]),
         (PGBR.check(), [*BASE, "check"]),
         (PGBR.info(), [*BASE, "info", "--output=json"]),
-        (PGBR.verify(), [*BASE, "verify", "--log-level-console=info"]),
+        (PGBR.verify(), [*BASE, "verify", "--log-level-console=info", "--output=text", "--verbose"]),
         (PGBR.stanza_create(), [*BASE, "stanza-create"]),
         (PGBR.restore(RestoreTarget("time", time=datetime(2026, 11, 30, 15, tzinfo=UTC)), Path("/scratch")),
          [*BASE, "restore", "--pg1-path=/scratch", "--type=time", "--target=2026-11-30 15:00:00.000000+00",

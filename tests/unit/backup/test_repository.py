@@ -66,7 +66,7 @@ def test_the_range_runs_from_the_oldest_backups_end_to_the_newest_commit():
     stanza = parse_info(info(), "careflow")
     newest_commit = at(T0 + 7200)
     span = restorable_range(stanza, newest_commit)
-    assert (span.earliest, span.latest) == (at(T0 + 6), newest_commit)
+    assert (span.earliest, span.latest) == (at(T0 + 7), newest_commit)  # pgBackRest needs stop < target
     assert (span.oldest_backup, span.newest_backup) == ("20261201-030616F", "20261201-030616F_20261201-040000D")
 
 
@@ -75,9 +75,18 @@ def test_without_a_known_commit_the_range_ends_at_the_newest_backup():
     assert span.latest == at(T0 + 3610)
 
 
-def test_an_older_commit_never_shrinks_the_range_below_the_newest_backup():
-    span = restorable_range(parse_info(info(), "careflow"), at(T0 + 100))  # commits before the diff's end
-    assert span.latest == at(T0 + 3610)
+def test_the_range_ends_at_the_newest_commit_even_before_the_newest_backup():
+    """No commit after T0+100: a target later than that finds no commit to stop at, and PostgreSQL fails it."""
+    span = restorable_range(parse_info(info(), "careflow"), at(T0 + 100))
+    assert span.latest == at(T0 + 100)
+    with pytest.raises(UsageError, match="after the newest archived commit"):
+        span.check(RestoreTarget("time", time=at(T0 + 2000)))
+
+
+def test_no_commit_since_the_oldest_backup_means_only_latest():
+    span = restorable_range(parse_info(info(), "careflow"), at(T0 + 3))
+    with pytest.raises(UsageError, match="nothing was committed after the oldest backup ended .*; restore with --l"):
+        span.check(RestoreTarget("time", time=at(T0 + 7)))
 
 
 @pytest.mark.parametrize(
@@ -94,7 +103,7 @@ def test_an_older_commit_never_shrinks_the_range_below_the_newest_backup():
     ],
 )
 def test_only_usable_backups_bound_the_range(backups, earliest):
-    assert restorable_range(parse_info(info(backup=backups), "careflow")).earliest == at(earliest)
+    assert restorable_range(parse_info(info(backup=backups), "careflow")).earliest == at(earliest + 1)
 
 
 @pytest.mark.parametrize(
@@ -104,6 +113,8 @@ def test_only_usable_backups_bound_the_range(backups, earliest):
         ({"backup": [_backup("A", "full", T0, T0 + 6, "00000001000000000000000A", "00000001000000000000000A")]},
          "has no backup whose WAL is complete in the archive"),
         ({"archive": []}, "has no backup whose WAL is complete in the archive"),
+        ({"backup": [], "status": {"code": 1, "message": "missing stanza path"}},
+         "stanza 'careflow': missing stanza path; check the repository path and its permissions"),
     ],
 )
 def test_nothing_to_restore_is_one_line(edit, message):
@@ -132,10 +143,10 @@ def test_unreadable_info_is_one_line(text, error, message):
 @pytest.mark.parametrize(
     ("to", "refused"),
     [
-        ("2026-12-01T03:06:22Z", None),  # the oldest backup's end: the first reachable instant
+        ("2026-12-01T03:06:23Z", None),  # a second after the oldest backup's end: the first reachable instant
         ("2026-12-01T05:06:16Z", None),  # the newest commit itself
         ("2026-12-01 12:30", None),  # naive Seoul = 03:30 UTC, inside
-        ("2026-12-01T03:06:21Z", "before the oldest backup's end"),
+        ("2026-12-01T03:06:22Z", "before the oldest backup's end"),  # its stop second itself: pgBackRest refuses
         ("2026-12-01 12:06:16", "before the oldest backup's end"),  # naive Seoul = 03:06:16 UTC: its start
         ("2026-12-01T05:06:17Z", "after the newest archived commit"),
         ("2026-12-01T05:06:16Z", None),
@@ -152,7 +163,7 @@ def test_a_time_outside_the_range_is_refused_with_the_range(to, refused):
     message = str(err.value)
     assert refused in message and err.value.exit_code == 2 and "\n" not in message
     # the range, on the clinics' clock with its offset, so the user can pick a time inside it
-    assert "the restorable range is 2026-12-01 12:06:22+09:00 .. 2026-12-01 14:06:16+09:00 (Asia/Seoul)" in message
+    assert "the restorable range is 2026-12-01 12:06:23+09:00 .. 2026-12-01 14:06:16+09:00 (Asia/Seoul)" in message
 
 
 @pytest.mark.parametrize("target", [RestoreTarget("latest"), RestoreTarget("xid", xid=99), RestoreTarget("immediate")])

@@ -18,16 +18,30 @@ DAMAGED = """\
                                         missing: 1, checksum invalid: 1
 2026-12-01 22:26:29.983 P00   INFO: verify command end: completed successfully (707ms)
 """  # noqa: E501 (pgBackRest's own lines, verbatim)
+#: A clean repository with --output=text --verbose (pgBackRest 2.45): the INFO summary, then the text one.
 CLEAN = """\
-2026-12-01 22:26:29.280 P00   INFO: verify command begin 2.45: --stanza=t
-2026-12-01 22:26:29.983 P00   INFO: stanza: t
+2026-12-01 22:40:55.850 P00   INFO: verify command begin 2.45: --log-level-console=info --output=text --stanza=t --verbose
+2026-12-01 22:40:56.357 P00   INFO: stanza: t
                                     status: ok
                                       archiveId: 15-1, total WAL checked: 2, total valid WAL: 2
+                                        missing: 0, checksum invalid: 0, size invalid: 0, other: 0
                                       backup: 20261201-222616F, status: valid, total files checked: 964, total valid files: 964
-2026-12-01 22:26:29.983 P00   INFO: verify command end: completed successfully (707ms)
+                                        missing: 0, checksum invalid: 0, size invalid: 0, other: 0
+stanza: t
+status: ok
+  archiveId: 15-1, total WAL checked: 2, total valid WAL: 2
+    missing: 0, checksum invalid: 0, size invalid: 0, other: 0
+  backup: 20261201-222616F, status: valid, total files checked: 964, total valid files: 964
+    missing: 0, checksum invalid: 0, size invalid: 0, other: 0
+2026-12-01 22:40:56.358 P00   INFO: verify command end: completed successfully (516ms)
 """  # noqa: E501 (pgBackRest's own lines, verbatim)
+#: Without --verbose a clean run prints no verdict: that must not pass.
+SILENT = """\
+2026-12-01 22:40:30.942 P00   INFO: verify command begin 2.45: --log-level-console=info --stanza=t
+2026-12-01 22:40:31.509 P00   INFO: verify command end: completed successfully (573ms)
+"""
 WAL_DAMAGED = CLEAN.replace("status: ok", "status: error").replace(
-    "P00   INFO: stanza: t",
+    "2026-12-01 22:40:56.357 P00   INFO: stanza: t",
     "P02   INFO: invalid size '15-1/0000000100000000/000000010000000000000003-0123456789abcdef.zst'\n"
     "2026-12-01 22:26:29.983 P00   INFO: stanza: t",
 )
@@ -66,6 +80,7 @@ def test_a_damaged_wal_segment_is_named_and_belongs_to_no_backup():
     ("code", "output", "says"),
     [
         (0, "", "status missing (exit 0)"),  # nothing printed: never taken for a pass
+        (0, SILENT, "status missing (exit 0)"),  # no verdict (verify without --verbose)
         (0, CLEAN.replace("status: valid", "status: invalid"), "backups 20261201-222616F invalid"),
         (56, "ERROR: [056]: unable to find stanza\n", "pgbackrest verify failed (ERROR: [056]: unable to find stanza)"),
         (0, CLEAN.replace("status: ok", "status: error"), "status error"),
