@@ -188,3 +188,35 @@ def test_pyinfra_renders_the_role_template_exactly_as_ansible_does(tmp_path, rep
     ours = load_inventory(path, SECRETS, roles=ROLES_WITH_PGBACKREST)
     assert ours.render_template("pgbackrest", template, host) == _ansible_render(path, host, template,
                                                                                tmp_path / "rendered")
+
+
+def _deploy_op_names() -> set[str]:
+    import ast
+
+    source = (PROJECT_DIR / "careflow_ha" / "pyinfra_deploys" / "pgbackrest.py").read_text()
+    names = set()
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Call):
+            for kw in node.keywords:
+                if kw.arg == "name" and isinstance(kw.value, ast.Constant):
+                    names.add(kw.value.value)
+                elif kw.arg == "name" and isinstance(kw.value, ast.JoinedStr):  # f"Ensure {path} exists ..."
+                    names.add("".join(v.value for v in kw.value.values if isinstance(v, ast.Constant)))
+            if getattr(node.func, "id", "") == "put_role_file" and isinstance(node.args[0], ast.Constant):
+                names.add(node.args[0].value)
+            if isinstance(node.func, ast.Name) and node.func.id == "role_template":
+                template = node.args[2].value
+                _data._task("pgbackrest", node.args[1].value, "template", "src", template)  # the task exists
+    return names
+
+
+def test_the_pyinfra_deploy_does_each_task_of_the_role():
+    """Same end states under the same names (pyinfra prefixes loop items with the path, hence startswith)."""
+    deploy_names = _deploy_op_names()
+    for tasks_file in ("install.yml", "configure.yml", "service.yml"):
+        for task in yaml.safe_load((ROLE / "tasks" / tasks_file).read_text()):
+            if "ansible.builtin.meta" in task:
+                continue  # flush_handlers: pyinfra's restart op follows the config op directly
+            name = task["name"]
+            wanted = "exists with its owner" if "directories exist" in name else name
+            assert any(wanted in n for n in deploy_names), f"{tasks_file}: {name!r} has no pyinfra operation"
