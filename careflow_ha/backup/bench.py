@@ -124,10 +124,10 @@ def _untar(backup: Path, server: LocalPostgres) -> None:
 
 def _pgbackrest_round(repo: LocalRepository, n: int) -> tuple[float, float, float]:
     """A full backup, then a restore of exactly that backup (no WAL past its end) up to the first connection."""
-    before = _du(repo.repo_path / "backup")
     backup_s = _timed(lambda: repo.run(repo.pgbr.backup("full"), timeout=1800))
-    stored = (_du(repo.repo_path / "backup") - before) / MB
     label = read_stanza(repo.run, repo.pgbr).backups[-1].label
+    # This backup's own directory: retention (2 fulls) may expire an older one in the same command.
+    stored = _du(repo.repo_path / "backup" / repo.pgbr.stanza / label) / MB
     target = repo.restored_server(f"pgbr-{n}")
 
     def restore() -> None:
