@@ -10,7 +10,9 @@ in alternating rounds:
 
 The WAL the fill wrote is archived before the first round (in the lab archiving runs continuously).
 Reported per tool: median seconds, MB/s of database size, repository/backup bytes, restore seconds per GB,
-and the ratios pgBackRest / pg_basebackup. Absolute numbers drift between machines; the ratios are the claim.
+and the ratios pgBackRest / pg_basebackup. Last, a differential backup after a month of new rows in a table
+of its own (old months never change in the partitioned EMR), next to pg_basebackup, which is always full.
+Absolute numbers drift between machines; the ratios are the claim.
 """
 
 from __future__ import annotations
@@ -70,6 +72,11 @@ class BenchResult:
     backup_speedup: float  # pg_basebackup seconds / pgBackRest seconds (>1: pgBackRest is faster)
     restore_speedup: float
     stored_ratio: float  # pgBackRest bytes / pg_basebackup bytes
+    # A differential after a new month's rows (new files, old months untouched, as in the partitioned EMR):
+    diff_new_mb: float  # table data added before the diff
+    diff_s: float
+    diff_stored_mb: float
+    diff_speedup_vs_basebackup: float  # pg_basebackup (always full) seconds / pgBackRest diff seconds
 
 
 def _du(path: Path) -> int:
@@ -154,6 +161,21 @@ def _basebackup_round(repo: LocalRepository, n: int) -> tuple[float, float, floa
         shutil.rmtree(dest, ignore_errors=True)
 
 
+def _diff_after_new_month(repo: LocalRepository, mb: int, log: Callable[[str], None]) -> tuple[float, float]:
+    """A month of new rows in a table of its own (a new partition), then a timed differential backup."""
+    rows = mb * MB // _ROW_BYTES
+    with repo.connect(autocommit=True) as conn:
+        conn.execute("CREATE TABLE bench_results_new (LIKE bench_results INCLUDING ALL)")
+        conn.execute(_FILL.replace("INSERT INTO bench_results", "INSERT INTO bench_results_new"),
+                     {"first": 1, "last": rows})
+        conn.execute("CHECKPOINT")
+    repo.run(repo.pgbr.check(), timeout=1800)  # its WAL archived first, as in the lab
+    log(f"differential after {mb} MB of new rows")
+    diff_s = _timed(lambda: repo.run(repo.pgbr.backup("diff"), timeout=1800))
+    label = read_stanza(repo.run, repo.pgbr).backups[-1].label
+    return diff_s, _du(repo.repo_path / "backup" / repo.pgbr.stanza / label) / MB
+
+
 def run_bench(mb: int = 200, rounds: int = 2, process_max: int = 2,
               log: Callable[[str], None] = lambda _m: None) -> BenchResult:
     """Fill, then ``rounds`` interleaved backup+restore rounds of each tool; medians compared."""
@@ -180,6 +202,7 @@ def run_bench(mb: int = 200, rounds: int = 2, process_max: int = 2,
                 figures[name]["stored"].append(stored_mb)
                 figures[name]["restore"].append(restore_s)
                 log(f"round {n}/{rounds}: {name} backup {backup_s:.1f}s ({stored_mb:.1f} MB), restore {restore_s:.1f}s")
+        diff_s, diff_stored = _diff_after_new_month(repo, max(1, mb // 30), log)
     finally:
         repo.close()
 
@@ -192,7 +215,8 @@ def run_bench(mb: int = 200, rounds: int = 2, process_max: int = 2,
     pgbr, pgbb = tool("pgbackrest"), tool("pg_basebackup")
     return BenchResult(round(size_mb, 1), rounds, process_max, pgbr, pgbb,
                        round(pgbb.backup_s / pgbr.backup_s, 2), round(pgbb.restore_s / pgbr.restore_s, 2),
-                       round(pgbr.stored_mb / pgbb.stored_mb, 2))
+                       round(pgbr.stored_mb / pgbb.stored_mb, 2),
+                       max(1, mb // 30), round(diff_s, 2), round(diff_stored, 1), round(pgbb.backup_s / diff_s, 2))
 
 
 def render(result: BenchResult | dict) -> str:
@@ -205,5 +229,7 @@ def render(result: BenchResult | dict) -> str:
                      f"{t['restore_s']:>10} {t['restore_s_per_gb']:>7}")
     lines.append(f"pgBackRest vs pg_basebackup: backup {d['backup_speedup']}x as fast, restore "
                  f"{d['restore_speedup']}x as fast, {d['stored_ratio']}x the bytes stored")
+    lines.append(f"pgBackRest diff after {d['diff_new_mb']} MB of new rows: {d['diff_s']} s, {d['diff_stored_mb']} MB "
+                 f"stored; {d['diff_speedup_vs_basebackup']}x as fast as pg_basebackup's (always full) backup")
     return "\n".join(lines)
 

@@ -18,6 +18,7 @@ def test_the_bench_measures_both_tools_and_their_ratios():
     assert result.backup_speedup == pytest.approx(result.pg_basebackup.backup_s / result.pgbackrest.backup_s, rel=0.05)
     # compressed with zstd either way: the stored bytes are a fraction of the database
     assert result.pgbackrest.stored_mb < result.database_mb and result.pg_basebackup.stored_mb < result.database_mb
+    assert 0 < result.diff_stored_mb < result.pgbackrest.stored_mb  # only the new month's files (and catalogs)
     assert "pgBackRest vs pg_basebackup" in render(result)
 
 
