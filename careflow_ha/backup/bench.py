@@ -18,12 +18,14 @@ Absolute numbers drift between machines; the ratios are the claim.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import statistics
 import subprocess
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from datetime import datetime
 from pathlib import Path
 
 from careflow_ha.backup.local import LocalRepository, start_local_repository
@@ -57,6 +59,8 @@ class ToolFigures:
     tool: str
     backup_s: float
     backup_mb_s: float
+    copy_s: float  # pgBackRest: start of the file copy to pg_backup_stop (its log); pg_basebackup: all of it
+    copy_mb_s: float
     stored_mb: float
     restore_s: float
     restore_s_per_gb: float
@@ -129,9 +133,31 @@ def _untar(backup: Path, server: LocalPostgres) -> None:
         _as_postgres(["tar", "--zstd", "-xf", str(backup / "pg_wal.tar.zst"), "-C", str(data / "pg_wal")])
 
 
-def _pgbackrest_round(repo: LocalRepository, n: int) -> tuple[float, float, float]:
+_LOG_TIME = r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{3}) P00\s+INFO: "
+
+
+def copy_seconds(log: str) -> float | None:
+    """From ``backup --log-level-console=info`` output: seconds from the copy's start to pg_backup_stop.
+
+    The rest of a pgBackRest backup is the checkpoint before it and, after it, waiting for the stop
+    segment to be archived (async push), the manifest and expire.
+    """
+    start = re.search(_LOG_TIME + r"backup start archive", log, re.MULTILINE)
+    stop = re.search(_LOG_TIME + r"execute non-exclusive backup stop", log, re.MULTILINE)
+    if not (start and stop):
+        return None
+    fmt = "%Y-%m-%d %H:%M:%S.%f"
+    return (datetime.strptime(stop[1], fmt) - datetime.strptime(start[1], fmt)).total_seconds()
+
+
+def _pgbackrest_round(repo: LocalRepository, n: int) -> tuple[float, float, float, float]:
     """A full backup, then a restore of exactly that backup (no WAL past its end) up to the first connection."""
-    backup_s = _timed(lambda: repo.run(repo.pgbr.backup("full"), timeout=1800))
+    started = time.monotonic()
+    out = repo.run([*repo.pgbr.backup("full"), "--log-level-console=info"], timeout=1800)
+    backup_s = time.monotonic() - started
+    copy_s = copy_seconds(out.output)
+    if copy_s is None:
+        raise CommandFailed("pgbackrest backup printed no start/stop lines at --log-level-console=info")
     label = read_stanza(repo.run, repo.pgbr).backups[-1].label
     # This backup's own directory: retention (2 fulls) may expire an older one in the same command.
     stored = _du(repo.repo_path / "backup" / repo.pgbr.stanza / label) / MB
@@ -143,19 +169,19 @@ def _pgbackrest_round(repo: LocalRepository, n: int) -> tuple[float, float, floa
         _start_and_stop(target, repo)
 
     try:
-        return backup_s, stored, _timed(restore)
+        return backup_s, stored, _timed(restore), copy_s
     finally:
         target.remove()
 
 
-def _basebackup_round(repo: LocalRepository, n: int) -> tuple[float, float, float]:
+def _basebackup_round(repo: LocalRepository, n: int) -> tuple[float, float, float, float]:
     """pg_basebackup to tar + zstd 3, then untar + start up to the first connection."""
     dest = repo.base / f"basebackup-{n}"
     target = repo.restored_server(f"pgbb-{n}")
     try:
         backup_s = _timed(lambda: _basebackup(repo, dest))
         stored = _du(dest) / MB
-        return backup_s, stored, _timed(lambda: (_untar(dest, target), _start_and_stop(target, repo)))
+        return backup_s, stored, _timed(lambda: (_untar(dest, target), _start_and_stop(target, repo))), backup_s
     finally:
         target.remove()
         shutil.rmtree(dest, ignore_errors=True)
@@ -185,7 +211,7 @@ def run_bench(mb: int = 200, rounds: int = 2, process_max: int = 2,
         if shutil.which(tool) is None:
             raise UsageError(f"{tool} is not installed; run ./careflow-ha once (it installs the host packages)")
     repo = start_local_repository(durable=True, process_max=process_max)
-    figures: dict[str, dict[str, list[float]]] = {t: {"backup": [], "restore": [], "stored": []}
+    figures: dict[str, dict[str, list[float]]] = {t: {"backup": [], "restore": [], "stored": [], "copy": []}
                                                   for t in ("pgbackrest", "pg_basebackup")}
     try:
         log(f"filling {mb} MB on a durable loopback server (port {repo.server.port})")
@@ -197,7 +223,8 @@ def run_bench(mb: int = 200, rounds: int = 2, process_max: int = 2,
         repo.run(repo.pgbr.check(), timeout=1800)
         for n in range(1, rounds + 1):
             for name, one_round in (("pgbackrest", _pgbackrest_round), ("pg_basebackup", _basebackup_round)):
-                backup_s, stored_mb, restore_s = one_round(repo, n)
+                backup_s, stored_mb, restore_s, copy_s = one_round(repo, n)
+                figures[name]["copy"].append(copy_s)
                 figures[name]["backup"].append(backup_s)
                 figures[name]["stored"].append(stored_mb)
                 figures[name]["restore"].append(restore_s)
@@ -208,9 +235,9 @@ def run_bench(mb: int = 200, rounds: int = 2, process_max: int = 2,
 
     def tool(name: str) -> ToolFigures:
         b, r = statistics.median(figures[name]["backup"]), statistics.median(figures[name]["restore"])
-        stored = statistics.median(figures[name]["stored"])
-        return ToolFigures(name, round(b, 2), round(size_mb / b, 1), round(stored, 1), round(r, 2),
-                           round(r / (size_mb / 1024), 1))
+        stored, c = statistics.median(figures[name]["stored"]), statistics.median(figures[name]["copy"])
+        return ToolFigures(name, round(b, 2), round(size_mb / b, 1), round(c, 2), round(size_mb / c, 1),
+                           round(stored, 1), round(r, 2), round(r / (size_mb / 1024), 1))
 
     pgbr, pgbb = tool("pgbackrest"), tool("pg_basebackup")
     return BenchResult(round(size_mb, 1), rounds, process_max, pgbr, pgbb,
@@ -222,11 +249,12 @@ def run_bench(mb: int = 200, rounds: int = 2, process_max: int = 2,
 def render(result: BenchResult | dict) -> str:
     d = asdict(result) if isinstance(result, BenchResult) else result
     lines = [f"database {d['database_mb']} MB, {d['rounds']} round(s), pgBackRest process-max {d['process_max']}",
-             f"{'tool':<14} {'backup s':>9} {'MB/s':>7} {'stored MB':>10} {'restore s':>10} {'s/GB':>7}"]
+             f"{'tool':<14} {'backup s':>9} {'MB/s':>7} {'copy s':>7} {'copy MB/s':>10} {'stored MB':>10} "
+             f"{'restore s':>10} {'s/GB':>7}"]
     for name in ("pgbackrest", "pg_basebackup"):
         t = d[name]
-        lines.append(f"{t['tool']:<14} {t['backup_s']:>9} {t['backup_mb_s']:>7} {t['stored_mb']:>10} "
-                     f"{t['restore_s']:>10} {t['restore_s_per_gb']:>7}")
+        lines.append(f"{t['tool']:<14} {t['backup_s']:>9} {t['backup_mb_s']:>7} {t['copy_s']:>7} {t['copy_mb_s']:>10} "
+                     f"{t['stored_mb']:>10} {t['restore_s']:>10} {t['restore_s_per_gb']:>7}")
     lines.append(f"pgBackRest vs pg_basebackup: backup {d['backup_speedup']}x as fast, restore "
                  f"{d['restore_speedup']}x as fast, {d['stored_ratio']}x the bytes stored")
     lines.append(f"pgBackRest diff after {d['diff_new_mb']} MB of new rows: {d['diff_s']} s, {d['diff_stored_mb']} MB "
