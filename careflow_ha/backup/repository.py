@@ -162,7 +162,8 @@ def restorable_range(stanza: Stanza, newest_commit: datetime | None = None) -> R
                          "permissions (pgbackrest info), or create the stanza")
     if not usable:
         why = "has no backup" if not stanza.backups else "has no backup whose WAL is complete in the archive"
-        raise UsageError(f"stanza {stanza.name!r} {why}; take one first (careflow-ha backup run --type full)")
+        raise UsageError(f"stanza {stanza.name!r} {why}; take a full backup first "
+                         f"(pgbackrest --stanza={stanza.name} backup --type=full)")
     oldest, newest = usable[0], usable[-1]
     latest = newest_commit if newest_commit is not None else newest.stop
     return RestorableRange(oldest.stop + PGBACKREST_TIME_RESOLUTION, latest, oldest.label, newest.label)

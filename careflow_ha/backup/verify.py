@@ -66,7 +66,7 @@ class VerifyResult:
         shown = "; ".join(f"{f.kind} {f.path}" for f in self.bad_files[:5])
         more = f" and {len(self.bad_files) - 5} more" if len(self.bad_files) > 5 else ""
         return (f"pgbackrest verify: {len(self.bad_files)} damaged or missing file(s): {shown}{more}; "
-                "do not restore from that backup: take a new full backup (backup run --type full)")
+                "do not restore from that backup: take a new full backup (pgbackrest backup --type=full)")
 
     def require_ok(self) -> None:
         """Raise CheckFailed (exit 5) naming the bad files, so a restore stops before touching anything."""

@@ -109,7 +109,8 @@ def test_only_usable_backups_bound_the_range(backups, earliest):
 @pytest.mark.parametrize(
     ("edit", "message"),
     [
-        ({"backup": []}, "stanza 'careflow' has no backup; take one first"),
+        ({"backup": []},
+         "stanza 'careflow' has no backup; take a full backup first \\(pgbackrest --stanza=careflow backup"),
         ({"backup": [_backup("A", "full", T0, T0 + 6, "00000001000000000000000A", "00000001000000000000000A")]},
          "has no backup whose WAL is complete in the archive"),
         ({"archive": []}, "has no backup whose WAL is complete in the archive"),
