@@ -66,3 +66,10 @@ def test_a_failed_command_names_its_last_error_line():
 
 def test_the_runner_environment_stays_out_of_its_repr():
     assert "s3cr3t" not in repr(LocalRunner(env={"PGPASSFILE": "/x", "PGPASSWORD": "s3cr3t"}))
+
+
+def test_the_cluster_archive_and_restore_commands_use_the_default_config():
+    """What Patroni's DCS gets (docs/backup.md, Integration): the role writes the default config file."""
+    pgbr = Pgbackrest("careflow")
+    assert pgbr.archive_command() == "pgbackrest --stanza=careflow archive-push %p"
+    assert pgbr.restore_command() == 'pgbackrest --stanza=careflow archive-get %f "%p"'
