@@ -103,10 +103,8 @@ class LocalRepository:
         raise NotReady(f"the restored server on port {restored.port} was still in recovery after {timeout:.0f}s")
 
     def close(self) -> None:
-        try:
-            self.server.stop()
-        finally:  # a server that would not stop still leaves no files behind
-            shutil.rmtree(self.base, ignore_errors=True)
+        self.server.stop()
+        shutil.rmtree(self.base, ignore_errors=True)
 
 
 def start_local_repository(stanza: str | None = None, durable: bool = False, process_max: int | None = None,
