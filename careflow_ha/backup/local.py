@@ -103,6 +103,8 @@ class LocalRepository:
         raise NotReady(f"the restored server on port {restored.port} was still in recovery after {timeout:.0f}s")
 
     def close(self) -> None:
+        # If the server does not stop, its files stay (and the error says so): deleting the data of a
+        # running postmaster would leave an orphan holding a port, which is worse than a temp directory.
         self.server.stop()
         shutil.rmtree(self.base, ignore_errors=True)
 
