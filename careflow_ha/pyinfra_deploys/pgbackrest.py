@@ -1,4 +1,5 @@
-"""The ``pgbackrest`` role in pyinfra: package, account, directories, the validated config, the TLS server.
+"""The ``pgbackrest`` role in pyinfra: package, account, directories, the validated config, the TLS server,
+and on the repository host the scheduled backups (systemd timers).
 
 Same inventory, same defaults, same templates as the role (rendered through ``role_template``), so both
 provisioners write byte-identical files. Not in site.yml's plays yet: the repository host (backup1) is
@@ -12,6 +13,21 @@ from pyinfra.operations import apt, files, server, systemd
 
 from careflow_ha.pyinfra_deploys._data import role_template, var
 from careflow_ha.pyinfra_deploys.ops import apt_cache_fresh, changed_unless, put_role_file, wait_until_ok
+
+#: The repository host's scheduled backups: (role task name, template).
+BACKUP_UNITS = (
+    ("Ensure the backup service is in place", "careflow-backup@.service.j2"),
+    ("Ensure the weekly full backup timer is in place", "careflow-backup-full.timer.j2"),
+    ("Ensure the differential backup timer is in place", "careflow-backup-diff.timer.j2"),
+)
+
+
+def _backup_timers() -> None:
+    units = [put_role_file(name, role_template("pgbackrest", "service.yml", src)) for name, src in BACKUP_UNITS]
+    systemd.daemon_reload(name="Reload systemd units", _if=lambda: any(u.did_change() for u in units))
+    for kind in ("full", "diff"):
+        systemd.service(name="Ensure the backup timers are enabled and running",
+                        service=f"careflow-backup-{kind}.timer", running=True, enabled=True)
 
 
 @deploy("pgBackRest")
@@ -33,6 +49,8 @@ def pgbackrest() -> None:
         "Ensure the pgBackRest configuration is rendered and valid",
         role_template("pgbackrest", "configure.yml", "pgbackrest.conf.j2"),
     )
+    if var("__pgbackrest_is_repo_host"):
+        _backup_timers()
     if not var("__pgbackrest_tls_server"):
         return  # a local repository: no server to run
     start = systemd.service(

@@ -181,6 +181,8 @@ def _ansible_render(inventory: Path, host: str, template: str, dest: Path) -> st
         (True, "pg3", "pgbackrest.conf.j2"),
         (False, "pg1", "pgbackrest.conf.j2"),
         (True, "backup1", "careflow-pgbackrest-validate.sh.j2"),
+        (True, "backup1", "careflow-backup-full.timer.j2"),
+        (True, "backup1", "careflow-backup@.service.j2"),
     ],
 )
 def test_pyinfra_renders_the_role_template_exactly_as_ansible_does(tmp_path, repository_host, host, template):
@@ -191,22 +193,19 @@ def test_pyinfra_renders_the_role_template_exactly_as_ansible_does(tmp_path, rep
 
 
 def _deploy_op_names() -> set[str]:
+    """Every string in the deploy's source (operation names, some in tables such as BACKUP_UNITS)."""
     import ast
 
     source = (PROJECT_DIR / "careflow_ha" / "pyinfra_deploys" / "pgbackrest.py").read_text()
     names = set()
     for node in ast.walk(ast.parse(source)):
-        if isinstance(node, ast.Call):
-            for kw in node.keywords:
-                if kw.arg == "name" and isinstance(kw.value, ast.Constant):
-                    names.add(kw.value.value)
-                elif kw.arg == "name" and isinstance(kw.value, ast.JoinedStr):  # f"Ensure {path} exists ..."
-                    names.add("".join(v.value for v in kw.value.values if isinstance(v, ast.Constant)))
-            if getattr(node.func, "id", "") == "put_role_file" and isinstance(node.args[0], ast.Constant):
-                names.add(node.args[0].value)
-            if isinstance(node.func, ast.Name) and node.func.id == "role_template":
-                template = node.args[2].value
-                _data._task("pgbackrest", node.args[1].value, "template", "src", template)  # the task exists
+        if isinstance(node, ast.Constant) and isinstance(node.value, str):
+            names.add(node.value)
+        elif isinstance(node, ast.JoinedStr):  # f"Ensure {path} exists ..."
+            names.add("".join(v.value for v in node.values if isinstance(v, ast.Constant)))
+        literal_call = isinstance(node, ast.Call) and all(isinstance(a, ast.Constant) for a in node.args)
+        if literal_call and getattr(node.func, "id", "") == "role_template":
+            _data._task("pgbackrest", node.args[1].value, "template", "src", node.args[2].value)  # the task exists
     return names
 
 
@@ -220,3 +219,39 @@ def test_the_pyinfra_deploy_does_each_task_of_the_role():
             name = task["name"]
             wanted = "exists with its owner" if "directories exist" in name else name
             assert any(wanted in n for n in deploy_names), f"{tasks_file}: {name!r} has no pyinfra operation"
+
+
+def test_the_deploys_backup_units_are_the_roles_tasks():
+    from careflow_ha.pyinfra_deploys.pgbackrest import BACKUP_UNITS
+
+    for name, src in BACKUP_UNITS:
+        task = _data._task("pgbackrest", "service.yml", "template", "src", src)
+        assert task["dest"] == f"/etc/systemd/system/{src.removesuffix('.j2')}"
+        tasks = yaml.safe_load((ROLE / "tasks" / "service.yml").read_text())
+        assert any(t["name"] == name and t.get("ansible.builtin.template", {}).get("src") == src for t in tasks)
+
+
+UNITS = ("careflow-backup@.service", "careflow-backup-full.timer", "careflow-backup-diff.timer")
+
+
+def test_the_backup_units_are_valid_systemd_units_with_valid_calendars(lab, tmp_path):
+    """systemd-analyze (no running systemd needed) checks the rendered units and the two schedules."""
+    for unit in UNITS:
+        (tmp_path / unit).write_text(lab.render_template("pgbackrest", f"{unit}.j2", "backup1"))
+    proc = subprocess.run(["systemd-analyze", "verify", *(str(tmp_path / u) for u in UNITS)],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    hv = lab.hostvars["backup1"]
+    for calendar in (hv["pgbackrest_full_backup_calendar"], hv["pgbackrest_diff_backup_calendar"]):
+        got = subprocess.run(["systemd-analyze", "calendar", calendar], capture_output=True, text=True, timeout=30)
+        assert got.returncode == 0 and "Next elapse" in got.stdout, got.stderr
+    timer = (tmp_path / "careflow-backup-full.timer").read_text()
+    assert "OnCalendar=Sun *-*-* 01:00:00 Asia/Seoul" in timer and "Unit=careflow-backup@full.service" in timer
+    assert "ExecStart=/usr/bin/pgbackrest --stanza=careflow backup --type=%i" in (
+        tmp_path / "careflow-backup@.service").read_text()
+
+
+@pytest.mark.parametrize("bad", ["Sun *-*-* 25:00:00", "Someday 01:00"])
+def test_a_bad_calendar_is_caught(bad):
+    got = subprocess.run(["systemd-analyze", "calendar", bad], capture_output=True, text=True, timeout=30)
+    assert got.returncode != 0
