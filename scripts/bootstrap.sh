@@ -15,6 +15,8 @@ APT_PACKAGES=(
   python3 python3-venv make git ca-certificates curl
   # monitoring: promtool checks and unit-tests the alert rules; pgbadger writes query reports
   prometheus pgbadger
+  # backups: the loopback PITR tests and the backup bench run a real pgBackRest (no service is started)
+  pgbackrest
 )
 
 stamp_dir=".lab"

@@ -4,7 +4,7 @@ Verbs follow patronictl: ``up``, ``down``, ``status``, ``provision``, ``lab``,
 ``data``, ``partitions``, ``drill``, ``soak``, ``load``, ``archive``, ``bench``, ``test``.
 A user error prints one line and exits with the code documented in errors.py.
 Each verb group has its module in this package (``lab``, ``cluster``,
-``data``, ``drills``, ``load``, ``archive``); shared options live in ``common``.
+``data``, ``drills``, ``load``, ``archive``, ``backup``); shared options live in ``common``.
 """
 
 from __future__ import annotations
@@ -57,6 +57,9 @@ def _register_commands() -> None:
     from careflow_ha.cli.monitoring import register as register_monitoring
 
     register_monitoring(cli)
+    from careflow_ha.cli.backup import register as register_backup
+
+    register_backup(cli)
 
 
 _register_commands()

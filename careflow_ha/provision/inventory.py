@@ -324,8 +324,13 @@ def load_inventory(
     secrets: Mapping[str, str],
     extra_vars: Mapping[str, str] | None = None,
     project_dir: Path = PROJECT_DIR,
+    roles: tuple[str, ...] = ROLES,
 ) -> ClusterInventory:
-    """Read an Ansible YAML inventory with its group_vars, host_vars and the roles' defaults."""
+    """Read an Ansible YAML inventory with its group_vars, host_vars and the roles' defaults.
+
+    ``roles`` are the roles whose defaults are read: site.yml's, as Ansible does; a role not yet in
+    site.yml (a component still being built) is rendered by naming it here.
+    """
     if not path.is_file():
         raise UsageError(f"inventory {path} does not exist; pass -i with an inventory file (see inventory/)")
     if _looks_like_ini(path):
@@ -335,7 +340,7 @@ def load_inventory(
         )
     groups, group_vars, host_vars = _inventory_groups(_parse_yaml(path), path)
     defaults: dict[str, Any] = {}
-    for role in ROLES:
+    for role in roles:
         role_defaults = ROLES_DIR / role / "defaults" / "main.yml"
         if role_defaults.exists():
             defaults.update(_load_yaml(role_defaults))

@@ -14,6 +14,8 @@ import pytest
 from careflow_ha.archive.archiver import Archiver
 from careflow_ha.archive.bench import WriteLoad
 from careflow_ha.archive.store import LocalStore
+from careflow_ha.backup.commands import LocalRunner, Pgbackrest
+from careflow_ha.backup.local import LocalRepository
 from careflow_ha.data.importer import ImportSummary
 from careflow_ha.data.localserver import LocalPostgres
 from careflow_ha.drills.probes import NodeSampler, ProbeReader, ProbeWriter
@@ -51,6 +53,9 @@ BUILDERS = {
     "OneNodeControl": lambda tmp: OneNodeControl(DSN),
     "RestartablePg": lambda tmp: RestartablePg(tmp, 5999),
     "ImportSummary": lambda tmp: ImportSummary(file="x.csv"),
+    "LocalRunner": lambda tmp: LocalRunner(env={"PGPASSWORD": SECRET}),
+    "LocalRepository": lambda tmp: LocalRepository(tmp, server(), Pgbackrest("s"),
+                                                   LocalRunner(env={"PGPASSWORD": SECRET})),
 }
 
 
