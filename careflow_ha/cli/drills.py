@@ -306,9 +306,10 @@ def bench_routing_cmd(seconds: int, clients: int, rounds: int, drill_runs: int, 
     paths = bench_paths(settings, leaders[0])
     results = run_pgbench_paths(settings, paths, progress, seconds=seconds, clients=clients, rounds=rounds)
     outages: dict[str, dict[str, list[dict[str, Any]]]] = {}
+    # One runner per way, built once: each applies the preset's HAProxy timing only when it changes.
+    runners = {way: _runner(engine_name, False, way) for way in ways} if drill_runs else {}
     for i in range(drill_runs):  # interleaved by run, so every way in sees the same machine load
-        for way in ways:
-            one = _runner(engine_name, False, way)
+        for way, one in runners.items():
             for name in ROUTING_DRILLS:
                 progress(f"routing: run {i + 1} of {drill_runs}, {name} via {way}")
                 run, _folder = one(name, preset, False)
