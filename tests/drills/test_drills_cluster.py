@@ -138,7 +138,8 @@ def test_ci_switchover_moves_the_primary_without_losing_a_write(drill, cluster):
 def test_ci_primary_node_loss_promotes_a_replica_and_the_old_primary_rejoins(drill, cluster):
     run = drill("primary-node-loss")
     assert_safe(run)
-    assert_writes_back_within(run, 60)
+    # The published target x 1.5 (issue 18): measured 21.8-26.9 s on this box (bench routing, 2026-12-01).
+    assert_writes_back_within(run, WRITE_OUTAGE_TARGETS_S["primary-node-loss"] * 1.5)
     assert_failed_over_and_rejoined(run, cluster)
     assert run.analysis.haproxy_switch_at is not None, "no write was ever acknowledged by the new primary via 5000"
 
