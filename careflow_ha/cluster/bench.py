@@ -58,6 +58,18 @@ def pgbench_conninfo(settings: Settings, args: list[str], where: str, timeout: f
     return proc.stdout
 
 
+def create_bench_db(admin_dsn: str) -> None:
+    """The scratch pgbench database (created once; ``drop_bench_db`` removes it after the runs)."""
+    with psycopg.connect(admin_dsn, autocommit=True) as conn:
+        if not conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (BENCH_DB,)).fetchone():
+            conn.execute(f"CREATE DATABASE {BENCH_DB}")
+
+
+def drop_bench_db(admin_dsn: str) -> None:
+    with psycopg.connect(admin_dsn, autocommit=True) as conn:
+        conn.execute(f"DROP DATABASE IF EXISTS {BENCH_DB} WITH (FORCE)")
+
+
 def parse_pgbench(output: str) -> tuple[float, float]:
     """(tps, average latency in ms) from pgbench's summary."""
     tps = re.search(r"^tps = ([\d.]+)", output, re.M)
@@ -83,9 +95,7 @@ def run_bench(
     leader = leaders[0]
     rw = settings.port("CAREFLOW_RW_PORT")
     direct = settings.node_port(leader, "PG")
-    with psycopg.connect(_dsn(settings, rw, "postgres"), autocommit=True) as conn:
-        if not conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (BENCH_DB,)).fetchone():
-            conn.execute(f"CREATE DATABASE {BENCH_DB}")
+    create_bench_db(_dsn(settings, rw, "postgres"))
     progress(f"bench: pgbench -i -s {scale} through 5000 (leader {leader})")
     _pgbench(settings, ["-i", "-q", "-s", str(scale)], rw, timeout=600)
     results: list[PgbenchResult] = []
@@ -99,8 +109,7 @@ def run_bench(
                     tps, lat = parse_pgbench(out)
                     results.append(PgbenchResult(mode, path, tps, lat))
     finally:
-        with psycopg.connect(_dsn(settings, rw, "postgres"), autocommit=True) as conn:
-            conn.execute(f"DROP DATABASE IF EXISTS {BENCH_DB} WITH (FORCE)")
+        drop_bench_db(_dsn(settings, rw, "postgres"))
     return results
 
 

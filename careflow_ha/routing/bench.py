@@ -11,9 +11,7 @@ import statistics
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
-import psycopg
-
-from careflow_ha.cluster.bench import BENCH_DB, MODES, parse_pgbench, pgbench_conninfo
+from careflow_ha.cluster.bench import MODES, create_bench_db, drop_bench_db, parse_pgbench, pgbench_conninfo
 from careflow_ha.settings import Settings
 
 DIRECT = "direct"
@@ -73,9 +71,7 @@ def run_pgbench_paths(
 ) -> list[PathResult]:
     """Initialise a pgbench database through the first way in, then alternate every path per round and mode."""
     admin = settings.dsn("rw", "superuser", "postgres")
-    with psycopg.connect(admin, autocommit=True) as conn:
-        if not conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (BENCH_DB,)).fetchone():
-            conn.execute(f"CREATE DATABASE {BENCH_DB}")
+    create_bench_db(admin)
     results: list[PathResult] = []
     try:
         progress(f"bench: pgbench -i -s {scale} via {paths[-1].name}")
@@ -91,8 +87,7 @@ def run_pgbench_paths(
                     tps, lat = parse_pgbench(out)
                     results.append(PathResult(mode, path.name, tps, lat))
     finally:
-        with psycopg.connect(admin, autocommit=True) as conn:
-            conn.execute(f"DROP DATABASE IF EXISTS {BENCH_DB} WITH (FORCE)")
+        drop_bench_db(admin)
     return results
 
 
