@@ -164,8 +164,9 @@ class Routing:
     #: postgres_cluster host -> careflow_node_ip, in inventory order.
     node_ips: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
 
-    def available(self, client_vip: Vip | None) -> tuple[str, ...]:
-        """The ways in this inventory supports, in WAYS_IN order."""
+    def available(self) -> tuple[str, ...]:
+        """The ways in this inventory supports, in WAYS_IN order (haproxy-vip always: without a VIP it is
+        HAProxy's published 127.0.0.1 ports)."""
         ok = {"haproxy-vip": True, "leader-vip": False, "libpq-multihost": bool(self.node_ips)}
         return tuple(name for name in WAYS_IN if ok[name])
 
@@ -321,7 +322,7 @@ class Settings:
         """These settings routed through ``via`` (a name in WAYS_IN that this inventory provisions)."""
         if via is None or via == self.via:
             return self
-        available = self.routing.available(self.vip)
+        available = self.routing.available()
         if via not in WAYS_IN:
             raise UsageError(f"--via {via!r} is unknown; use one of {', '.join(available)}")
         if via not in available:
@@ -356,7 +357,8 @@ class Settings:
 
     def redacted_dsn(self, endpoint: Endpoint = "rw", role: Role = "app", dbname: str = DB_NAME) -> str:
         """:meth:`dsn` with the password replaced by ``***`` (for output and reports)."""
-        return self.dsn(endpoint, role, dbname).replace(quote(self.password(role), safe=""), "***", 1)
+        dsn, pw = self.dsn(endpoint, role, dbname), quote(self.password(role), safe="")
+        return dsn.replace(f":{pw}@", ":***@", 1) if pw else dsn
 
     def _uri(self, port: int | None, role: str, dbname: str, host: str | None = None, **params: str) -> str:
         """``port`` None: ``host`` already carries ``host:port`` pairs (multi-host)."""

@@ -82,7 +82,7 @@ def print_connections(settings: Settings, show_secrets: bool) -> None:
             f"  also on lb1 only: 127.0.0.1:{settings.port('CAREFLOW_RW_PORT')} (rw), "
             f"127.0.0.1:{settings.port('CAREFLOW_RO_PORT')} (ro)"
         )
-    for way in settings.routing.available(settings.vip):
+    for way in settings.routing.available():
         if way != "haproxy-vip":
             click.echo(f"  --via {way:16} {settings.with_via(way).redacted_dsn('rw', 'app').split('?')[0]} (rw)")
     click.echo("  ssh -F .lab/ssh_config pg1 patronictl -c /etc/patroni/patroni.yml list")

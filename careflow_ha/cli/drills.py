@@ -293,7 +293,7 @@ def bench_routing_cmd(seconds: int, clients: int, rounds: int, drill_runs: int, 
     from careflow_ha.routing.report import write_report as write_routing_report
 
     settings = get_settings()
-    ways = settings.routing.available(settings.vip)
+    ways = settings.routing.available()
     if drill_runs:
         confirm_or_force(
             f"Run {len(ROUTING_DRILLS) * drill_runs * len(ways)} drills ({', '.join(ROUTING_DRILLS)} through "

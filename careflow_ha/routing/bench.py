@@ -47,7 +47,7 @@ def bench_paths(settings: Settings, leader: str) -> tuple[BenchPath, ...]:
     else:  # no addresses in the inventory: the lab's published port for the leader
         direct = f"host={settings.host} port={settings.node_port(leader, 'PG')}"
     paths = [BenchPath(DIRECT, direct)]
-    for way in routing.available(settings.vip):
+    for way in routing.available():
         if way == "haproxy-vip":
             host, hport = settings.endpoint("rw")
             paths.append(BenchPath(way, f"host={host} port={hport}"))

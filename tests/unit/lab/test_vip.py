@@ -108,7 +108,7 @@ def _lab_settings(tmp_path):
 
 def test_libpq_multihost_lists_every_node_and_lets_libpq_pick(tmp_path):
     settings = _lab_settings(tmp_path)
-    assert settings.routing.available(settings.vip) == ("haproxy-vip", "libpq-multihost")
+    assert settings.routing.available() == ("haproxy-vip", "libpq-multihost")
     multi = settings.with_via("libpq-multihost")
     rw, ro = multi.dsn("rw", "app"), multi.dsn("ro", "ro")
     app = settings.password("app")
