@@ -34,7 +34,7 @@ from careflow_ha.drills.faults import FAULTS, get_fault
 from careflow_ha.drills.report import write_report
 from careflow_ha.drills.runner import DrillOptions, DrillRun, run_drill
 from careflow_ha.drills.targets import compare_verdict
-from careflow_ha.errors import CheckFailed, UsageError
+from careflow_ha.errors import CheckFailed, NotReady, UsageError
 from careflow_ha.lab.engine import detect_engine
 from careflow_ha.provision.ansible import apply_haproxy_timing
 from careflow_ha.settings import Settings
@@ -287,8 +287,8 @@ ROUTING_DRILLS = ("switchover", "primary-node-loss")
 @format_option
 def bench_routing_cmd(seconds: int, clients: int, rounds: int, drill_runs: int, preset: str, engine_name: str | None,
                       force: bool, fmt: str) -> None:
-    """Every way in (HAProxy VIP, leader VIP, libpq multi-host) side by side: pgbench TPS as a ratio to direct
-    connections, and the switchover and node-loss write outage; a Markdown + JSON + PNG report."""
+    """Every provisioned way in (see --via) side by side: pgbench TPS as a ratio to direct connections, and
+    the switchover and node-loss write outage; a Markdown + JSON + PNG report."""
     from careflow_ha.routing.bench import bench_paths, run_pgbench_paths, summarise_outages, summarise_pgbench
     from careflow_ha.routing.report import write_report as write_routing_report
 
@@ -302,7 +302,7 @@ def bench_routing_cmd(seconds: int, clients: int, rounds: int, drill_runs: int, 
     snap = PatroniApi(settings).cluster()
     leaders = [m.name for m in snap.members if m.is_leader]
     if len(leaders) != 1:
-        raise UsageError("no single leader to benchmark against; run `careflow-ha status` and heal the cluster first")
+        raise NotReady("no single leader to benchmark against; run `careflow-ha status` and heal the cluster first")
     paths = bench_paths(settings, leaders[0])
     results = run_pgbench_paths(settings, paths, progress, seconds=seconds, clients=clients, rounds=rounds)
     outages: dict[str, dict[str, list[dict[str, Any]]]] = {}
