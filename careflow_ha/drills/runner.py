@@ -26,7 +26,7 @@ from careflow_ha.cluster.model import ClusterSnapshot, HistoryEntry, TimelineEve
 from careflow_ha.cluster.nodes import node_addresses
 from careflow_ha.cluster.timing import Timing, timing_preset
 from careflow_ha.cluster.watch import BoundedLoop, ClusterPoller, role_change_events
-from careflow_ha.drills.analysis import Analysis, analyse
+from careflow_ha.drills.analysis import Analysis, analyse, rejoined_at
 from careflow_ha.drills.checker import describe_set_check
 from careflow_ha.drills.control import ClusterControl
 from careflow_ha.drills.faults import PGDATA, Fault, FaultContext, NodeEngine
@@ -40,7 +40,7 @@ from careflow_ha.drills.probes import (
     ensure_probe_table,
     fetch_seqs,
 )
-from careflow_ha.drills.targets import Observation, Verdict, verdicts
+from careflow_ha.drills.targets import REJOIN_TARGET_S, Observation, Verdict, verdicts
 from careflow_ha.errors import CareflowError, CheckFailed, NotReady
 from careflow_ha.settings import DB_NAME, ROLE_NAMES, Settings
 
@@ -266,6 +266,13 @@ def _probe_and_break(
         except NotReady as exc:
             problem = str(exc)
             say(f"NOT healthy in time: {problem}")
+        if recovered and fault.expects_failover and healthy.leader:
+            # "Healthy" can be read from a node that has just been healed and still serves its stale view of
+            # the DCS (the cut-off old primary, as leader), so keep observing until the old primary is seen
+            # streaming, as the analysis will look for it; bounded by the rejoin target.
+            since = heal_at if heal_at is not None else fault_at
+            if not _wait(lambda: rejoined_at(poller.snapshots, healthy.leader, since) is not None, REJOIN_TARGET_S):
+                say(f"{healthy.leader} not seen streaming again within {REJOIN_TARGET_S:g} s")
         if fault.observe is not None:
             observation = fault.observe(ctx, targets, fault_at, heal_at, say)
             events.extend(observation.events)
