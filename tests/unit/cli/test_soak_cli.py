@@ -6,17 +6,9 @@ import json
 
 import pytest
 
-from careflow_ha.cli import main
 from careflow_ha.drills.faults import FAULTS
 from careflow_ha.drills.nemesis import plan_soak
-
-
-def invoke(capsys, *argv: str) -> tuple[int, str, str]:
-    with pytest.raises(SystemExit) as exit_info:
-        main([*argv])
-        raise SystemExit(0)
-    out = capsys.readouterr()
-    return exit_info.value.code or 0, out.out, out.err
+from tests.unit.cli.test_drill_cli import invoke
 
 
 def test_plan_prints_the_seeded_schedule_as_json(capsys):
