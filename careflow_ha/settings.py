@@ -138,46 +138,40 @@ def configured_vip(inventory: Path, environ: Mapping[str, str]) -> Vip | None:
 WAYS_IN: Mapping[str, str] = MappingProxyType(
     {
         "haproxy-vip": "HAProxy's ports on the keepalived VIP (the default; any client, one proxy hop)",
-        "leader-vip": "PostgreSQL on a VIP that vip-manager keeps on Patroni's leader (no proxy hop)",
+        "leader-vip": "PostgreSQL on a VIP that keepalived keeps on Patroni's leader (writes: no proxy hop; reads: "
+        "HAProxy's read-only port on the VIP)",
         "libpq-multihost": "every node in the connection string, target_session_attrs picks the primary or a "
         "standby (libpq-based clients only; no proxy and no VIP)",
     }
 )
 DEFAULT_WAY_IN = "haproxy-vip"
-#: Why a way in cannot be provisioned here, for ``--via``'s error. vip-manager 1.0.2 (Debian bookworm's)
-#: reads its trigger key through etcd's v2 API only ("client: response is invalid json" against etcd 3.4,
-#: whose v2 API is off and is a separate keyspace anyway), while Patroni's etcd3 DCS keeps the leader key
-#: in v3: it can never see the leader. vip-manager 2.x speaks v3; it is not in bookworm.
-NOT_PROVISIONABLE: Mapping[str, str] = MappingProxyType(
-    {
-        "leader-vip": "Debian bookworm's vip-manager 1.0.2 reads the leader key through etcd's v2 API only, and "
-        "Patroni keeps it in v3 (README, 'Three ways in')",
-    }
-)
 
 
 @dataclass(frozen=True)
 class Routing:
-    """What the inventory provisions for the ways in besides HAProxy: the database nodes' addresses."""
+    """What the inventory provisions for the ways in besides HAProxy: the leader VIP, the database nodes'
+    addresses."""
 
     pg_port: int = 5432
     #: postgres_cluster host -> careflow_node_ip, in inventory order.
     node_ips: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+    #: careflow_leader_vip ("" when off).
+    leader_vip: str = ""
 
     def available(self) -> tuple[str, ...]:
         """The ways in this inventory supports, in WAYS_IN order (haproxy-vip always: without a VIP it is
         HAProxy's published 127.0.0.1 ports)."""
-        ok = {"haproxy-vip": True, "leader-vip": False, "libpq-multihost": bool(self.node_ips)}
+        ok = {"haproxy-vip": True, "leader-vip": bool(self.leader_vip), "libpq-multihost": bool(self.node_ips)}
         return tuple(name for name in WAYS_IN if ok[name])
 
     def why_not(self, way: str) -> str:
-        if way in NOT_PROVISIONABLE:
-            return NOT_PROVISIONABLE[way]
+        if way == "leader-vip":
+            return 'careflow_leader_vip is "" in the inventory'
         return "the inventory lists no postgres_cluster host with a careflow_node_ip"
 
 
 def configured_routing(inventory: Path) -> Routing:
-    """The postgres_cluster nodes' addresses (libpq multi-host) and PostgreSQL's port on them."""
+    """The leader VIP, the postgres_cluster nodes' addresses (libpq multi-host) and PostgreSQL's port on them."""
     values = inventory_vars(inventory)
     doc = yaml.safe_load(inventory.read_text(encoding="utf-8")) if inventory.exists() else None
     groups = ((doc or {}).get("all") or {}).get("children") or {}
@@ -190,6 +184,7 @@ def configured_routing(inventory: Path) -> Routing:
     return Routing(
         pg_port=int(values.get("careflow_pg_port", 5432)),
         node_ips=MappingProxyType({str(h): ips[str(h)] for h in members if str(h) in ips}),
+        leader_vip=str(values.get("careflow_leader_vip") or "").strip(),
     )
 
 
@@ -334,7 +329,8 @@ class Settings:
     def dsn(self, endpoint: Endpoint = "rw", role: Role = "app", dbname: str = DB_NAME) -> str:
         """A libpq URI for ``endpoint`` through :attr:`via`.
 
-        haproxy-vip: HAProxy on the VIP (``rw`` 5000, ``ro`` 5001). libpq-multihost: every node,
+        haproxy-vip: HAProxy on the VIP (``rw`` 5000, ``ro`` 5001). leader-vip: ``rw`` is PostgreSQL on the
+        leader VIP, ``ro`` stays HAProxy's (the leader VIP has no standby side). libpq-multihost: every node,
         ``target_session_attrs`` read-write or prefer-standby, in random order (``load_balance_hosts``:
         a dead first node must not cost every reconnect a timeout, and reads spread over the standbys).
         """
@@ -344,6 +340,8 @@ class Settings:
                 target_session_attrs="read-write" if endpoint == "rw" else "prefer-standby",
                 load_balance_hosts="random",
             )
+        if self.via == "leader-vip" and endpoint == "rw":
+            return self._uri(self.routing.pg_port, role, dbname, self.routing.leader_vip)
         host, port = self.endpoint(endpoint)
         return self._uri(port, role, dbname, host)
 

@@ -129,17 +129,22 @@ def provision_cmd(inventory, preset, synchronous, provisioner) -> None:
     click.echo(f"changed={result.changed} in {result.seconds:.0f}s (log: {result.log_file})")
 
 
-def vip_rows(settings: Settings) -> list[dict]:
-    """Who holds the client VIP now (asked inside each balancer); no holder, or two, is a problem."""
+def vip_rows(settings: Settings, leader: str | None = None) -> list[dict]:
+    """Who holds each VIP now (asked inside each node). The client VIP needs exactly one balancer; the leader
+    VIP exactly one database node, Patroni's ``leader``. Anything else is a problem."""
     from careflow_ha.lab.vip import vip_holders
-    from careflow_ha.settings import LB_NODES
+    from careflow_ha.settings import LB_NODES, PG_NODES
 
-    if settings.vip is None:
-        return []
-    holders = vip_holders(detect_engine(None), LB_NODES, settings.vip.address)
-    ok = "yes" if len(holders) == 1 else "NO"
-    on = ", ".join(holders) or "nobody"
-    return [{"vip": settings.vip.address, "kind": "client (keepalived)", "on": on, "ok": ok}]
+    rows = []
+    if settings.vip is not None:
+        holders = vip_holders(detect_engine(None), LB_NODES, settings.vip.address)
+        rows.append({"vip": settings.vip.address, "kind": "client (keepalived)", "on": ", ".join(holders) or "nobody",
+                     "ok": "yes" if len(holders) == 1 else "NO"})
+    if leader_vip := settings.routing.leader_vip:
+        holders = vip_holders(detect_engine(None), PG_NODES, leader_vip)
+        rows.append({"vip": leader_vip, "kind": "leader (keepalived)", "on": ", ".join(holders) or "nobody",
+                     "ok": "yes" if holders == (leader,) else "NO"})
+    return rows
 
 
 @click.command("status")
@@ -148,7 +153,8 @@ def status_cmd(fmt: str) -> None:
     """Patroni's members (role, state, timeline, lag), HAProxy's backend states and who holds each VIP."""
     settings = get_settings()
     data = cluster_status(settings).as_dict()
-    data["vips"] = vip_rows(settings)
+    leader = next((m["member"] for m in data["members"] if m["role"] == "leader"), None)
+    data["vips"] = vip_rows(settings, leader)
     bad = [f"VIP {r['vip']} ({r['kind']}) is on {r['on']}" for r in data["vips"] if r["ok"] != "yes"]
     if bad:
         data["healthy"], data["problems"] = False, [*data["problems"], *bad]

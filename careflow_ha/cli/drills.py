@@ -281,15 +281,24 @@ ROUTING_DRILLS = ("switchover", "primary-node-loss")
 @click.option("--rounds", type=click.IntRange(1, 5), default=2, show_default=True, help="pgbench rounds per path.")
 @click.option("--drill-runs", type=click.IntRange(0, 10), default=3, show_default=True,
               help="Runs of each primary drill (switchover, primary-node-loss) per way in; 0: pgbench only.")
+@click.option("--haproxy-ab/--no-haproxy-ab", default=True, show_default=True,
+              help="Also pgbench temporary copies of the VIP holder's HAProxy with one setting changed each "
+              "(nbthread 1, option splice-auto), in the same rotation.")
 @drill_preset_option
 @engine_option
 @force_option
 @format_option
-def bench_routing_cmd(seconds: int, clients: int, rounds: int, drill_runs: int, preset: str, engine_name: str | None,
-                      force: bool, fmt: str) -> None:
+def bench_routing_cmd(seconds: int, clients: int, rounds: int, drill_runs: int, haproxy_ab: bool, preset: str,
+                      engine_name: str | None, force: bool, fmt: str) -> None:
     """Every provisioned way in (see --via) side by side: pgbench TPS as a ratio to direct connections, and
     the switchover and node-loss write outage; a Markdown + JSON + PNG report."""
-    from careflow_ha.routing.bench import bench_paths, run_pgbench_paths, summarise_outages, summarise_pgbench
+    from careflow_ha.routing.bench import (
+        BenchPath,
+        bench_paths,
+        run_pgbench_paths,
+        summarise_outages,
+        summarise_pgbench,
+    )
     from careflow_ha.routing.report import write_report as write_routing_report
 
     settings = get_settings()
@@ -304,7 +313,9 @@ def bench_routing_cmd(seconds: int, clients: int, rounds: int, drill_runs: int, 
     if len(leaders) != 1:
         raise NotReady("no single leader to benchmark against; run `careflow-ha status` and heal the cluster first")
     paths = bench_paths(settings, leaders[0])
-    results = run_pgbench_paths(settings, paths, progress, seconds=seconds, clients=clients, rounds=rounds)
+    with _haproxy_variants(settings, engine_name, haproxy_ab) as variants:
+        paths = (*paths, *(BenchPath(name, where) for name, where in variants.items()))
+        results = run_pgbench_paths(settings, paths, progress, seconds=seconds, clients=clients, rounds=rounds)
     outages: dict[str, dict[str, list[dict[str, Any]]]] = {}
     # One runner per way, built once: each applies the preset's HAProxy timing only when it changes.
     runners = {way: _runner(engine_name, False, way) for way in ways} if drill_runs else {}
@@ -327,6 +338,21 @@ def bench_routing_cmd(seconds: int, clients: int, rounds: int, drill_runs: int, 
          lambda d: "\n\n".join([table(d["pgbench"], list(d["pgbench"][0]) if d["pgbench"] else ["mode"]),
                                  table(d["outages"], list(d["outages"][0])) if d["outages"] else "(no drills)",
                                  f"report: {d['report']}"]))
+
+
+def _haproxy_variants(settings: Settings, engine_name: str | None, wanted: bool):
+    """The HAProxy A/B listeners on the client VIP's holder (careflow_ha.routing.haproxy_ab), or none."""
+    import contextlib
+
+    from careflow_ha.lab.vip import wait_single_holder
+    from careflow_ha.routing.haproxy_ab import variant_listeners
+    from careflow_ha.settings import LB_NODES
+
+    if not wanted or settings.vip is None:
+        return contextlib.nullcontext({})
+    engine = detect_engine(engine_name)
+    holder = wait_single_holder(engine, LB_NODES, settings.vip.address, 15, progress)
+    return variant_listeners(engine, holder, settings.vip.address, progress)
 
 
 def register(cli: click.Group) -> None:

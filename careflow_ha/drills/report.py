@@ -58,6 +58,8 @@ def _way(run: DrillRun, endpoint: str) -> str:
     """How the probes reached the cluster, in a report's words."""
     if run.via == "libpq-multihost":
         return "libpq multi-host (" + ("read-write" if endpoint == "rw" else "prefer-standby") + ")"
+    if run.via == "leader-vip" and endpoint == "rw":
+        return "the leader VIP's 5432"
     return "5000" if endpoint == "rw" else "5001"
 
 

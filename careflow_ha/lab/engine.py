@@ -77,8 +77,9 @@ class Engine:
         return run([*self.cli, *args], env=dict(self.env), **kw)
 
     def exec(self, node: str, argv: Sequence[str], **kw) -> subprocess.CompletedProcess[str]:
-        """Run ``argv`` inside a node (as root), bypassing SSH and the network."""
-        return self.cmd("exec", container_name(node), *argv, **kw)
+        """Run ``argv`` inside a node (as root), bypassing SSH and the network (``input_text`` goes to its stdin)."""
+        interactive = ("-i",) if kw.get("input_text") is not None else ()
+        return self.cmd("exec", *interactive, container_name(node), *argv, **kw)
 
     def kill(self, node: str, signal: str = "KILL") -> None:
         self.cmd("kill", "--signal", signal, container_name(node))

@@ -194,31 +194,44 @@ def check_inventory_file(
     return inv
 
 
+#: The VIPs keepalived keeps, and the group each moves within: (variable, group, its name, the host to add).
+VIPS: tuple[tuple[str, str, str, str], ...] = (
+    ("careflow_vip", "balancers", "VIP", "a balancer"),
+    ("careflow_leader_vip", "postgres_cluster", "leader VIP", "a database node"),
+)
+
+
 def check_vip(
     inv: ClusterInventory, network: ipaddress.IPv4Network | ipaddress.IPv6Network, node_ips: dict[str, str]
 ) -> None:
-    """The client VIP (``careflow_vip``, empty = none): a free address inside the cluster network, with at least
-    two balancers to move between. Mirrors the preflight role's VIP asserts."""
-    raw = str(inv.hostvars[inv.hosts[0]].get("careflow_vip") or "").strip()
-    if not raw:
-        return
-    off = 'or set careflow_vip: "" to run without a VIP'
-    try:
-        vip = ipaddress.ip_address(raw)
-    except ValueError:
-        raise UsageError(f"careflow_vip={raw!r} is not an IP address; write it like 192.168.56.100, {off}.") from None
-    if vip not in network:
-        raise UsageError(
-            f"careflow_vip={raw} is outside careflow_cluster_network ({network}); pick a free address inside it, {off}."
-        )
-    for host, ip in node_ips.items():
-        if ipaddress.ip_address(ip) == vip:
+    """Each VIP (``careflow_vip``, ``careflow_leader_vip``; empty = none): a free address inside the cluster
+    network, not the other VIP, with at least two hosts in its group to move between. Mirrors the preflight
+    role's VIP asserts."""
+    seen: dict[ipaddress.IPv4Address | ipaddress.IPv6Address, str] = {}
+    for name, group, what, host_kind in VIPS:
+        raw = str(inv.hostvars[inv.hosts[0]].get(name) or "").strip()
+        if not raw:
+            continue
+        off = f'or set {name}: "" to run without a {what}'
+        try:
+            vip = ipaddress.ip_address(raw)
+        except ValueError:
+            raise UsageError(f"{name}={raw!r} is not an IP address; write it like 192.168.56.100, {off}.") from None
+        if vip not in network:
             raise UsageError(
-                f"careflow_vip={raw} is also the careflow_node_ip of {host}; pick an address no host uses, {off}."
+                f"{name}={raw} is outside careflow_cluster_network ({network}); pick a free address inside it, {off}."
             )
-    balancers = inv.group("balancers")
-    if len(balancers) < 2:
-        raise UsageError(
-            f"careflow_vip is set but balancers has {len(balancers)} host(s); the VIP needs two or more to move "
-            f"between: add a balancer (see inventory/production.example.yml), {off}."
-        )
+        for host, ip in node_ips.items():
+            if ipaddress.ip_address(ip) == vip:
+                raise UsageError(
+                    f"{name}={raw} is also the careflow_node_ip of {host}; pick an address no host uses, {off}."
+                )
+        if vip in seen:
+            raise UsageError(f"{name}={raw} is also {seen[vip]}; give each VIP its own address, {off}.")
+        seen[vip] = name
+        members = inv.group(group)
+        if len(members) < 2:
+            raise UsageError(
+                f"{name} is set but {group} has {len(members)} host(s); the {what} needs two or more to move "
+                f"between: add {host_kind} (see inventory/production.example.yml), {off}."
+            )

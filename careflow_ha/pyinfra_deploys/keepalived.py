@@ -1,4 +1,5 @@
-"""The ``keepalived`` role in pyinfra: the VIP on a balancer whose HAProxy serves (VRRP over unicast)."""
+"""The ``keepalived`` role in pyinfra: the client VIP on a balancer whose HAProxy serves, the leader VIP on
+Patroni's leader (VRRP over unicast)."""
 
 from __future__ import annotations
 
@@ -10,21 +11,29 @@ from careflow_ha.pyinfra_deploys._data import role_template, var
 from careflow_ha.pyinfra_deploys.ops import apt_cache_fresh, changed_unless, put_role_file, wait_until_ok
 
 
-def vip_enabled() -> bool:
-    """site.yml's ``when: careflow_vip | length > 0``: an empty VIP means no keepalived."""
-    return bool(str(host.data.get("careflow_vip") or "").strip())
+def _truthy(name: str) -> bool:
+    return str(var(name)).strip().lower() in ("true", "yes", "1")
 
 
 @deploy("keepalived")
 def keepalived() -> None:
-    if not vip_enabled():
+    # The role's own __keepalived_balancer/__keepalived_leader: which VIPs this host takes part in
+    # (site.yml's two plays' ``when:``, and the host's groups).
+    balancer, leader = _truthy("__keepalived_balancer"), _truthy("__keepalived_leader")
+    if not (balancer or leader):
         return
     apt_cache_fresh(name="Ensure the apt cache is fresh (at most an hour old)", max_age_s=3600)
     apt.packages(name="Ensure keepalived is installed", packages=var("keepalived_packages"), no_recommends=True)
-    put_role_file(
-        "Ensure the HAProxy check script is in place",
-        role_template("keepalived", "configure.yml", "careflow-check-haproxy.sh.j2"),
-    )
+    if balancer:
+        put_role_file(
+            "Ensure the HAProxy check script is in place",
+            role_template("keepalived", "configure.yml", "careflow-check-haproxy.sh.j2"),
+        )
+    if leader:
+        put_role_file(
+            "Ensure the leader check script is in place",
+            role_template("keepalived", "configure.yml", "careflow-check-leader.sh.j2"),
+        )
     config = put_role_file(
         "Ensure the keepalived configuration is rendered and valid",
         role_template("keepalived", "configure.yml", "keepalived.conf.j2"),
@@ -36,9 +45,12 @@ def keepalived() -> None:
         name="Reload keepalived after a configuration change", service="keepalived", reloaded=True,
         _if=changed_unless((config,), start),
     )
-    vip, port = var("careflow_vip"), int(var("careflow_haproxy_stats_port"))
-    wait_until_ok(
-        name="Ensure the VIP answers (HAProxy's stats port on whichever balancer holds it)",
-        command=f"timeout 2 bash -c '</dev/tcp/{vip}/{port}'",
-        what=f"{vip}:{port} answers", retries=60, delay=1,
-    )
+    waits = [("Ensure the VIP answers (HAProxy's stats port on whichever balancer holds it)",
+              "careflow_vip", "careflow_haproxy_stats_port", balancer),
+             ("Ensure the leader VIP answers (PostgreSQL on Patroni's leader)",
+              "careflow_leader_vip", "careflow_pg_port", leader)]
+    for name, vip_var, port_var, wanted in waits:
+        if wanted:
+            vip, port = var(vip_var), int(var(port_var))
+            wait_until_ok(name=name, command=f"timeout 2 bash -c '</dev/tcp/{vip}/{port}'",
+                          what=f"{vip}:{port} answers", retries=60, delay=1)

@@ -51,6 +51,8 @@ def bench_paths(settings: Settings, leader: str) -> tuple[BenchPath, ...]:
         if way == "haproxy-vip":
             host, hport = settings.endpoint("rw")
             paths.append(BenchPath(way, f"host={host} port={hport}"))
+        elif way == "leader-vip":
+            paths.append(BenchPath(way, f"host={routing.leader_vip} port={port}"))
         elif way == "libpq-multihost":
             ips = list(routing.node_ips.values())
             # pgbench is PostgreSQL 15's: no load_balance_hosts (libpq 16), so the hosts are tried in order.

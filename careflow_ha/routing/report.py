@@ -7,6 +7,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from careflow_ha.routing.haproxy_ab import VARIANTS
 from careflow_ha.settings import WAYS_IN
 
 #: When each way in is the right choice; the measured figures below it say how much each choice costs.
@@ -15,8 +16,9 @@ WHEN_TO_CHOOSE: Mapping[str, str] = {
     "split by port, and HAProxy's checks hide a dead node from new connections. Costs one proxy hop per "
     "round trip and a balancer pair to run.",
     "leader-vip": "Writers that keep one address and want no proxy hop (an EMR application server, batch "
-    "imports), where a vip-manager that speaks etcd's v3 API (2.x) is available: Debian bookworm's 1.0.2 "
-    "cannot see Patroni's etcd3 leader key, so this lab does not provision it and measures nothing for it.",
+    "imports): keepalived keeps the address on Patroni's leader. Needs the database nodes on one L2 segment "
+    "(VRRP, gratuitous ARP) and a second address; reads still go through HAProxy. A client learns of a new "
+    "leader only when the address moves, so its outage adds the keepalived check and VRRP takeover.",
     "libpq-multihost": "libpq-based clients only (psycopg, psql, libpq-fe C, Ruby pg, PHP pgsql; JDBC has its "
     "own targetServerType): no proxy, no VIP, nothing extra to run. Every client must list every node, "
     "and a dead node in the list costs each new connection a connect timeout unless the client "
@@ -33,7 +35,7 @@ def _table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str]) -> list[st
 def verdict_lines(pgbench: Sequence[Mapping[str, Any]], outages: Sequence[Mapping[str, Any]]) -> list[str]:
     """What the figures of this run say, in a sentence per question."""
     lines = []
-    tpcb = [r for r in pgbench if r["mode"] == "tpcb-like" and r["path"] != "direct" and r["ratio_to_direct"]]
+    tpcb = [r for r in pgbench if r["mode"] == "tpcb-like" and r["path"] in WAYS_IN and r["ratio_to_direct"]]
     if tpcb:
         best = max(tpcb, key=lambda r: r["ratio_to_direct"])
         lines.append(f"- Least overhead on tpcb-like writes: **{best['path']}** at {best['ratio_to_direct']}x direct.")
@@ -41,6 +43,7 @@ def verdict_lines(pgbench: Sequence[Mapping[str, Any]], outages: Sequence[Mappin
         if below:
             names = ", ".join(f"{r['path']} ({r['ratio_to_direct']}x)" for r in below)
             lines.append(f"- Below the 0.95x target for a proxy-free way in: {names}.")
+    lines += haproxy_ab_lines(pgbench)
     for drill in dict.fromkeys(r["drill"] for r in outages):
         rows = [r for r in outages if r["drill"] == drill and r["median_write_outage_s"] is not None]
         if rows:
@@ -52,6 +55,19 @@ def verdict_lines(pgbench: Sequence[Mapping[str, Any]], outages: Sequence[Mappin
     lost = sum(int(r["lost_acked"] or 0) for r in outages)
     if outages:
         lines.append(f"- Acknowledged writes lost over every drill run: **{lost}**.")
+    return lines
+
+
+def haproxy_ab_lines(pgbench: Sequence[Mapping[str, Any]]) -> list[str]:
+    """Each HAProxy variant against the provisioned HAProxy (haproxy-vip), per mode, as ratios to direct."""
+    base = {r["mode"]: r["ratio_to_direct"] for r in pgbench if r["path"] == "haproxy-vip"}
+    lines = []
+    for name in VARIANTS:
+        rows = [r for r in pgbench if r["path"] == name and r["ratio_to_direct"] and base.get(r["mode"])]
+        if rows:
+            said = "; ".join(f"{r['mode']} {base[r['mode']]}x -> {r['ratio_to_direct']}x "
+                             f"({r['ratio_to_direct'] / base[r['mode']]:.2f} of the provisioned)" for r in rows)
+            lines.append(f"- HAProxy with `{name.removeprefix('haproxy ')}` against the provisioned one: {said}.")
     return lines
 
 
@@ -81,6 +97,10 @@ def render_markdown(meta: Mapping[str, Any], pgbench: Sequence[Mapping[str, Any]
         *[f"- **{way}**{'' if way in meta.get('paths', {}) else ' (not measured here)'}: {WAYS_IN[way]}. "
           f"{WHEN_TO_CHOOSE[way]}" for way in WAYS_IN],
         "",
+        *(["## HAProxy settings tried (temporary copies of the provisioned HAProxy, same run)", "",
+           *[f"- `{name.removeprefix('haproxy ')}`: {v.why}." for name, v in VARIANTS.items()
+             if name in meta.get("paths", {})], ""]
+          if any(name in meta.get("paths", {}) for name in VARIANTS) else []),
         "![ratios and outages](report.png)",
         "",
         "Each drill's own report (timeline, lost-write check) is under `reports/drills/`; `report.json` "

@@ -123,3 +123,15 @@ def test_libpq_multihost_writes_on_the_primary_and_reads_on_a_replica(cluster):
             reads.add(_server_node(conn))
     assert writes == {snap.leader}, f"writes reached {writes}, the leader is {snap.leader}"
     assert reads <= replicas, f"reads reached {reads}, replicas are {replicas}"
+
+
+def test_leader_vip_writes_on_the_primary_with_no_proxy_hop(cluster):
+    """--via leader-vip: PostgreSQL itself answers on the leader VIP (no HAProxy between), and it is the primary."""
+    routed = cluster.with_via("leader-vip")
+    vip = cluster.routing.leader_vip
+    assert routed.dsn("rw", "app").count(f"@{vip}:{cluster.routing.pg_port}/") == 1
+    with psycopg.connect(routed.dsn("rw", "app"), autocommit=True) as conn:
+        # inet_server_addr() is the address PostgreSQL accepted on: the VIP itself, not a proxy's.
+        assert conn.execute("SELECT host(inet_server_addr()), pg_is_in_recovery()").fetchone() == (vip, False)
+    # Reads stay on HAProxy's read-only port: the leader VIP has no standby side.
+    assert routed.dsn("ro", "ro") == cluster.dsn("ro", "ro")

@@ -9,7 +9,9 @@ from __future__ import annotations
 import pytest
 import testinfra
 
+from careflow_ha.cluster.patroni import PatroniApi
 from careflow_ha.lab.ssh import ssh_config_path
+from careflow_ha.routing.haproxy_ab import VARIANTS, variant_config
 from tests.inventory import hosts
 from tests.plugins.timeouts import wait_until
 
@@ -42,7 +44,7 @@ def test_haproxy_active_and_enabled(host_of, name):
     assert svc.is_running and svc.is_enabled
 
 
-@pytest.mark.parametrize("name", hosts("balancers"))
+@pytest.mark.parametrize("name", hosts("balancers") + hosts("postgres_cluster"))
 def test_keepalived_active_and_enabled(host_of, name):
     svc = host_of(name).service("keepalived")
     assert svc.is_running, f"keepalived is not running on {name}"
@@ -60,6 +62,26 @@ def test_exactly_one_balancer_holds_the_vip(host_of, cluster):
     assert len(wait_until(single_holder, 15, what=f"exactly one holder of {vip}")) == 1
 
 
+def test_exactly_one_database_node_holds_the_leader_vip_and_it_is_the_leader(host_of, cluster):
+    vip = cluster.routing.leader_vip
+    assert vip, "the lab inventory sets careflow_leader_vip"
+
+    def single_holder() -> list[str] | None:
+        found = [n for n in hosts("postgres_cluster") if vip in host_of(n).interface("eth0").addresses]
+        return found if len(found) == 1 else None
+
+    holder = wait_until(single_holder, 15, what=f"exactly one holder of {vip}")
+    assert holder == [PatroniApi(cluster).cluster().leader], f"{vip} is on {holder}, not on Patroni's leader"
+
+
+@pytest.mark.parametrize("name", hosts("postgres_cluster"))
+def test_keepalived_leader_check_passes_only_on_the_leader(host_of, cluster, name):
+    script = host_of(name).file("/etc/keepalived/careflow-check-leader.sh")
+    assert script.user == "root" and script.mode == 0o755
+    is_leader = PatroniApi(cluster).cluster().leader == name
+    assert (host_of(name).run(script.path).rc == 0) is is_leader
+
+
 @pytest.mark.parametrize("name", hosts("balancers"))
 def test_keepalived_check_passes_and_fails_with_haproxy(host_of, name):
     h = host_of(name)
@@ -68,6 +90,20 @@ def test_keepalived_check_passes_and_fails_with_haproxy(host_of, name):
     assert h.run(script.path).rc == 0
     # Asked about a port nothing listens on, the same check fails: it looks at ports, not at a process.
     assert h.run(f"sed \"s/:5000'/:5999'/\" {script.path} | sh").rc != 0
+
+
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_bench_routings_haproxy_variants_are_valid_configs(host_of, variant):
+    """bench routing's A/B copies of the provisioned haproxy.cfg pass HAProxy's own check on a balancer."""
+    h = host_of("lb1")
+    cfg = variant_config(h.file("/etc/haproxy/haproxy.cfg").content_string, 5010, VARIANTS[variant])
+    path = "/tmp/careflow-ab-check.cfg"
+    try:
+        h.run(f"umask 077; cat > {path} <<'EOF'\n{cfg}\nEOF")
+        check = h.run(f"haproxy -c -q -f {path}")
+    finally:
+        h.run(f"rm -f {path}")
+    assert check.rc == 0, check.stdout + check.stderr
 
 
 @pytest.mark.parametrize("name", hosts("postgres_cluster"))
@@ -88,7 +124,7 @@ def test_balancer_ports_listening(host_of, name, port):
     "name,path,owner",
     [(h, "/etc/patroni/patroni.yml", "postgres") for h in hosts("postgres_cluster")]
     + [(h, "/etc/haproxy/haproxy.cfg", "root") for h in hosts("balancers")]
-    + [(h, "/etc/keepalived/keepalived.conf", "root") for h in hosts("balancers")],
+    + [(h, "/etc/keepalived/keepalived.conf", "root") for h in hosts("balancers") + hosts("postgres_cluster")],
 )
 def test_files_with_secrets_are_private(host_of, name, path, owner):
     f = host_of(name).file(path)

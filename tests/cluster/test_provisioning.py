@@ -62,20 +62,27 @@ def _edited_inventory(tmp_path: Path, hosts_edit=None, **group_vars) -> Path:
     return path
 
 
+NO_VIP = 'or set careflow_vip: "" to run without a VIP'
+NO_LEADER_VIP = 'or set careflow_leader_vip: "" to run without a leader VIP'
+
+
 @pytest.mark.parametrize(
-    "hosts_edit,group_vars,message",
+    "hosts_edit,group_vars,message,way_out",
     [
-        (None, {"careflow_vip": "10.0.0.100"}, "careflow_vip=10.0.0.100 is outside careflow_cluster_network"),
-        (None, {"careflow_vip": "192.168.56.12"}, "careflow_vip=192.168.56.12 is also the careflow_node_ip of pg2"),
-        (lambda c: c["balancers"]["hosts"].pop("lb2"), {}, "careflow_vip is set but balancers has 1 host(s)"),
+        (None, {"careflow_vip": "10.0.0.100"}, "careflow_vip=10.0.0.100 is outside careflow_cluster_network", NO_VIP),
+        (None, {"careflow_vip": "192.168.56.12"}, "careflow_vip=192.168.56.12 is also the careflow_node_ip of pg2",
+         NO_VIP),
+        (lambda c: c["balancers"]["hosts"].pop("lb2"), {}, "careflow_vip is set but balancers has 1 host(s)", NO_VIP),
+        (None, {"careflow_leader_vip": "192.168.56.100"},
+         "careflow_leader_vip=192.168.56.100 is also careflow_vip; give each VIP its own address", NO_LEADER_VIP),
     ],
-    ids=["outside the network", "a host's address", "one balancer"],
+    ids=["outside the network", "a host's address", "one balancer", "leader VIP is the client VIP"],
 )
-def test_bad_vip_fails_in_preflight_naming_the_fix(cluster, tmp_path, hosts_edit, group_vars, message):
+def test_bad_vip_fails_in_preflight_naming_the_fix(cluster, tmp_path, hosts_edit, group_vars, message, way_out):
     proc = _playbook(cluster, _edited_inventory(tmp_path, hosts_edit, **group_vars))
     assert proc.returncode != 0
     assert message in proc.stdout
-    assert 'or set careflow_vip: "" to run without a VIP' in proc.stdout
+    assert way_out in proc.stdout
     assert "TASK [common" not in proc.stdout  # stopped before any host changed
 
 

@@ -98,8 +98,9 @@ def test_for_durations_fit_every_timing_preset(preset: str) -> None:
     for name in ("CareflowNoLeader", "CareflowHAProxyBackendDown"):
         assert RULES[name].for_s + SCRAPE_INTERVAL_S <= no_primary_at_least, (name, preset)
     # A switchover empties the primary backend until HAProxy marks the new primary up
-    # (rise x inter) after it saw the old one fail (fall x fastinter): that must not fire.
-    switchover_gap = (t["haproxy_rise"] * parse_duration(t["haproxy_inter"])
+    # (rise x downinter: a DOWN server is checked at downinter) after it saw the old one fail
+    # (fall x fastinter): that must not fire.
+    switchover_gap = (t["haproxy_rise"] * parse_duration(t["haproxy_downinter"])
                       + t["haproxy_fall"] * parse_duration(t["haproxy_fastinter"]))
     assert RULES["CareflowHAProxyBackendDown"].for_s > switchover_gap, preset
     # Patroni picks another sync standby one loop after it sees the old one go (a dead standby's

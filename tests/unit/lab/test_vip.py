@@ -108,7 +108,7 @@ def _lab_settings(tmp_path):
 
 def test_libpq_multihost_lists_every_node_and_lets_libpq_pick(tmp_path):
     settings = _lab_settings(tmp_path)
-    assert settings.routing.available() == ("haproxy-vip", "libpq-multihost")
+    assert settings.routing.available() == ("haproxy-vip", "leader-vip", "libpq-multihost")
     multi = settings.with_via("libpq-multihost")
     rw, ro = multi.dsn("rw", "app"), multi.dsn("ro", "ro")
     app = settings.password("app")
@@ -124,12 +124,31 @@ def test_libpq_multihost_lists_every_node_and_lets_libpq_pick(tmp_path):
     assert settings.with_via(None) is settings and multi.with_via("haproxy-vip").dsn("rw") == settings.dsn("rw")
 
 
+def test_leader_vip_writes_to_postgresql_on_the_vip_and_reads_through_haproxy(tmp_path):
+    settings = _lab_settings(tmp_path)
+    leader = settings.with_via("leader-vip")
+    app = settings.password("app")
+    assert leader.dsn("rw", "app").startswith(f"postgresql://careflow_app:{app}@192.168.56.101:5432/careflow?")
+    assert leader.dsn("ro", "ro") == settings.dsn("ro", "ro")  # HAProxy's 5001 on the client VIP
+    assert app not in leader.redacted_dsn("rw", "app")
+
+
 def test_via_an_unknown_or_unprovisioned_way_names_the_available_ones(tmp_path):
     settings = _lab_settings(tmp_path)
-    with pytest.raises(UsageError, match=r"^--via 'pgpool' is unknown; use one of haproxy-vip, libpq-multihost$"):
+    with pytest.raises(UsageError,
+                       match=r"^--via 'pgpool' is unknown; use one of haproxy-vip, leader-vip, libpq-multihost$"):
         settings.with_via("pgpool")
-    with pytest.raises(UsageError, match=r"^--via leader-vip is not provisioned \(Debian bookworm's vip-manager"):
-        settings.with_via("leader-vip")
+    (tmp_path / "inventory").unlink()
+    (tmp_path / "inventory").mkdir()
+    (tmp_path / "inventory" / "lab.yml").write_text((PROJECT_DIR / "inventory" / "lab.yml").read_text())
+    gv = (PROJECT_DIR / "inventory" / "group_vars" / "all.yml").read_text()
+    (tmp_path / "inventory" / "group_vars").mkdir()
+    (tmp_path / "inventory" / "group_vars" / "all.yml").write_text(
+        gv.replace("careflow_leader_vip: 192.168.56.101", 'careflow_leader_vip: ""'))
+    off = load_settings(tmp_path, environ={})
+    with pytest.raises(UsageError, match=r'^--via leader-vip is not provisioned \(careflow_leader_vip is "" in the '
+                                         r'inventory\); use one of haproxy-vip, libpq-multihost$'):
+        off.with_via("leader-vip")
     assert set(WAYS_IN) == {"haproxy-vip", "leader-vip", "libpq-multihost"}
 
 

@@ -105,6 +105,22 @@ def _no_vip_one_balancer(inv: dict, gv: dict) -> None:
     _hosts(inv, "balancers").pop("lb2")
 
 
+def _leader_vip_outside(inv: dict, gv: dict) -> None:
+    gv["careflow_leader_vip"] = "10.0.0.101"
+
+
+def _leader_vip_is_a_node(inv: dict, gv: dict) -> None:
+    gv["careflow_leader_vip"] = "192.168.56.12"
+
+
+def _leader_vip_is_the_vip(inv: dict, gv: dict) -> None:
+    gv["careflow_leader_vip"] = gv["careflow_vip"]
+
+
+def _no_leader_vip(inv: dict, gv: dict) -> None:
+    gv["careflow_leader_vip"] = ""
+
+
 def _scheme_typo(inv: dict, gv: dict) -> None:
     gv["careflow_partition_scheme"] = "months"
 
@@ -136,6 +152,13 @@ CASES: list[tuple[str, Edit, str | None]] = [
     ("vip garbage", _vip_garbage, "careflow_vip='192.168.56.300' is not an IP address"),
     ("vip with one balancer", _vip_one_balancer, "careflow_vip is set but balancers has 1 host(s)"),
     ("no vip, one balancer is fine", _no_vip_one_balancer, None),
+    ("leader vip outside the network", _leader_vip_outside,
+     "careflow_leader_vip=10.0.0.101 is outside careflow_cluster_network"),
+    ("leader vip is a node's address", _leader_vip_is_a_node,
+     "careflow_leader_vip=192.168.56.12 is also the careflow_node_ip of pg2"),
+    ("leader vip is the client vip", _leader_vip_is_the_vip,
+     "careflow_leader_vip=192.168.56.100 is also careflow_vip; give each VIP its own address"),
+    ("no leader vip is fine", _no_leader_vip, None),
     ("partition scheme typo", _scheme_typo,
      "careflow_partition_scheme='months' is not one of per-clinic, months-only; set one in"),
     ("partition scheme missing", _scheme_missing, "variable careflow_partition_scheme is not defined"),
@@ -173,6 +196,13 @@ def test_vip_rules_name_the_fix_and_the_way_out(tmp_path, edit):
         check_inventory(load_inventory(_write(tmp_path, edit), SECRETS), check_wheelhouse=False)
     message = str(err.value)
     assert any(fix in message for fix in VIP_FIXES) and 'set careflow_vip: "" to run without a VIP' in message
+
+
+@pytest.mark.parametrize("edit", [_leader_vip_outside, _leader_vip_is_a_node, _leader_vip_is_the_vip])
+def test_leader_vip_rules_name_the_way_out(tmp_path, edit):
+    with pytest.raises(UsageError) as err:
+        check_inventory(load_inventory(_write(tmp_path, edit), SECRETS), check_wheelhouse=False)
+    assert 'set careflow_leader_vip: "" to run without a leader VIP' in str(err.value)
 
 
 @pytest.mark.parametrize("key", SECRET_KEYS)

@@ -193,6 +193,8 @@ def _ansible_render(host: str, role: str, template: str, dest: Path) -> str:
         ("lb1", "keepalived", "keepalived.conf.j2"),
         ("lb2", "keepalived", "keepalived.conf.j2"),
         ("lb2", "keepalived", "careflow-check-haproxy.sh.j2"),
+        ("pg1", "keepalived", "keepalived.conf.j2"),
+        ("pg2", "keepalived", "careflow-check-leader.sh.j2"),
     ],
 )
 def test_pyinfra_renders_each_role_template_exactly_as_ansible_does(lab, tmp_path, host, role, template):

@@ -70,3 +70,75 @@ def test_the_check_needs_a_database_server_up(tmp_path, rows, healthy):
 def test_no_haproxy_socket_fails_the_check(tmp_path):
     proc = subprocess.run([sys.executable, "-c", _check_code(tmp_path)], capture_output=True, timeout=10, check=False)
     assert proc.returncode != 0
+
+
+def _conf(host: str, **overrides: str) -> str:
+    inv = load_inventory(LAB_INVENTORY, {k: "x" * 24 for k in SECRET_KEYS}, overrides or None)
+    return inv.render_template("keepalived", "keepalived.conf.j2", host)
+
+
+def test_balancers_keep_the_client_vip_and_database_nodes_the_leader_vip():
+    lb1, pg1 = _conf("lb1"), _conf("pg1")
+    assert "vrrp_instance careflow_vip {" in lb1 and "careflow_leader_vip" not in lb1
+    assert "192.168.56.100/24 dev eth0" in lb1 and "unicast_peer {\n        192.168.56.20\n    }" in lb1
+    assert "vrrp_instance careflow_leader_vip {" in pg1 and "vrrp_instance careflow_vip " not in pg1
+    assert "virtual_router_id 57" in pg1 and "192.168.56.101/24 dev eth0" in pg1
+    assert "advert_int 0.2" in pg1 and "advert_int 0.5" in lb1
+    assert "unicast_peer {\n        192.168.56.12\n        192.168.56.13\n    }" in pg1
+    assert 'script "/etc/keepalived/careflow-check-leader.sh"' in pg1
+    # The leader check drops the priority on the first failure (a demoted node must stop taking writes).
+    leader_script = pg1.split("vrrp_script careflow_leader {", 1)[1].split("}", 1)[0]
+    assert "fall 1" in leader_script and "rise 1" in leader_script
+    # The leader preempts: its weight lifts it above every other member, so no FAULT/BACKUP wait.
+    assert "careflow_leader weight 100" in pg1 and "\n    nopreempt" not in pg1
+    priorities = [int(_conf(h).split("    priority ", 1)[1].split()[0]) for h in ("pg1", "pg2", "pg3")]
+    assert priorities == [100, 90, 80] and min(priorities) + 100 > max(priorities) and max(priorities) + 100 <= 254
+    assert "\n    nopreempt" in lb1 and "careflow_haproxy weight" not in lb1  # the client VIP: FAULT on failure, no move back
+
+
+def test_no_leader_vip_leaves_the_database_nodes_without_an_instance():
+    assert "vrrp_instance" not in _conf("pg1", careflow_leader_vip="")
+
+
+class _Patroni(threading.Thread):
+    """A fake Patroni REST API on loopback answering GET /primary with one status code."""
+
+    def __init__(self, code: int) -> None:
+        super().__init__(daemon=True)
+        from http.server import BaseHTTPRequestHandler, HTTPServer
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802 - http.server's name
+                self.send_response(code if self.path == "/primary" else 404)
+                self.end_headers()
+
+            def log_message(self, *_args) -> None:
+                pass
+
+        self.server = HTTPServer(("127.0.0.1", 0), Handler)
+        self.port = self.server.server_address[1]
+
+    def run(self) -> None:
+        self.server.serve_forever(poll_interval=0.05)
+
+
+@pytest.mark.parametrize("code,passes", [(200, True), (503, False)])
+def test_leader_check_passes_only_where_patroni_says_primary(code, passes):
+    inv = load_inventory(LAB_INVENTORY, {k: "x" * 24 for k in SECRET_KEYS})
+    script = inv.render_template("keepalived", "careflow-check-leader.sh.j2", "pg1")
+    patroni = _Patroni(code)
+    patroni.start()
+    try:
+        run = subprocess.run(["sh", "-c", script.replace(":8008/", f":{patroni.port}/")], timeout=10)
+    finally:
+        patroni.server.shutdown()
+    assert (run.returncode == 0) is passes
+
+
+def test_leader_check_fails_when_patroni_does_not_answer():
+    inv = load_inventory(LAB_INVENTORY, {k: "x" * 24 for k in SECRET_KEYS})
+    script = inv.render_template("keepalived", "careflow-check-leader.sh.j2", "pg1")
+    with socket.socket() as free:
+        free.bind(("127.0.0.1", 0))
+        port = free.getsockname()[1]
+    assert subprocess.run(["sh", "-c", script.replace(":8008/", f":{port}/")], timeout=10).returncode != 0

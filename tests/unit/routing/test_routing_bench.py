@@ -77,9 +77,10 @@ def test_bench_paths_go_direct_to_the_leader_on_the_cluster_network(tmp_path, le
     (tmp_path / "inventory").symlink_to(PROJECT_DIR / "inventory")
     settings = load_settings(tmp_path, environ={})
     paths = {p.name: p.where for p in bench_paths(settings, leader)}
-    assert list(paths) == ["direct", "haproxy-vip", "libpq-multihost"]  # leader-vip: not provisionable here
+    assert list(paths) == ["direct", "haproxy-vip", "leader-vip", "libpq-multihost"]
     assert paths["direct"] == f"host={settings.routing.node_ips[leader]} port=5432"
     assert paths["haproxy-vip"] == "host=192.168.56.100 port=5000"
+    assert paths["leader-vip"] == "host=192.168.56.101 port=5432"
     assert paths["libpq-multihost"] == (
         "host=192.168.56.11,192.168.56.12,192.168.56.13 port=5432,5432,5432 target_session_attrs=read-write"
     )
