@@ -12,12 +12,16 @@ from __future__ import annotations
 import ipaddress
 import stat
 from collections.abc import Callable
-from datetime import UTC, datetime
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from cryptography.x509.oid import NameOID
+
 from careflow_ha.errors import UsageError
 from careflow_ha.lab.ca import (
+    RENEW_BEFORE,
     LeafSpec,
     common_name,
     control_client_spec,
@@ -163,3 +167,41 @@ def prepare_certificates(inv: ClusterInventory, progress: Callable[[str], None],
         if result.issued:
             progress(f"tls: issued certificates for {', '.join(result.issued)}")
     check_certificates(inv, now=now)
+
+
+@dataclass(frozen=True)
+class CertificateStatus:
+    """One certificate on the control host, as ``certs status`` shows it (public data only)."""
+
+    file: str
+    subject: str
+    issuer: str
+    dns_names: tuple[str, ...]
+    ip_addresses: tuple[str, ...]
+    not_after: datetime
+    days_left: int
+    #: ok; warn: closer than RENEW_BEFORE to its end (the lab CA re-issues it on the next provision); expired.
+    state: str
+    is_ca: bool
+
+
+def certificate_status(directory: Path, now: datetime | None = None) -> list[CertificateStatus]:
+    """Every ``*.crt`` in ``directory`` (the CA first), with its names and how long it has left."""
+    moment = now or datetime.now(UTC)
+    files = sorted(directory.glob("*.crt"), key=lambda p: (p.name != "ca.crt", p.name)) if directory.is_dir() else []
+    if not files:
+        raise UsageError(f"no certificates in {directory}; run `careflow-ha provision` (it creates the lab CA), or "
+                         "point careflow_tls_dir at yours")
+    out = []
+    for path in files:
+        cert = load_certificate(path)
+        left = cert.not_valid_after_utc - moment
+        state = "expired" if left <= timedelta(0) else "warn" if left < RENEW_BEFORE else "ok"
+        issuer = cert.issuer.get_attributes_for_oid(NameOID.COMMON_NAME)
+        dns, ips = subject_alt_names(cert)
+        out.append(CertificateStatus(
+            file=path.name, subject=common_name(cert), issuer=str(issuer[0].value) if issuer else "",
+            dns_names=dns, ip_addresses=ips, not_after=cert.not_valid_after_utc,
+            days_left=left // timedelta(days=1), state=state, is_ca=is_ca(cert),
+        ))
+    return out
