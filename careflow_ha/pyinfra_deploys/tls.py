@@ -12,6 +12,7 @@ from typing import Any
 import yaml
 from pyinfra import host
 from pyinfra.api import deploy
+from pyinfra.facts.server import Users
 from pyinfra.operations import files, server
 
 from careflow_ha.provision.inventory import ROLES_DIR, ClusterInventory
@@ -75,11 +76,14 @@ def tls() -> None:
     accounts, known = var("__tls_key_accounts"), var("tls_accounts")
     each(name="Ensure each service account's group exists", inner=server.group,
          items=[{"group": a, "system": True} for a in accounts])
+    # Only the missing accounts, as the role does: an existing one is its package's (and usermod refuses to
+    # move the home of a running service's account).
+    existing = host.get_fact(Users)
     each(
         name="Ensure each service account exists", inner=server.user,
         items=[{"user": a, "group": a, "system": True, "create_home": False, "ensure_home": False,
                 "home": known[a]["home"], "shell": known[a]["shell"], "comment": known[a]["comment"] or None}
-               for a in accounts],
+               for a in accounts if a not in existing],
     )
     name = var("inventory_hostname")  # not host.name: the tests run this deploy on @local for an inventory host
     directories, copies = _directories(inv, name), tls_files(inv, name)
