@@ -1,10 +1,10 @@
 """The ``careflow-ha`` command line.
 
 Verbs follow patronictl: ``up``, ``down``, ``status``, ``provision``, ``lab``,
-``data``, ``partitions``, ``drill``, ``soak``, ``load``, ``archive``, ``bench``, ``test``.
+``data``, ``partitions``, ``drill``, ``soak``, ``load``, ``archive``, ``bench``, ``certs``, ``test``.
 A user error prints one line and exits with the code documented in errors.py.
 Each verb group has its module in this package (``lab``, ``cluster``,
-``data``, ``drills``, ``load``, ``archive``, ``backup``); shared options live in ``common``.
+``data``, ``drills``, ``load``, ``archive``, ``backup``, ``certs``); shared options live in ``common``.
 """
 
 from __future__ import annotations
@@ -60,6 +60,9 @@ def _register_commands() -> None:
     from careflow_ha.cli.backup import register as register_backup
 
     register_backup(cli)
+    from careflow_ha.cli.certs import register as register_certs
+
+    register_certs(cli)
 
 
 _register_commands()

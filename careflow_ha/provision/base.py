@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from careflow_ha.lab.wheelhouse import ensure_wheelhouse
+from careflow_ha.provision.certificates import prepare_certificates
 from careflow_ha.provision.checks import check_inventory_file
 from careflow_ha.settings import PROJECT_DIR, Settings
 
@@ -46,14 +47,17 @@ def start_run(
     extra_vars: Mapping[str, str] | None = None,
     lookups_checked_later: bool = False,
 ) -> Path:
-    """What every provisioner does first: check the inventory, build the wheelhouse, open a log.
+    """What every provisioner does first: check the inventory and the certificates (making the lab CA's on first
+    use), build the wheelhouse, open a log.
 
     The check comes first so that a bad inventory costs no wheel build.
     ``lookups_checked_later``: the tool can answer lookups the Python reader
     cannot (Ansible: vaults, files), and its preflight role checks those.
     Returns the log file's path (``.lab/logs/<tool>-<timestamp>.log``).
     """
-    check_inventory_file(inventory, settings.secrets, extra_vars, lookups_checked_later=lookups_checked_later)
+    inv = check_inventory_file(inventory, settings.secrets, extra_vars, lookups_checked_later=lookups_checked_later)
+    # The lab CA (created on the first run, so `up` makes it) or the user's own certificates, checked either way.
+    prepare_certificates(inv, progress)
     ensure_wheelhouse(settings.state_dir / "wheelhouse", progress)
     log_dir = settings.state_dir / "logs"
     log_dir.mkdir(parents=True, exist_ok=True)

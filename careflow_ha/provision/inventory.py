@@ -21,6 +21,7 @@ from __future__ import annotations
 import configparser
 import json
 import re
+from collections import ChainMap
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -194,11 +195,13 @@ class ClusterInventory:
         hv = self.hostvars[host]
         return {pyinfra_key: hv[key] for key, pyinfra_key in _CONNECTION_VARS.items() if key in hv}
 
-    def render_value(self, value: Any, host: str) -> Any:
-        """A task argument such as ``"{{ patroni_venv }}/bin/patroni"`` rendered for ``host``."""
+    def render_value(self, value: Any, host: str, extra: Mapping[str, Any] | None = None) -> Any:
+        """A task argument such as ``"{{ patroni_venv }}/bin/patroni"`` rendered for ``host``;
+        ``extra`` adds loop variables (``item``) on top of the host's variables."""
         if not _is_template(value):
             return value
-        return _render(_NATIVE.from_string(value), self.hostvars[host])
+        context = ChainMap(dict(extra), self.hostvars[host]) if extra else self.hostvars[host]  # type: ignore[arg-type]
+        return _render(_NATIVE.from_string(value), context)
 
     def render_template(self, role: str, template: str, host: str) -> str:
         """Render ``roles/<role>/templates/<template>`` for ``host``, exactly as the role does."""
@@ -380,7 +383,10 @@ def load_inventory(
         "omit": "__omit_place_holder__",
     }
     for host in hosts:
-        magic[host] = {**common, "inventory_hostname": host, "inventory_hostname_short": host.split(".")[0]}
+        # group_names: Ansible's sorted list of this host's groups, without all and ungrouped.
+        group_names = sorted(g for g, m in all_groups.items() if host in m and g not in ("all", "ungrouped"))
+        magic[host] = {**common, "inventory_hostname": host, "inventory_hostname_short": host.split(".")[0],
+                       "group_names": group_names}
     return ClusterInventory(
         path=path, groups=MappingProxyType(all_groups), hostvars=MappingProxyType(dict(resolver.views))
     )

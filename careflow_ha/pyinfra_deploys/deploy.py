@@ -18,6 +18,7 @@ from pyinfra.api.exceptions import PyinfraError
 from pyinfra.api.operations import run_ops
 
 from careflow_ha.errors import UsageError
+from careflow_ha.provision.certificates import check_certificates
 from careflow_ha.provision.checks import check_inventory
 from careflow_ha.provision.inventory import ClusterInventory, Play, load_inventory, site_plays
 from careflow_ha.pyinfra_deploys._data import INVENTORY_KEY
@@ -27,6 +28,7 @@ from careflow_ha.pyinfra_deploys.haproxy import haproxy
 from careflow_ha.pyinfra_deploys.keepalived import keepalived
 from careflow_ha.pyinfra_deploys.patroni import patroni
 from careflow_ha.pyinfra_deploys.postgresql import postgresql
+from careflow_ha.pyinfra_deploys.tls import tls
 from careflow_ha.settings import SECRET_KEYS
 
 #: Magic variables that stay in the ClusterInventory, not copied into pyinfra host data.
@@ -72,7 +74,7 @@ class _Progress(BaseStateCallback):
 DEPLOYS: Mapping[str, Callable[[], None]] = MappingProxyType(
     {
         "common": common, "etcd": etcd, "postgresql": postgresql, "patroni": patroni, "haproxy": haproxy,
-        "keepalived": keepalived,
+        "keepalived": keepalived, "tls": tls,
     }
 )
 #: The play site.yml runs on localhost first; here ``check_inventory`` does its work (before any host).
@@ -170,7 +172,8 @@ def run_play(
 def deploy_cluster(
     inventory_path: Path, extra_vars: dict[str, str], ssh_config: Path | None, dry_run: bool = False
 ) -> DeployOutcome:
-    """The inventory check, then site.yml's plays (common, etcd, postgresql + patroni, common + haproxy + keepalived).
+    """The inventory and certificate checks, then site.yml's plays (tls, common, etcd, postgresql + patroni,
+    common + haproxy + keepalived).
 
     ``dry_run`` only prepares: ``changed_ops`` lists what would change (restarts
     and reloads, which depend on earlier changes, are left out).
@@ -178,6 +181,7 @@ def deploy_cluster(
     secrets = {key: os.environ.get(key, "") for key in SECRET_KEYS}
     inv = load_inventory(inventory_path, secrets, extra_vars)
     check_inventory(inv)  # before any host is touched
+    check_certificates(inv)  # the parent made the lab CA's; a user's own are only checked
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     # Lab nodes get new host keys on every rebuild (ssh_config pins none): not worth a warning.
     logging.getLogger("pyinfra").addFilter(lambda rec: "found in known_hosts" not in rec.getMessage())

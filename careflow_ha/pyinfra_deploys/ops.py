@@ -252,3 +252,15 @@ def patroni_pending_restarts(
     yield StringCommand(
         f"patronictl -c {shlex.quote(config_file)} restart {shlex.quote(scope)} --pending --force"
     )
+
+
+@operation()
+def each(inner: Any, items: list[dict[str, Any]]) -> Iterator[Any]:
+    """A stock operation (``files.put``, ``server.user``, ...) applied to every item, as one operation.
+
+    A role's ``loop:`` task, in pyinfra: the loop's length differs per host (pg1 has two service accounts, lb1
+    one), but every host in a play must run the same number of operations, because pyinfra's API mode matches
+    operations across hosts by position.
+    """
+    for kwargs in items:
+        yield from inner._inner(**kwargs)

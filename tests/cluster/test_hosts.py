@@ -6,12 +6,20 @@ look at the hosts, not at how they got that way.
 
 from __future__ import annotations
 
+import hashlib
+from pathlib import Path
+
 import pytest
 import testinfra
+from cryptography import x509
 
 from careflow_ha.cluster.patroni import PatroniApi
 from careflow_ha.lab.ssh import ssh_config_path
 from careflow_ha.routing.haproxy_ab import VARIANTS, variant_config
+from careflow_ha.lab.ca import issued_by, subject_alt_names
+from careflow_ha.lab.ssh import ssh_config_path
+from careflow_ha.provision import LAB_INVENTORY
+from careflow_ha.provision.inventory import load_inventory
 from tests.inventory import hosts
 from tests.plugins.timeouts import wait_until
 
@@ -155,3 +163,52 @@ def test_pg_hba_has_no_trust_and_only_the_cluster_network(host_of, name):
             )
         else:
             assert rule[0] == "host" and rule[3] == "192.168.56.0/24" and rule[4] == "scram-sha-256", " ".join(rule)
+
+
+# --- Certificates (the tls role): the same files, owners and modes whichever tool installed them ---------------
+
+# Read once, at collection: which accounts get a key copy on which host (no secret is needed for that).
+_TLS = load_inventory(LAB_INVENTORY, {})
+_TLS_DIR = "/etc/careflow/tls"
+
+
+def _control_file(name: str) -> bytes:
+    """A file of the control host's careflow_tls_dir (the lab CA's output the hosts got their copies from)."""
+    return (Path(str(_TLS.hostvars[hosts()[0]]["careflow_tls_dir"])) / name).read_bytes()
+
+
+@pytest.mark.parametrize("name", hosts())
+def test_every_host_has_the_ca_and_its_own_certificate_naming_its_address(host_of, name):
+    h = host_of(name)
+    for path in (f"{_TLS_DIR}/ca.crt", f"{_TLS_DIR}/{name}.crt"):
+        f = h.file(path)
+        assert f.exists and f.user == "root" and f.mode == 0o644, f"{path} on {name}"
+    ca_pem = h.file(f"{_TLS_DIR}/ca.crt").content
+    assert ca_pem == _control_file("ca.crt"), f"{name} has another CA certificate than the control host"
+    ca, cert = (x509.load_pem_x509_certificate(pem) for pem in (ca_pem, h.file(f"{_TLS_DIR}/{name}.crt").content))
+    assert issued_by(cert, ca), f"{name}'s certificate is not signed by the CA it was given"
+    dns, ips = subject_alt_names(cert)
+    assert name in dns and str(_TLS.hostvars[name]["careflow_node_ip"]) in ips
+
+
+@pytest.mark.parametrize(
+    ("name", "account"), [(h, a) for h in hosts() for a in _TLS.hostvars[h]["__tls_key_accounts"]]
+)
+def test_each_service_account_has_its_own_private_key_copy(host_of, name, account):
+    h = host_of(name)
+    directory, key = h.file(f"{_TLS_DIR}/{account}"), h.file(f"{_TLS_DIR}/{account}/{name}.key")
+    assert directory.is_directory and (directory.user, directory.group, directory.mode) == ("root", account, 0o750)
+    assert key.exists and (key.user, key.group, key.mode) == (account, account, 0o600), f"{key.path} on {name}"
+    # Compared by digest: a failed assert must never print a private key.
+    remote = h.check_output(f"sha256sum {key.path}").split()[0]
+    assert remote == hashlib.sha256(_control_file(f"{name}.key")).hexdigest(), f"{key.path} is not {name}'s key"
+
+
+@pytest.mark.parametrize("name", [h for h in hosts() if len(_TLS.hostvars[h]["__tls_key_accounts"]) > 1])
+def test_a_service_account_cannot_read_another_accounts_key(host_of, name):
+    h = host_of(name)
+    accounts = _TLS.hostvars[name]["__tls_key_accounts"]
+    for reader in accounts:
+        for owner in accounts:
+            readable = h.run(f"runuser -u {reader} -- test -r {_TLS_DIR}/{owner}/{name}.key").rc == 0
+            assert readable == (reader == owner), f"{reader} reading {owner}'s key on {name}"

@@ -104,7 +104,8 @@ def test_the_schema_needs_what_patroni_configures():
 def test_pyinfra_runs_site_yml_plays_in_order():
     plays = [p for p in site_plays() if p.roles != (PREFLIGHT_ROLE,)]
     assert list(plays_from_site()) == [(p.groups, tuple(DEPLOYS[r] for r in p.roles)) for p in plays]
-    assert plays_from_site()[0] == (("postgres_cluster", "etcd_cluster"), (DEPLOYS["common"],))
+    assert plays_from_site()[0] == (("all",), (DEPLOYS["tls"],))  # the certificates first, on every host
+    assert plays_from_site()[1] == (("postgres_cluster", "etcd_cluster"), (DEPLOYS["common"],))
 
 
 def test_every_role_of_site_yml_has_a_deploy():

@@ -53,7 +53,8 @@ def test_the_repository_host_holds_the_repository_and_reaches_every_member(lab):
     assert g["tls-server-address"] == BACKUP1_IP and g["tls-server-auth"] == "pg1,pg2,pg3=careflow"
     for n, ip in enumerate(("192.168.56.11", "192.168.56.12", "192.168.56.13"), start=1):
         assert (s[f"pg{n}-host"], s[f"pg{n}-host-type"], s[f"pg{n}-path"]) == (ip, "tls", "/var/lib/postgresql/15/main")
-        assert s[f"pg{n}-host-cert-file"] == "/etc/pgbackrest/tls/backup1.crt"
+        assert s[f"pg{n}-host-cert-file"] == "/etc/careflow/tls/backup1.crt"  # the tls role's files
+        assert s[f"pg{n}-host-key-file"] == "/etc/careflow/tls/postgres/backup1.key"  # postgres's own key copy
     assert s["backup-standby"] == "y"
 
 
@@ -61,7 +62,9 @@ def test_a_database_node_pushes_wal_asynchronously_to_the_repository_host(lab):
     conf = ini(lab.render_template("pgbackrest", "pgbackrest.conf.j2", "pg2"))
     g, s = conf["global"], conf["careflow"]
     assert (g["repo1-host"], g["repo1-host-type"], g["repo1-host-port"]) == (BACKUP1_IP, "tls", "8432")
-    assert g["repo1-host-cert-file"] == "/etc/pgbackrest/tls/pg2.crt"
+    assert g["repo1-host-cert-file"] == "/etc/careflow/tls/pg2.crt"
+    assert (g["repo1-host-ca-file"], g["repo1-host-key-file"]) == ("/etc/careflow/tls/ca.crt",
+                                                                  "/etc/careflow/tls/postgres/pg2.key")
     assert "repo1-path" not in g and "repo1-retention-full" not in g  # retention is the repository's business
     assert (g["archive-async"], g["spool-path"]) == ("y", "/var/spool/pgbackrest")
     assert g["tls-server-address"] == "192.168.56.12" and g["tls-server-auth"] == "backup1=careflow"
@@ -89,8 +92,9 @@ def test_ssh_mode_renders_without_tls_files(tmp_path):
 @pytest.mark.parametrize(
     ("host", "expected"),
     [
-        ("backup1", {"/etc/pgbackrest", "/var/log/pgbackrest", "/var/lib/pgbackrest", "/etc/pgbackrest/tls"}),
-        ("pg1", {"/etc/pgbackrest", "/var/log/pgbackrest", "/var/spool/pgbackrest", "/etc/pgbackrest/tls"}),
+        # The TLS directory is the tls role's (it runs first, on every host).
+        ("backup1", {"/etc/pgbackrest", "/var/log/pgbackrest", "/var/lib/pgbackrest"}),
+        ("pg1", {"/etc/pgbackrest", "/var/log/pgbackrest", "/var/spool/pgbackrest"}),
     ],
 )
 def test_each_kind_of_host_gets_only_its_directories(lab, host, expected):

@@ -48,6 +48,7 @@ def tool(monkeypatch, tmp_path) -> FakeTool:
     fake = FakeTool()
     monkeypatch.setattr(base.subprocess, "Popen", fake)
     monkeypatch.setattr(base, "ensure_wheelhouse", lambda directory, progress: directory)
+    monkeypatch.setattr(base, "prepare_certificates", lambda inv, progress: None)  # no CA in the checkout
     monkeypatch.setattr(cli_cluster, "wait_healthy", lambda settings, progress: None)
     return fake
 

@@ -55,6 +55,8 @@ class FakeChild:
 @pytest.fixture
 def no_wheelhouse_build(monkeypatch):
     monkeypatch.setattr(base, "ensure_wheelhouse", lambda directory, progress: directory)
+    # Nor a lab CA in the checkout's .lab/ca (tests/unit/provision/test_certificates.py covers it).
+    monkeypatch.setattr(base, "prepare_certificates", lambda inv, progress: None)
 
 
 @pytest.fixture
