@@ -185,7 +185,10 @@ def deploy_cluster(
     outcome = DeployOutcome()
     for groups, deploys in plays_from_site():
         print(f"PLAY [{', '.join(groups)}: {', '.join(d.deploy_name for d in deploys)}]", flush=True)
-        run_play(inv, _play_hosts(inv, groups), deploys, ssh_config, dry_run, outcome)
+        hosts = _play_hosts(inv, groups)
+        if not hosts:  # Ansible's "skipping: no hosts matched" (e.g. an inventory without a monitoring group)
+            continue
+        run_play(inv, hosts, deploys, ssh_config, dry_run, outcome)
         if not outcome.ok:
             break
     return DeployOutcome(outcome.changed_ops, outcome.failed, outcome.unreachable, time.monotonic() - started)

@@ -35,7 +35,8 @@ def test_groups_and_hosts_come_from_the_ansible_inventory(lab):
     assert lab.group("etcd_cluster") == ("pg1", "pg2", "pg3")
     assert lab.group("postgres_cluster") == ("pg1", "pg2", "pg3")
     assert lab.group("balancers") == ("lb1", "lb2")
-    assert set(lab.hosts) == {"pg1", "pg2", "pg3", "lb1", "lb2"}
+    assert lab.group("monitoring") == ("mon1",)
+    assert set(lab.hosts) == {"pg1", "pg2", "pg3", "lb1", "lb2", "mon1"}
 
 
 @pytest.mark.parametrize(
