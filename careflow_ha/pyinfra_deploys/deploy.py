@@ -23,10 +23,12 @@ from careflow_ha.provision.inventory import ClusterInventory, Play, load_invento
 from careflow_ha.pyinfra_deploys._data import INVENTORY_KEY
 from careflow_ha.pyinfra_deploys.common import common
 from careflow_ha.pyinfra_deploys.etcd import etcd
+from careflow_ha.pyinfra_deploys.exporters import node_exporter, postgres_exporter
 from careflow_ha.pyinfra_deploys.haproxy import haproxy
 from careflow_ha.pyinfra_deploys.keepalived import keepalived
 from careflow_ha.pyinfra_deploys.patroni import patroni
 from careflow_ha.pyinfra_deploys.postgresql import postgresql
+from careflow_ha.pyinfra_deploys.prometheus import prometheus
 from careflow_ha.settings import SECRET_KEYS
 
 #: Magic variables that stay in the ClusterInventory, not copied into pyinfra host data.
@@ -72,7 +74,8 @@ class _Progress(BaseStateCallback):
 DEPLOYS: Mapping[str, Callable[[], None]] = MappingProxyType(
     {
         "common": common, "etcd": etcd, "postgresql": postgresql, "patroni": patroni, "haproxy": haproxy,
-        "keepalived": keepalived,
+        "keepalived": keepalived, "prometheus": prometheus, "node_exporter": node_exporter,
+        "postgres_exporter": postgres_exporter,
     }
 )
 #: The play site.yml runs on localhost first; here ``check_inventory`` does its work (before any host).
@@ -170,7 +173,8 @@ def run_play(
 def deploy_cluster(
     inventory_path: Path, extra_vars: dict[str, str], ssh_config: Path | None, dry_run: bool = False
 ) -> DeployOutcome:
-    """The inventory check, then site.yml's plays (common, etcd, postgresql + patroni, common + haproxy + keepalived).
+    """The inventory check, then site.yml's plays (common, etcd, postgresql + patroni, common + haproxy + keepalived,
+    common + prometheus, node_exporter, postgres_exporter).
 
     ``dry_run`` only prepares: ``changed_ops`` lists what would change (restarts
     and reloads, which depend on earlier changes, are left out).

@@ -116,6 +116,10 @@ def test_haproxy_config_lists_every_postgres_member_in_both_listeners(lab):
         ("haproxy", "configure.yml", "haproxy.cfg.j2", "/etc/haproxy/haproxy.cfg", "0600", "haproxy -c -f %s"),
         ("keepalived", "configure.yml", "keepalived.conf.j2", "/etc/keepalived/keepalived.conf", "0600",
          "keepalived -t -f %s"),
+        ("prometheus", "configure.yml", "prometheus.yml.j2", "{{ prometheus_config_file }}", "0644",
+         "promtool check config %s"),
+        ("postgres_exporter", "configure.yml", "prometheus-postgres-exporter.default.j2",
+         "/etc/default/prometheus-postgres-exporter", "0600", None),
     ],
 )
 def test_role_template_tasks_are_read_not_copied(role, tasks, src, dest, mode, validate):
@@ -194,6 +198,11 @@ def _ansible_render(host: str, role: str, template: str, dest: Path) -> str:
         ("lb1", "keepalived", "keepalived.conf.j2"),
         ("lb2", "keepalived", "keepalived.conf.j2"),
         ("lb2", "keepalived", "careflow-check-haproxy.sh.j2"),
+        ("mon1", "prometheus", "prometheus.yml.j2"),
+        ("mon1", "prometheus", "prometheus.default.j2"),
+        ("mon1", "node_exporter", "prometheus-node-exporter.default.j2"),
+        ("lb2", "node_exporter", "prometheus-node-exporter.default.j2"),
+        ("pg3", "postgres_exporter", "prometheus-postgres-exporter.default.j2"),
     ],
 )
 def test_pyinfra_renders_each_role_template_exactly_as_ansible_does(lab, tmp_path, host, role, template):
