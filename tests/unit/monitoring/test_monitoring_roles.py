@@ -9,7 +9,6 @@ names, interval, the synchronous_mode label). The exporter's connection must nee
 
 from __future__ import annotations
 
-import ast
 import re
 import shutil
 from pathlib import Path
@@ -203,32 +202,39 @@ def test_every_default_and_every_global_read_is_declared_in_argument_specs(role)
     assert used - {k for k, v in options.items() if v.get("required")} == set()
 
 
-def _deploy_strings(module: str) -> set[str]:
-    """Every string in a deploy module's source (operation names; f-strings keep their literal parts)."""
-    source = (PROJECT_DIR / "careflow_ha" / "pyinfra_deploys" / f"{module}.py").read_text()
-    names = set()
-    for node in ast.walk(ast.parse(source)):
-        if isinstance(node, ast.Constant) and isinstance(node.value, str):
-            names.add(node.value)
-        elif isinstance(node, ast.JoinedStr):
-            names.add("".join(v.value for v in node.values if isinstance(v, ast.Constant)))
-    return names
+def _prepared_ops(lab, role: str, hosts: list[str]) -> dict[str, list[str]]:
+    """The operations the role's pyinfra deploy adds for each host (prepared, not run: no connection)."""
+    from pyinfra.api import Config, State
+    from pyinfra.api.deploy import add_deploy
+
+    from careflow_ha.pyinfra_deploys.deploy import DEPLOYS, pyinfra_inventory
+
+    state = State(pyinfra_inventory(lab, hosts, None), Config(), check_for_changes=False)
+    for host in state.inventory:
+        state.activate_host(host)  # as connect_all would, minus the SSH
+    add_deploy(state, DEPLOYS[role])
+    return {h.name: [sorted(state.get_op_meta(op).names)[0].split(" | ", 1)[1] for op in h.op_hash_order]
+            for h in state.inventory}
 
 
-def _expanded(module: str) -> set[str]:
-    """Names as the exporters' shared helper builds them (``Ensure {what} is installed``), for each role."""
-    names = _deploy_strings(module)
-    whats = {"the node exporter", "the PostgreSQL exporter"} if module == "exporters" else set()
-    return names | {n.replace("Ensure  is", f"Ensure {w} is").replace("Restart  after", f"Restart {w} after")
-                    for n in names for w in whats}
+@pytest.mark.parametrize(("role", "hosts"), [("prometheus", ["mon1"]), ("node_exporter", ["pg1", "lb2", "mon1"]),
+                                              ("postgres_exporter", ["pg1", "pg3"])])
+def test_the_pyinfra_deploy_does_each_task_of_the_role_on_its_hosts(lab, role, hosts):
+    for host, ops in _prepared_ops(lab, role, hosts).items():
+        for tasks_file in ("install.yml", "configure.yml", "service.yml"):
+            for task in yaml.safe_load((PROJECT_DIR / "roles" / role / "tasks" / tasks_file).read_text()):
+                if "ansible.builtin.meta" in task:
+                    continue  # flush_handlers: pyinfra's restart op follows the config op directly
+                assert task["name"] in ops, f"{role}/{tasks_file} on {host}: {task['name']!r} has no pyinfra operation"
+        # and each restart or reload the role's handlers do (under a name saying when)
+        handlers = yaml.safe_load((PROJECT_DIR / "roles" / role / "handlers" / "main.yml").read_text())
+        verbs = {h["ansible.builtin.systemd_service"]["state"].removesuffix("ed") for h in handlers}
+        for verb in verbs:
+            assert any(op.lower().startswith(verb) for op in ops), f"{role} on {host}: no {verb} operation"
 
 
-@pytest.mark.parametrize(("role", "module"), [("prometheus", "prometheus"), ("node_exporter", "exporters"),
-                                               ("postgres_exporter", "exporters")])
-def test_the_pyinfra_deploy_does_each_task_of_the_role(role, module):
-    names = _expanded(module)
-    for tasks_file in ("install.yml", "configure.yml", "service.yml"):
-        for task in yaml.safe_load((PROJECT_DIR / "roles" / role / "tasks" / tasks_file).read_text()):
-            if "ansible.builtin.meta" in task:
-                continue  # flush_handlers: pyinfra's restart op follows the config op directly
-            assert task["name"] in names, f"{role}/{tasks_file}: {task['name']!r} has no pyinfra operation"
+def test_the_patroni_deploy_creates_the_monitoring_role_like_the_role_does(lab):
+    (ops,) = _prepared_ops(lab, "patroni", ["pg1"]).values()
+    tasks = yaml.safe_load((PROJECT_DIR / "roles" / "patroni" / "tasks" / "roles.yml").read_text())
+    names = [t["name"] for t in tasks if "monitoring role" in t["name"]]
+    assert len(names) == 2 and set(names) <= set(ops)
