@@ -127,7 +127,7 @@ def test_the_postgres_exporter_reads_postgres_as_the_monitoring_role(host_of):
     for name in hosts("postgres_cluster"):
         h = host_of(name)
         env = h.file("/etc/default/prometheus-postgres-exporter")
-        assert env.mode == 0o600 and env.user == "root"
+        assert env.mode == 0o640 and env.user == "prometheus"  # Debian's choice: not world-readable
         assert not re.search(r"password\s*=|://[^@/\s]*:[^@/\s]*@", env.content_string), "a password in the DSN"
         metrics = h.run(f"curl -fsS -m 5 http://{host_vars()[name]['careflow_node_ip']}:9187/metrics").stdout
         assert "\npg_up 1\n" in metrics, f"the exporter on {name} does not reach PostgreSQL"

@@ -119,7 +119,7 @@ def test_haproxy_config_lists_every_postgres_member_in_both_listeners(lab):
         ("prometheus", "configure.yml", "prometheus.yml.j2", "{{ prometheus_config_file }}", "0644",
          "promtool check config %s"),
         ("postgres_exporter", "configure.yml", "prometheus-postgres-exporter.default.j2",
-         "/etc/default/prometheus-postgres-exporter", "0600", None),
+         "/etc/default/prometheus-postgres-exporter", "0640", None),
     ],
 )
 def test_role_template_tasks_are_read_not_copied(role, tasks, src, dest, mode, validate):
