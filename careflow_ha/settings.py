@@ -27,7 +27,9 @@ PROJECT_DIR = Path(__file__).resolve().parent.parent
 #: Vagrantfile must agree with this (tests/unit/lab/test_topology.py checks it).
 PG_NODES: tuple[str, ...] = ("pg1", "pg2", "pg3")
 LB_NODES: tuple[str, ...] = ("lb1", "lb2")
-LAB_NODES: tuple[str, ...] = PG_NODES + LB_NODES
+#: The inventory's ``monitoring`` group: Prometheus (roles/prometheus).
+MON_NODES: tuple[str, ...] = ("mon1",)
+LAB_NODES: tuple[str, ...] = PG_NODES + LB_NODES + MON_NODES
 
 #: Compose project name: also the label that marks containers as ours, so a
 #: stale lab left by an earlier run can be found and removed safely.
@@ -44,6 +46,7 @@ PORT_DEFAULTS: Mapping[str, int] = MappingProxyType(
         "CAREFLOW_PG1_SSH_PORT": 2221,
         "CAREFLOW_PG2_SSH_PORT": 2222,
         "CAREFLOW_PG3_SSH_PORT": 2223,
+        "CAREFLOW_MON1_SSH_PORT": 2225,
         # Direct access to each node, used by drills to detect two primaries.
         "CAREFLOW_PG1_PG_PORT": 5441,
         "CAREFLOW_PG2_PG_PORT": 5442,
@@ -51,6 +54,8 @@ PORT_DEFAULTS: Mapping[str, int] = MappingProxyType(
         "CAREFLOW_PG1_API_PORT": 8011,
         "CAREFLOW_PG2_API_PORT": 8012,
         "CAREFLOW_PG3_API_PORT": 8013,
+        # Prometheus' UI and HTTP API on mon1 (no authentication: loopback only).
+        "CAREFLOW_MON1_PROM_PORT": 9090,
     }
 )
 
@@ -300,7 +305,12 @@ class Settings:
     def port(self, key: str) -> int:
         return self.ports[key]
 
-    def node_port(self, node: str, kind: Literal["SSH", "PG", "API"]) -> int:
+    @property
+    def prometheus_url(self) -> str:
+        """Prometheus on the monitoring host, as published on 127.0.0.1 (docker-compose.yml)."""
+        return f"http://{self.host}:{self.ports['CAREFLOW_MON1_PROM_PORT']}"
+
+    def node_port(self, node: str, kind: Literal["SSH", "PG", "API", "PROM"]) -> int:
         return self.ports[f"CAREFLOW_{node.upper()}_{kind}_PORT"]
 
     def password(self, role: str) -> str:

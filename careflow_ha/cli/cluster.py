@@ -90,6 +90,7 @@ def print_connections(settings: Settings, show_secrets: bool) -> None:
         f"  HAProxy stats: http://127.0.0.1:{settings.port('CAREFLOW_STATS_PORT')}/ (user admin, "
         "CAREFLOW_HAPROXY_STATS_PASSWORD)"
     )
+    click.echo(f"  Prometheus (mon1): {settings.prometheus_url}/ (targets: {settings.prometheus_url}/targets)")
 
 
 @click.command("up")

@@ -40,7 +40,7 @@ def lab_group() -> None:
 @port_options
 @engine_option
 def lab_up_cmd(engine_name: str | None) -> None:
-    """Start the lab hosts (pg1..pg3, lb1, lb2; build the node image if needed) and wait for SSH."""
+    """Start the lab hosts (pg1..pg3, lb1, lb2, mon1; build the node image if needed) and wait for SSH."""
     settings = get_settings()
     started = time.monotonic()
     statuses = hosts.lab_up(settings, detect_engine(engine_name), progress)

@@ -37,9 +37,12 @@ from careflow_ha.lab.ca import (
 )
 from careflow_ha.provision.inventory import ClusterInventory, _ansible_bool
 
-#: Groups whose hosts answer on the VIP, or sit behind it (HAProxy on the balancers; Patroni's members may
-#: hold a leader VIP, vip-manager), so their certificates carry it.
-VIP_GROUPS = ("balancers", "postgres_cluster")
+#: Each VIP and the groups whose hosts answer on it or sit behind it, so their certificates carry it: the
+#: client VIP (HAProxy on the balancers, the database nodes behind it) and the leader VIP (on Patroni's leader).
+VIP_GROUPS: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("careflow_vip", ("balancers", "postgres_cluster")),
+    ("careflow_leader_vip", ("postgres_cluster",)),
+)
 #: What the roles need in an extended key usage, when a certificate restricts it.
 SERVER_AUTH, CLIENT_AUTH = "1.3.6.1.5.5.7.3.1", "1.3.6.1.5.5.7.3.2"
 
@@ -66,12 +69,13 @@ def tls_dir(inv: ClusterInventory) -> Path:
 
 
 def client_names(inv: ClusterInventory, host: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
-    """(DNS names, IP addresses) clients use to reach ``host``: its name, its node IP, the VIP where it applies."""
+    """(DNS names, IP addresses) clients use to reach ``host``: its name, its node IP, the VIPs where they apply."""
     hv = inv.hostvars[host]
     ips = [str(hv["careflow_node_ip"])] if hv.get("careflow_node_ip") else []
-    vip = str(hv.get("careflow_vip") or "").strip()
-    if vip and any(host in inv.group(g) for g in VIP_GROUPS):
-        ips.append(vip)
+    for name, groups in VIP_GROUPS:
+        vip = str(hv.get(name) or "").strip()
+        if vip and any(host in inv.group(g) for g in groups):
+            ips.append(vip)
     return (host,), tuple(dict.fromkeys(ips))
 
 

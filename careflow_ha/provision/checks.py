@@ -31,7 +31,12 @@ PORT_VARS: tuple[str, ...] = (
     "careflow_haproxy_rw_port",
     "careflow_haproxy_ro_port",
     "careflow_haproxy_stats_port",
+    "careflow_haproxy_metrics_port",
+    "careflow_node_exporter_port",
+    "careflow_postgres_exporter_port",
 )
+#: Groups whose hosts need a careflow_node_ip in the cluster network (the monitoring group is optional).
+HOST_GROUPS: tuple[str, ...] = ("etcd_cluster", "postgres_cluster", "balancers", "monitoring")
 MIN_SECRET_LENGTH = 16
 #: What a timing preset must define for Patroni (HAProxy's keys are checked by its role).
 PRESET_KEYS: tuple[str, ...] = ("ttl", "loop_wait", "retry_timeout")
@@ -122,7 +127,7 @@ def check_inventory(inv: ClusterInventory, check_wheelhouse: bool = True, lookup
             "so a majority survives a loss. Add or remove a host in etcd_cluster."
         )
 
-    cluster_hosts = list(dict.fromkeys([*etcd, *inv.group("postgres_cluster"), *inv.group("balancers")]))
+    cluster_hosts = list(dict.fromkeys(h for group in HOST_GROUPS for h in inv.group(group)))
     network_raw = _var(inv, first, "careflow_cluster_network")
     try:
         network = ipaddress.ip_network(str(network_raw))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import yaml
@@ -71,6 +72,10 @@ def role_template(role: str, tasks_file: str, src: str) -> RoleFile:
 
 
 def role_copy(role: str, tasks_file: str, dest: str) -> RoleFile:
-    """What the role's ``copy: dest=<dest> content=...`` task writes on this host."""
+    """What the role's ``copy: dest=<dest>`` task writes on this host: its ``content``, or the file its
+    ``src`` names on the control host (a path, rendered like any task argument)."""
     args = _task(role, tasks_file, "copy", "dest", dest)
-    return _role_file(args, args["content"])
+    if "content" in args:
+        return _role_file(args, args["content"])
+    src = Path(str(_inventory().render_value(args["src"], host.name)))
+    return _role_file({k: v for k, v in args.items() if k != "src"}, src.read_text(encoding="utf-8"))

@@ -24,10 +24,12 @@ from careflow_ha.provision.inventory import ClusterInventory, Play, load_invento
 from careflow_ha.pyinfra_deploys._data import INVENTORY_KEY
 from careflow_ha.pyinfra_deploys.common import common
 from careflow_ha.pyinfra_deploys.etcd import etcd
+from careflow_ha.pyinfra_deploys.exporters import node_exporter, postgres_exporter
 from careflow_ha.pyinfra_deploys.haproxy import haproxy
 from careflow_ha.pyinfra_deploys.keepalived import keepalived
 from careflow_ha.pyinfra_deploys.patroni import patroni
 from careflow_ha.pyinfra_deploys.postgresql import postgresql
+from careflow_ha.pyinfra_deploys.prometheus import prometheus
 from careflow_ha.pyinfra_deploys.tls import tls
 from careflow_ha.settings import SECRET_KEYS
 
@@ -74,7 +76,8 @@ class _Progress(BaseStateCallback):
 DEPLOYS: Mapping[str, Callable[[], None]] = MappingProxyType(
     {
         "common": common, "etcd": etcd, "postgresql": postgresql, "patroni": patroni, "haproxy": haproxy,
-        "keepalived": keepalived, "tls": tls,
+        "keepalived": keepalived, "tls": tls, "prometheus": prometheus, "node_exporter": node_exporter,
+        "postgres_exporter": postgres_exporter,
     }
 )
 #: The play site.yml runs on localhost first; here ``check_inventory`` does its work (before any host).
@@ -173,7 +176,8 @@ def deploy_cluster(
     inventory_path: Path, extra_vars: dict[str, str], ssh_config: Path | None, dry_run: bool = False
 ) -> DeployOutcome:
     """The inventory and certificate checks, then site.yml's plays (tls, common, etcd, postgresql + patroni,
-    common + haproxy + keepalived).
+    common + haproxy + keepalived, keepalived for the leader VIP, common + prometheus, node_exporter,
+    postgres_exporter).
 
     ``dry_run`` only prepares: ``changed_ops`` lists what would change (restarts
     and reloads, which depend on earlier changes, are left out).
@@ -189,7 +193,10 @@ def deploy_cluster(
     outcome = DeployOutcome()
     for groups, deploys in plays_from_site():
         print(f"PLAY [{', '.join(groups)}: {', '.join(d.deploy_name for d in deploys)}]", flush=True)
-        run_play(inv, _play_hosts(inv, groups), deploys, ssh_config, dry_run, outcome)
+        hosts = _play_hosts(inv, groups)
+        if not hosts:  # Ansible's "skipping: no hosts matched" (e.g. an inventory without a monitoring group)
+            continue
+        run_play(inv, hosts, deploys, ssh_config, dry_run, outcome)
         if not outcome.ok:
             break
     return DeployOutcome(outcome.changed_ops, outcome.failed, outcome.unreachable, time.monotonic() - started)

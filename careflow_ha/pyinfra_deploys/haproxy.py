@@ -39,7 +39,9 @@ def haproxy() -> None:
         name="Reload HAProxy after a configuration change", service="haproxy", reloaded=True,
         _if=changed_unless((config,), start),
     )
-    for port in (var("careflow_haproxy_rw_port"), var("careflow_haproxy_ro_port"), var("careflow_haproxy_stats_port")):
+    ports = ("careflow_haproxy_rw_port", "careflow_haproxy_ro_port", "careflow_haproxy_stats_port",
+             "careflow_haproxy_metrics_port")
+    for port in (var(p) for p in ports):
         wait_until_ok(
             name=f"Ensure HAProxy listens on port {port}",
             command=f"ss -Htln 'sport = :{int(port)}' | grep -q .",

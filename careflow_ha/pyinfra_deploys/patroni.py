@@ -99,3 +99,12 @@ def patroni() -> None:
         name="Ensure the read-only role can read what the application role creates",
         group="pg_read_all_data", member=var("careflow_ro_user"), port=port, _if=primary, **POSTGRES,
     )
+    postgres.role(
+        name="Ensure the monitoring role exists (LOGIN, no password; peer over the local socket only)",
+        role=var("careflow_monitor_user"), login=True, inherit=True,  # inherit: pg_monitor's rights apply
+        psql_port=port, _if=primary, **POSTGRES,
+    )
+    role_membership(
+        name="Ensure the monitoring role reads every statistic and no data (pg_monitor)",
+        group="pg_monitor", member=var("careflow_monitor_user"), port=port, _if=primary, **POSTGRES,
+    )

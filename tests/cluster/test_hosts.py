@@ -7,6 +7,9 @@ look at the hosts, not at how they got that way.
 from __future__ import annotations
 
 import hashlib
+import json
+import re
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -14,13 +17,12 @@ import testinfra
 from cryptography import x509
 
 from careflow_ha.cluster.patroni import PatroniApi
-from careflow_ha.lab.ssh import ssh_config_path
-from careflow_ha.routing.haproxy_ab import VARIANTS, variant_config
 from careflow_ha.lab.ca import issued_by, subject_alt_names
 from careflow_ha.lab.ssh import ssh_config_path
 from careflow_ha.provision import LAB_INVENTORY
 from careflow_ha.provision.inventory import load_inventory
-from tests.inventory import hosts
+from careflow_ha.routing.haproxy_ab import VARIANTS, variant_config
+from tests.inventory import host_vars, hosts
 from tests.plugins.timeouts import wait_until
 
 pytestmark = pytest.mark.cluster
@@ -112,10 +114,67 @@ def test_bench_routings_haproxy_variants_are_valid_configs(host_of, variant):
     finally:
         h.run(f"rm -f {path}")
     assert check.rc == 0, check.stdout + check.stderr
+@pytest.mark.parametrize("name", hosts("monitoring"))
+def test_prometheus_active_and_enabled(host_of, name):
+    svc = host_of(name).service("prometheus")
+    assert svc.is_running, f"prometheus is not running on {name}"
+    assert svc.is_enabled, f"prometheus is not enabled on {name}"
+
+
+@pytest.mark.parametrize(
+    "name,service",
+    [(h, "prometheus-node-exporter") for h in hosts()]
+    + [(h, "prometheus-postgres-exporter") for h in hosts("postgres_cluster")],
+)
+def test_every_exporter_active_and_enabled(host_of, name, service):
+    svc = host_of(name).service(service)
+    assert svc.is_running, f"{service} is not running on {name}"
+    assert svc.is_enabled, f"{service} is not enabled on {name}"
+
+
+#: Prometheus' scrape jobs and the inventory group each one covers (roles/prometheus/templates/prometheus.yml.j2).
+SCRAPED = {"node": None, "postgres": "postgres_cluster", "patroni": "postgres_cluster", "etcd": "etcd_cluster",
+           "haproxy": "balancers", "prometheus": "monitoring"}
+
+
+def _targets(prometheus_url: str) -> list[dict]:
+    with urllib.request.urlopen(f"{prometheus_url}/api/v1/targets?state=active", timeout=5) as resp:  # noqa: S310
+        return json.load(resp)["data"]["activeTargets"]
+
+
+def test_prometheus_scrapes_every_exporter_of_the_inventory_and_each_is_up(cluster):
+    """Through the port published on 127.0.0.1; each target gets a few scrapes (5 s apart) to come up."""
+    expected = {(job, h) for job, group in SCRAPED.items() for h in hosts(group)}
+
+    def all_up() -> list[dict] | None:
+        targets = _targets(cluster.prometheus_url)
+        seen = {(t["labels"]["job"], t["labels"]["instance"]) for t in targets}
+        assert seen == expected, f"scraped {sorted(seen ^ expected)} unlike the inventory"
+        return targets if all(t["health"] == "up" for t in targets) else None
+
+    def down() -> list[str]:
+        return sorted(f"{t['labels']['job']}/{t['labels']['instance']}: {t.get('lastError') or t['health']}"
+                      for t in _targets(cluster.prometheus_url) if t["health"] != "up")
+
+    try:
+        wait_until(all_up, 60, interval=2, what="every Prometheus target up")
+    except pytest.fail.Exception:
+        pytest.fail(f"targets not up: {down()}")
+
+
+def test_the_postgres_exporter_reads_postgres_as_the_monitoring_role(host_of):
+    """pg_up 1 on every node: the peer-mapped, passwordless login works, and its file holds no password."""
+    for name in hosts("postgres_cluster"):
+        h = host_of(name)
+        env = h.file("/etc/default/prometheus-postgres-exporter")
+        assert env.mode == 0o640 and env.user == "prometheus"  # Debian's choice: not world-readable
+        assert not re.search(r"password\s*=|://[^@/\s]*:[^@/\s]*@", env.content_string), "a password in the DSN"
+        metrics = h.run(f"curl -fsS -m 5 http://{host_vars()[name]['careflow_node_ip']}:9187/metrics").stdout
+        assert "\npg_up 1\n" in metrics, f"the exporter on {name} does not reach PostgreSQL"
 
 
 @pytest.mark.parametrize("name", hosts("postgres_cluster"))
-@pytest.mark.parametrize("port", [5432, 8008, 2379, 2380])
+@pytest.mark.parametrize("port", [5432, 8008, 2379, 2380, 9100, 9187])
 def test_db_ports_listening(host_of, name, port):
     assert host_of(name).socket(f"tcp://0.0.0.0:{port}").is_listening or any(
         s.endswith(f":{port}") for s in host_of(name).socket.get_listening_sockets()
@@ -123,9 +182,12 @@ def test_db_ports_listening(host_of, name, port):
 
 
 @pytest.mark.parametrize("name", hosts("balancers"))
-@pytest.mark.parametrize("port", [5000, 5001, 7000])
+@pytest.mark.parametrize("port", [5000, 5001, 7000, 8405])
 def test_balancer_ports_listening(host_of, name, port):
-    assert host_of(name).socket(f"tcp://0.0.0.0:{port}").is_listening
+    sockets = host_of(name).socket.get_listening_sockets()
+    assert host_of(name).socket(f"tcp://0.0.0.0:{port}").is_listening or any(
+        s.endswith(f":{port}") for s in sockets
+    ), f"nothing listens on {port} on {name}"  # 8405 binds *; the node exporter binds the node's address
 
 
 @pytest.mark.parametrize(
@@ -158,7 +220,11 @@ def test_pg_hba_has_no_trust_and_only_the_cluster_network(host_of, name):
     for rule in rules:
         assert "trust" not in rule, f"trust rule on {name}: {' '.join(rule)}"
         if rule[0] == "local":
-            assert rule[1:] in (["all", "postgres", "peer"], ["replication", "replicator", "scram-sha-256"]), (
+            assert rule[1:] in (
+                ["all", "postgres", "peer"],
+                ["all", "careflow_monitor", "peer", "map=careflow_monitor"],  # the metrics exporter (pg_monitor)
+                ["replication", "replicator", "scram-sha-256"],
+            ), (
                 f"unexpected local rule: {' '.join(rule)}"
             )
         else:

@@ -12,14 +12,14 @@ from tests.inventory import groups, host_vars
 
 COMPOSE = yaml.safe_load((PROJECT_DIR / "docker-compose.yml").read_text())
 VAGRANT_INV = PROJECT_DIR / "inventory" / "vagrant.yml"
-GROUPS = {"etcd_cluster", "postgres_cluster", "balancers"}
+GROUPS = {"etcd_cluster", "postgres_cluster", "balancers", "monitoring"}
 
 
 def test_inventory_has_the_production_groups_and_the_code_s_hosts():
     g = groups()
     assert set(g) == GROUPS
     assert sorted(h for members in g.values() for h in members) == sorted(
-        ["pg1", "pg2", "pg3", "pg1", "pg2", "pg3", "lb1", "lb2"]
+        ["pg1", "pg2", "pg3", "pg1", "pg2", "pg3", "lb1", "lb2", "mon1"]
     )
     assert set(host_vars()) == set(LAB_NODES)
 
@@ -71,3 +71,26 @@ def test_production_example_uses_the_same_groups():
     prod = groups(Path(PROJECT_DIR / "inventory" / "production.example.yml"))
     assert set(prod) == GROUPS
     assert len(prod["etcd_cluster"]) % 2 == 1
+
+
+def test_the_monitoring_host_keeps_its_tsdb_and_publishes_prometheus_on_loopback_only():
+    mon1 = COMPOSE["services"]["mon1"]
+    assert "mon1-prometheus:/var/lib/prometheus" in mon1["volumes"] and "mon1-prometheus" in COMPOSE["volumes"]
+    prometheus_port = yaml.safe_load((PROJECT_DIR / "roles" / "prometheus" / "defaults" / "main.yml").read_text())[
+        "prometheus_port"]
+    assert "127.0.0.1:${CAREFLOW_MON1_PROM_PORT:-9090}:" + str(prometheus_port) in mon1["ports"]
+    assert host_vars()["mon1"]["careflow_node_ip"] == "192.168.56.40"
+
+
+def test_every_lab_host_is_in_the_ssh_config_on_its_own_port(tmp_path):
+    from careflow_ha.lab.ssh import write_ssh_config
+    from careflow_ha.settings import load_settings
+
+    settings = load_settings(tmp_path, environ={"CAREFLOW_MON1_SSH_PORT": "2299"})
+    (tmp_path / ".lab").mkdir()
+    text = write_ssh_config(settings).read_text()
+    blocks = {b.split()[1]: b for b in text.split("\n\n") if b.startswith("Host ")}
+    assert set(blocks) == set(LAB_NODES) and "mon1" in blocks
+    assert "Port 2299" in blocks["mon1"]
+    assert {next(ln.split()[1] for ln in b.splitlines() if "Port " in ln) for b in blocks.values()} == {
+        str(settings.node_port(n, "SSH")) for n in LAB_NODES}

@@ -49,7 +49,7 @@ def _inventory(tls_dir: Path, lab_ca: bool):  # noqa: ANN202
 @pytest.mark.parametrize(
     ("host", "ips"),
     [
-        ("pg1", ("192.168.56.11", VIP)),  # database nodes carry the VIP too (a leader VIP may point at them)
+        ("pg1", ("192.168.56.11", VIP, "192.168.56.101")),  # the database nodes: behind the VIP, and the leader VIP
         ("lb2", ("192.168.56.20", VIP)),
     ],
 )
@@ -65,7 +65,7 @@ def test_without_a_vip_no_certificate_names_one(tmp_path):
 def test_a_lab_certificate_adds_the_published_ports_names(tmp_path):
     leaf = lab_leaf(_inventory(tmp_path, True), "pg2")
     assert (leaf.name, leaf.dns_names, leaf.ip_addresses) == (
-        "pg2", ("pg2", "localhost"), ("192.168.56.12", VIP, "127.0.0.1"))
+        "pg2", ("pg2", "localhost"), ("192.168.56.12", VIP, "192.168.56.101", "127.0.0.1"))
 
 
 def test_provisioning_makes_the_lab_ca_once_and_then_keeps_it(tmp_path):

@@ -64,6 +64,22 @@ def _duplicate_ip(inv: dict, gv: dict) -> None:
     _hosts(inv, "balancers")["lb1"]["careflow_node_ip"] = "192.168.56.11"
 
 
+def _mon_ip_outside(inv: dict, gv: dict) -> None:
+    _hosts(inv, "monitoring")["mon1"]["careflow_node_ip"] = "10.0.0.40"
+
+
+def _mon_ip_duplicate(inv: dict, gv: dict) -> None:
+    _hosts(inv, "monitoring")["mon1"]["careflow_node_ip"] = "192.168.56.10"
+
+
+def _no_monitoring(inv: dict, gv: dict) -> None:
+    del inv["all"]["children"]["monitoring"]
+
+
+def _exporter_port_clash(inv: dict, gv: dict) -> None:
+    gv["careflow_node_exporter_port"] = gv["careflow_patroni_api_port"]
+
+
 def _port_clash(inv: dict, gv: dict) -> None:
     gv["careflow_haproxy_ro_port"] = gv["careflow_haproxy_rw_port"]
 
@@ -143,6 +159,10 @@ CASES: list[tuple[str, Edit, str | None]] = [
     ("ip garbage", _ip_garbage, "got not-an-ip"),
     ("duplicate ip", _duplicate_ip, "careflow_node_ip must be unique"),
     ("port clash", _port_clash, "Two services share a port"),
+    ("monitoring host outside the network", _mon_ip_outside, "Host mon1 needs careflow_node_ip set to its address"),
+    ("monitoring host on a balancer's address", _mon_ip_duplicate, "careflow_node_ip must be unique"),
+    ("no monitoring host is fine", _no_monitoring, None),
+    ("exporter port clash", _exporter_port_clash, "Two services share a port"),
     ("bad timing", _bad_timing, "Patroni needs loop_wait + 2*retry_timeout <= ttl and ttl >= 20"),
     ("short ttl", _short_ttl, "ttl=15"),
     ("sync needs standbys", _sync_needs_standbys, "synchronous_node_count=3 needs more than that many"),

@@ -35,7 +35,8 @@ def test_groups_and_hosts_come_from_the_ansible_inventory(lab):
     assert lab.group("etcd_cluster") == ("pg1", "pg2", "pg3")
     assert lab.group("postgres_cluster") == ("pg1", "pg2", "pg3")
     assert lab.group("balancers") == ("lb1", "lb2")
-    assert set(lab.hosts) == {"pg1", "pg2", "pg3", "lb1", "lb2"}
+    assert lab.group("monitoring") == ("mon1",)
+    assert set(lab.hosts) == {"pg1", "pg2", "pg3", "lb1", "lb2", "mon1"}
 
 
 @pytest.mark.parametrize(
@@ -115,6 +116,10 @@ def test_haproxy_config_lists_every_postgres_member_in_both_listeners(lab):
         ("haproxy", "configure.yml", "haproxy.cfg.j2", "/etc/haproxy/haproxy.cfg", "0600", "haproxy -c -f %s"),
         ("keepalived", "configure.yml", "keepalived.conf.j2", "/etc/keepalived/keepalived.conf", "0600",
          "keepalived -t -f %s"),
+        ("prometheus", "configure.yml", "prometheus.yml.j2", "{{ prometheus_config_file }}", "0644",
+         "promtool check config %s"),
+        ("postgres_exporter", "configure.yml", "prometheus-postgres-exporter.default.j2",
+         "/etc/default/prometheus-postgres-exporter", "0640", None),
     ],
 )
 def test_role_template_tasks_are_read_not_copied(role, tasks, src, dest, mode, validate):
@@ -195,6 +200,11 @@ def _ansible_render(host: str, role: str, template: str, dest: Path) -> str:
         ("lb2", "keepalived", "careflow-check-haproxy.sh.j2"),
         ("pg1", "keepalived", "keepalived.conf.j2"),
         ("pg2", "keepalived", "careflow-check-leader.sh.j2"),
+        ("mon1", "prometheus", "prometheus.yml.j2"),
+        ("mon1", "prometheus", "prometheus.default.j2"),
+        ("mon1", "node_exporter", "prometheus-node-exporter.default.j2"),
+        ("lb2", "node_exporter", "prometheus-node-exporter.default.j2"),
+        ("pg3", "postgres_exporter", "prometheus-postgres-exporter.default.j2"),
     ],
 )
 def test_pyinfra_renders_each_role_template_exactly_as_ansible_does(lab, tmp_path, host, role, template):
