@@ -3,7 +3,6 @@ Patroni's leader (VRRP over unicast)."""
 
 from __future__ import annotations
 
-from pyinfra import host
 from pyinfra.api import deploy
 from pyinfra.operations import apt, systemd
 

@@ -37,7 +37,8 @@ from tests.cli import run_cli
 
 SECRETS = {key: f"{key.lower()}-s3cr3t-value" for key in SECRET_KEYS}
 NOW = datetime(2026, 12, 2, 3, 0, tzinfo=UTC)
-HOSTS = ("pg1", "pg2", "pg3", "lb1", "lb2")
+LEADER_VIP = "192.168.56.101"
+HOSTS = ("pg1", "pg2", "pg3", "lb1", "lb2", "mon1")
 VIP = "192.168.56.100"
 
 
@@ -49,7 +50,7 @@ def _inventory(tls_dir: Path, lab_ca: bool):  # noqa: ANN202
 @pytest.mark.parametrize(
     ("host", "ips"),
     [
-        ("pg1", ("192.168.56.11", VIP, "192.168.56.101")),  # the database nodes: behind the VIP, and the leader VIP
+        ("pg1", ("192.168.56.11", VIP, LEADER_VIP)),  # the database nodes: behind the VIP, and the leader VIP
         ("lb2", ("192.168.56.20", VIP)),
     ],
 )
@@ -65,7 +66,7 @@ def test_without_a_vip_no_certificate_names_one(tmp_path):
 def test_a_lab_certificate_adds_the_published_ports_names(tmp_path):
     leaf = lab_leaf(_inventory(tmp_path, True), "pg2")
     assert (leaf.name, leaf.dns_names, leaf.ip_addresses) == (
-        "pg2", ("pg2", "localhost"), ("192.168.56.12", VIP, "192.168.56.101", "127.0.0.1"))
+        "pg2", ("pg2", "localhost"), ("192.168.56.12", VIP, LEADER_VIP, "127.0.0.1"))
 
 
 def test_provisioning_makes_the_lab_ca_once_and_then_keeps_it(tmp_path):
@@ -85,7 +86,7 @@ def test_a_new_vip_reissues_the_hosts_that_carry_it_on_the_next_run(tmp_path):
     prepare_certificates(inv, said.append, now=NOW)
     said.clear()
     wider = load_inventory(LAB_INVENTORY, SECRETS, {"careflow_tls_dir": str(tmp_path / "ca"),
-                                                   "careflow_vip": "192.168.56.101"})
+                                                   "careflow_vip": "192.168.56.102"})
     prepare_certificates(wider, said.append, now=NOW)
     assert said == ["tls: issued certificates for pg1, pg2, pg3, lb1, lb2"]  # the VIP moved: every host again
 
@@ -144,7 +145,7 @@ def _user_certificates(directory: Path) -> tuple[x509.Certificate, ec.EllipticCu
     for host, ip in _node_ips().items():
         key = _key()
         _write_key(directory / f"{host}.key", key)
-        cert = _leaf(ca, host, [host], [ip, VIP], key)
+        cert = _leaf(ca, host, [host], [ip, VIP, *([LEADER_VIP] if host.startswith("pg") else [])], key)
         (directory / f"{host}.crt").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
     return ca
 
@@ -157,12 +158,12 @@ def _put(directory: Path, host: str, cert: x509.Certificate, key: ec.EllipticCur
 
 def _expired(d: Path, ca) -> None:  # noqa: ANN001
     key = _key()
-    _put(d, "pg2", _leaf(ca, "pg2", ["pg2"], ["192.168.56.12", VIP], key, days=(-400, -3)), key)
+    _put(d, "pg2", _leaf(ca, "pg2", ["pg2"], ["192.168.56.12", VIP, LEADER_VIP], key, days=(-400, -3)), key)
 
 
 def _other_ca(d: Path, ca) -> None:  # noqa: ANN001
     key = _key()
-    _put(d, "pg1", _leaf(_ca("Someone Else's CA"), "pg1", ["pg1"], ["192.168.56.11", VIP], key), key)
+    _put(d, "pg1", _leaf(_ca("Someone Else's CA"), "pg1", ["pg1"], ["192.168.56.11", VIP, LEADER_VIP], key), key)
 
 
 def _other_host(d: Path, ca) -> None:  # noqa: ANN001
@@ -177,13 +178,13 @@ def _no_vip(d: Path, ca) -> None:  # noqa: ANN001
 
 def _no_node_ip(d: Path, ca) -> None:  # noqa: ANN001
     key = _key()
-    _put(d, "pg3", _leaf(ca, "pg3", ["pg3"], [VIP], key), key)
+    _put(d, "pg3", _leaf(ca, "pg3", ["pg3"], [VIP, LEADER_VIP], key), key)
 
 
 def _server_only(d: Path, ca) -> None:  # noqa: ANN001
     key = _key()
-    _put(d, "pg1", _leaf(ca, "pg1", ["pg1"], ["192.168.56.11", VIP], key, usages=[ExtendedKeyUsageOID.SERVER_AUTH]),
-         key)
+    _put(d, "pg1", _leaf(ca, "pg1", ["pg1"], ["192.168.56.11", VIP, LEADER_VIP], key,
+                         usages=[ExtendedKeyUsageOID.SERVER_AUTH]), key)
 
 
 def _foreign_key(d: Path, ca) -> None:  # noqa: ANN001
@@ -284,7 +285,7 @@ def test_provision_refuses_an_expired_user_certificate_before_the_tool_starts(mo
     certs = tmp_path / "certs"
     ca = _user_certificates(certs)
     key = _key()
-    _put(certs, "pg2", _leaf(ca, "pg2", ["pg2"], ["192.168.56.12", VIP], key, days=(-400, -3)), key)
+    _put(certs, "pg2", _leaf(ca, "pg2", ["pg2"], ["192.168.56.12", VIP, LEADER_VIP], key, days=(-400, -3)), key)
     inv = yaml.safe_load(LAB_INVENTORY.read_text())
     gv = yaml.safe_load((LAB_INVENTORY.parent / "group_vars" / "all.yml").read_text())
     gv.update(careflow_tls_dir=str(certs), careflow_tls_lab_ca=False)
