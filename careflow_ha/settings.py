@@ -64,6 +64,8 @@ SECRET_KEYS: tuple[str, ...] = (
     "CAREFLOW_PATRONI_API_PASSWORD",  # Patroni REST basic auth (user: patroni)
     "CAREFLOW_HAPROXY_STATS_PASSWORD",  # HAProxy stats basic auth (user: admin)
     "CAREFLOW_VRRP_PASSWORD",  # keepalived VRRP authentication between the balancers
+    "CAREFLOW_PGBOUNCER_ADMIN_PASSWORD",  # PgBouncer's admin console (user: pgbouncer_admin; PAUSE/RESUME)
+    "CAREFLOW_PGBOUNCER_AUTH_PASSWORD",  # pgbouncer_auth: PgBouncer's auth_query login (get_auth only)
 )
 
 DB_NAME = "careflow"

@@ -26,6 +26,7 @@ from careflow_ha.pyinfra_deploys.etcd import etcd
 from careflow_ha.pyinfra_deploys.haproxy import haproxy
 from careflow_ha.pyinfra_deploys.keepalived import keepalived
 from careflow_ha.pyinfra_deploys.patroni import patroni
+from careflow_ha.pyinfra_deploys.pgbouncer import pgbouncer
 from careflow_ha.pyinfra_deploys.postgresql import postgresql
 from careflow_ha.settings import SECRET_KEYS
 
@@ -72,7 +73,7 @@ class _Progress(BaseStateCallback):
 DEPLOYS: Mapping[str, Callable[[], None]] = MappingProxyType(
     {
         "common": common, "etcd": etcd, "postgresql": postgresql, "patroni": patroni, "haproxy": haproxy,
-        "keepalived": keepalived,
+        "keepalived": keepalived, "pgbouncer": pgbouncer,
     }
 )
 #: The play site.yml runs on localhost first; here ``check_inventory`` does its work (before any host).
@@ -170,7 +171,7 @@ def run_play(
 def deploy_cluster(
     inventory_path: Path, extra_vars: dict[str, str], ssh_config: Path | None, dry_run: bool = False
 ) -> DeployOutcome:
-    """The inventory check, then site.yml's plays (common, etcd, postgresql + patroni, common + haproxy + keepalived).
+    """The inventory check, then site.yml's plays (common, etcd, postgresql + patroni, balancers).
 
     ``dry_run`` only prepares: ``changed_ops`` lists what would change (restarts
     and reloads, which depend on earlier changes, are left out).

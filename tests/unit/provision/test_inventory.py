@@ -7,6 +7,7 @@ them byte for byte: one source of truth, two renderers, identical files.
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -115,6 +116,9 @@ def test_haproxy_config_lists_every_postgres_member_in_both_listeners(lab):
         ("haproxy", "configure.yml", "haproxy.cfg.j2", "/etc/haproxy/haproxy.cfg", "0600", "haproxy -c -f %s"),
         ("keepalived", "configure.yml", "keepalived.conf.j2", "/etc/keepalived/keepalived.conf", "0600",
          "keepalived -t -f %s"),
+        ("pgbouncer", "configure.yml", "careflow-users.txt.j2", "{{ pgbouncer_auth_file }}", "0600", None),
+        ("pgbouncer", "configure.yml", "pgbouncer.ini.j2", "{{ pgbouncer_config_dir }}/careflow-{{ item.name }}.ini",
+         "0640", "{{ pgbouncer_validate_script }} %s"),
     ],
 )
 def test_role_template_tasks_are_read_not_copied(role, tasks, src, dest, mode, validate):
@@ -163,8 +167,9 @@ def test_missing_inventory_names_the_fix(tmp_path):
         load_inventory(tmp_path / "nope.yml", SECRETS)
 
 
-def _ansible_render(host: str, role: str, template: str, dest: Path) -> str:
-    """Ansible's own rendering of a role template for ``host`` (on this machine: connection=local)."""
+def _ansible_render(host: str, role: str, template: str, dest: Path, item: dict | None = None) -> str:
+    """Ansible's own rendering of a role template for ``host`` (on this machine: connection=local);
+    ``item``: the loop item of a looped template task."""
     env = {**os.environ, **SECRETS, "ANSIBLE_CONFIG": str(PROJECT_DIR / "ansible.cfg"), "ANSIBLE_NOCOLOR": "1"}
     defaults = []
     for name in ROLES:  # the play's roles' defaults (patroni's refer to postgresql's)
@@ -175,6 +180,7 @@ def _ansible_render(host: str, role: str, template: str, dest: Path) -> str:
         [
             str(Path(sys.executable).parent / "ansible"), host, "-i", str(LAB_INVENTORY), "-c", "local",
             "-e", f"ansible_python_interpreter={sys.executable}", *defaults,
+            *(["-e", json.dumps({"item": item})] if item is not None else []),
             "-m", "ansible.builtin.template", "-a", f"src={src} dest={dest}",
         ],
         cwd=PROJECT_DIR, env=env, capture_output=True, text=True, timeout=120,
@@ -193,6 +199,10 @@ def _ansible_render(host: str, role: str, template: str, dest: Path) -> str:
         ("lb1", "keepalived", "keepalived.conf.j2"),
         ("lb2", "keepalived", "keepalived.conf.j2"),
         ("lb2", "keepalived", "careflow-check-haproxy.sh.j2"),
+        ("pg1", "patroni", "pgbouncer-auth.sql.j2"),
+        ("lb1", "pgbouncer", "careflow-users.txt.j2"),
+        ("lb2", "pgbouncer", "careflow-pgbouncer@.service.j2"),
+        ("lb1", "pgbouncer", "careflow-pgbouncer-validate.py.j2"),
     ],
 )
 def test_pyinfra_renders_each_role_template_exactly_as_ansible_does(lab, tmp_path, host, role, template):
