@@ -64,7 +64,7 @@ def through_pooler(dsn: str, ports: tuple[int, ...] = POOLER_PORTS) -> bool:
     return any(p.isdigit() and int(p) in ports for p in listed)
 
 
-def pooler_safe(dsn: str, kwargs: dict | None = None) -> dict:
+def pooler_safe(dsn: str, kwargs: dict | None = None, ports: tuple[int, ...] = POOLER_PORTS) -> dict:
     """``psycopg.connect`` keyword arguments that also work through PgBouncer 1.18 in transaction pooling.
 
     Through the pooler: no server-side prepared statements (psycopg prepares a query on its own
@@ -74,7 +74,7 @@ def pooler_safe(dsn: str, kwargs: dict | None = None) -> dict:
     then replaced by the caller's own client-side deadline. Anywhere else ``kwargs`` is unchanged.
     """
     out = dict(kwargs or {})
-    if through_pooler(dsn):
+    if through_pooler(dsn, ports):
         out["prepare_threshold"] = None
         out.pop("options", None)
     return out

@@ -165,6 +165,13 @@ class Routing:
     pg_port: int = 5432
     #: postgres_cluster host -> careflow_node_ip, in inventory order.
     node_ips: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+    #: balancers host -> careflow_node_ip: each runs HAProxy and the PgBouncer instances.
+    balancer_ips: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+    #: PgBouncer's read-write and read-only ports on each balancer, and its admin console user.
+    pooler_ports: tuple[int, ...] = (6432, 6433)
+    pooler_admin_user: str = "pgbouncer_admin"
+    #: HAProxy's read-write port on each balancer (the switchover asks it where writes go).
+    haproxy_rw_port: int = 5000
 
     def available(self) -> tuple[str, ...]:
         """The ways in this inventory supports, in WAYS_IN order (haproxy-vip always: without a VIP it is
@@ -189,9 +196,15 @@ def configured_routing(inventory: Path) -> Routing:
             if (host_vars or {}).get("careflow_node_ip"):
                 ips[str(host)] = str(host_vars["careflow_node_ip"])
     members = (((groups.get("postgres_cluster") or {}).get("hosts")) or {}).keys()
+    balancers = (((groups.get("balancers") or {}).get("hosts")) or {}).keys()
     return Routing(
         pg_port=int(values.get("careflow_pg_port", 5432)),
         node_ips=MappingProxyType({str(h): ips[str(h)] for h in members if str(h) in ips}),
+        balancer_ips=MappingProxyType({str(h): ips[str(h)] for h in balancers if str(h) in ips}),
+        pooler_ports=(int(values.get("careflow_pgbouncer_rw_port", 6432)),
+                      int(values.get("careflow_pgbouncer_ro_port", 6433))),
+        pooler_admin_user=str(values.get("careflow_pgbouncer_admin_user", "pgbouncer_admin")),
+        haproxy_rw_port=int(values.get("careflow_haproxy_rw_port", 5000)),
     )
 
 

@@ -14,7 +14,7 @@ KW = {"connect_timeout": 5, "options": "-c statement_timeout=10000", "applicatio
 
 def test_pooler_ports_agree_with_the_inventory():
     values = yaml.safe_load((PROJECT_DIR / "inventory" / "group_vars" / "all.yml").read_text())
-    assert POOLER_PORTS == (values["careflow_pgbouncer_rw_port"], values["careflow_pgbouncer_ro_port"])
+    assert (values["careflow_pgbouncer_rw_port"], values["careflow_pgbouncer_ro_port"]) == POOLER_PORTS
 
 
 @pytest.mark.parametrize(
