@@ -178,10 +178,17 @@ def run_switchover(
     leader, candidate = check_preconditions(snap, to, limits.max_lag_bytes)
     report = SwitchoverReport(old_leader=leader, zero_error=zero_error)
     if zero_error:
-        left = paused_poolers(poolers)
+        if not poolers:
+            raise UsageError("--zero-error needs poolers, and the inventory lists no balancer; leave it out")
+        states = {p.name: p.paused() for p in poolers}
+        left = [name for name, paused in states.items() if paused]
         if left:
             raise NotReady(f"pooler(s) {', '.join(left)} are PAUSED (an earlier switchover was interrupted); "
                            "run `careflow-ha switchover --resume` first")
+        down = [name for name, paused in states.items() if paused is None]
+        if down:
+            raise NotReady(f"pooler(s) {', '.join(down)} do not answer on their admin console; a zero-error "
+                           "switchover needs every pooler (check CAREFLOW_PGBOUNCER_ADMIN_PASSWORD and the balancers)")
         age = oldest_xact_s(leader)
         if age > limits.max_xact_age_s:
             raise NotReady(f"a transaction on {leader} has been open {age:.1f}s (limit {limits.max_xact_age_s:.0f}s): "

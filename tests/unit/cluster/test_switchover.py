@@ -197,6 +197,21 @@ def test_a_paused_pooler_left_by_a_killed_run_is_named_and_resume_is_offered():
     assert api.switched == [] and log == []
 
 
+def test_an_unreachable_pooler_is_refused_before_anything_is_paused():
+    log = []
+    ps = poolers(log)
+    ps[3].paused = lambda: None
+    api = FakeApi(snap())
+    with pytest.raises(NotReady, match="lb2:6433 do not answer"):
+        run(api, ps)
+    assert api.switched == [] and log == []
+
+
+def test_zero_error_without_poolers_is_bad_input():
+    with pytest.raises(UsageError, match="lists no balancer"):
+        run(FakeApi(snap()), [])
+
+
 def test_sigterm_during_the_switchover_resumes_every_pooler():
     log = []
     ps = poolers(log)
