@@ -143,6 +143,8 @@ WAYS_IN: Mapping[str, str] = MappingProxyType(
         "leader-vip": "PostgreSQL on a VIP that vip-manager keeps on Patroni's leader (no proxy hop)",
         "libpq-multihost": "every node in the connection string, target_session_attrs picks the primary or a "
         "standby (libpq-based clients only; no proxy and no VIP)",
+        "pgbouncer": "PgBouncer's ports on the VIP (6432 rw, 6433 ro; transaction pooling in front of HAProxy, "
+        "and the poolers `switchover --zero-error` pauses)",
     }
 )
 DEFAULT_WAY_IN = "haproxy-vip"
@@ -176,12 +178,15 @@ class Routing:
     def available(self) -> tuple[str, ...]:
         """The ways in this inventory supports, in WAYS_IN order (haproxy-vip always: without a VIP it is
         HAProxy's published 127.0.0.1 ports)."""
-        ok = {"haproxy-vip": True, "leader-vip": False, "libpq-multihost": bool(self.node_ips)}
+        ok = {"haproxy-vip": True, "leader-vip": False, "libpq-multihost": bool(self.node_ips),
+              "pgbouncer": bool(self.balancer_ips)}
         return tuple(name for name in WAYS_IN if ok[name])
 
     def why_not(self, way: str) -> str:
         if way in NOT_PROVISIONABLE:
             return NOT_PROVISIONABLE[way]
+        if way == "pgbouncer":
+            return "the inventory lists no balancers host with a careflow_node_ip"
         return "the inventory lists no postgres_cluster host with a careflow_node_ip"
 
 
@@ -349,6 +354,9 @@ class Settings:
     def dsn(self, endpoint: Endpoint = "rw", role: Role = "app", dbname: str = DB_NAME) -> str:
         """A libpq URI for ``endpoint`` through :attr:`via`.
 
+        pgbouncer: PgBouncer on the VIP (``rw`` 6432, ``ro`` 6433); connections to it must be made
+        with ``careflow_ha.dsn.pooler_safe`` (no prepared statements, no ``options``).
+
         haproxy-vip: HAProxy on the VIP (``rw`` 5000, ``ro`` 5001). libpq-multihost: every node,
         ``target_session_attrs`` read-write or prefer-standby, in random order (``load_balance_hosts``:
         a dead first node must not cost every reconnect a timeout, and reads spread over the standbys).
@@ -359,8 +367,18 @@ class Settings:
                 target_session_attrs="read-write" if endpoint == "rw" else "prefer-standby",
                 load_balance_hosts="random",
             )
+        if self.via == "pgbouncer":
+            host, port = self.pooler_endpoint(endpoint)
+            return self._uri(port, role, dbname, host)
         host, port = self.endpoint(endpoint)
         return self._uri(port, role, dbname, host)
+
+    def pooler_endpoint(self, endpoint: Endpoint = "rw") -> tuple[str, int]:
+        """PgBouncer's port for ``endpoint`` on the VIP, or on the first balancer when there is no VIP."""
+        port = self.routing.pooler_ports[0 if endpoint == "rw" else 1]
+        if self.vip is not None:
+            return self.vip.address, port
+        return next(iter(self.routing.balancer_ips.values())), port
 
     def multihost_hosts(self) -> str:
         """``ip:port,ip:port,...`` of the database nodes (a libpq multi-host URI's host part)."""
