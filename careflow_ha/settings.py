@@ -155,7 +155,7 @@ DEFAULT_WAY_IN = "haproxy-vip"
 NOT_PROVISIONABLE: Mapping[str, str] = MappingProxyType(
     {
         "leader-vip": "Debian bookworm's vip-manager 1.0.2 reads the leader key through etcd's v2 API only, and "
-        "Patroni keeps it in v3 (README, 'Three ways in')",
+        "Patroni keeps it in v3 (README, 'Four ways in')",
     }
 )
 
