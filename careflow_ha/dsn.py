@@ -47,3 +47,39 @@ def check_dsn(dsn: str) -> dict[str, str]:
                 what = "a port number (1-65535)" if key == "port" else "an integer"
                 raise UsageError(f"the DSN's {key} {part.strip()!r} is not {what}; fix it in --dsn or CAREFLOW_DSN")
     return params
+
+
+#: PgBouncer's client ports on the balancers (careflow_pgbouncer_rw_port / _ro_port in
+#: inventory/group_vars/all.yml; tests/unit/test_dsn.py proves the two agree).
+POOLER_PORTS: tuple[int, ...] = (6432, 6433)
+
+
+def through_pooler(dsn: str, ports: tuple[int, ...] = POOLER_PORTS) -> bool:
+    """Whether ``dsn`` connects to a PgBouncer port (transaction pooling: see docs/pooling.md)."""
+    try:
+        params = conninfo_to_dict(dsn)
+    except psycopg.ProgrammingError:
+        return False
+    listed = [p.strip() for p in str(params.get("port") or "").split(",") if p.strip()]
+    return any(p.isdigit() and int(p) in ports for p in listed)
+
+
+def pooler_safe(dsn: str, kwargs: dict | None = None, ports: tuple[int, ...] = POOLER_PORTS) -> dict:
+    """``psycopg.connect`` keyword arguments that also work through PgBouncer 1.18 in transaction pooling.
+
+    Through the pooler: no server-side prepared statements (psycopg prepares a query on its own
+    after ``prepare_threshold`` executions, and the next transaction may run on another server
+    connection, where the statement does not exist), and no ``options`` startup parameter (1.18
+    refuses the login: "unsupported startup parameter: options"). A statement_timeout set there is
+    then replaced by the caller's own client-side deadline. Anywhere else ``kwargs`` is unchanged.
+    """
+    out = dict(kwargs or {})
+    if through_pooler(dsn, ports):
+        out["prepare_threshold"] = None
+        out.pop("options", None)
+    return out
+
+
+def prepares(conn: psycopg.Connection) -> bool:
+    """Whether explicit ``prepare=True`` is safe on ``conn`` (False on a connection made by :func:`pooler_safe`)."""
+    return conn.prepare_threshold is not None

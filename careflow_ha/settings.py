@@ -69,6 +69,8 @@ SECRET_KEYS: tuple[str, ...] = (
     "CAREFLOW_PATRONI_API_PASSWORD",  # Patroni REST basic auth (user: patroni)
     "CAREFLOW_HAPROXY_STATS_PASSWORD",  # HAProxy stats basic auth (user: admin)
     "CAREFLOW_VRRP_PASSWORD",  # keepalived VRRP authentication between the balancers
+    "CAREFLOW_PGBOUNCER_ADMIN_PASSWORD",  # PgBouncer's admin console (user: pgbouncer_admin; PAUSE/RESUME)
+    "CAREFLOW_PGBOUNCER_AUTH_PASSWORD",  # pgbouncer_auth: PgBouncer's auth_query login (get_auth only)
 )
 
 DB_NAME = "careflow"
@@ -147,6 +149,8 @@ WAYS_IN: Mapping[str, str] = MappingProxyType(
         "HAProxy's read-only port on the VIP)",
         "libpq-multihost": "every node in the connection string, target_session_attrs picks the primary or a "
         "standby (libpq-based clients only; no proxy and no VIP)",
+        "pgbouncer": "PgBouncer's ports on the VIP (6432 rw, 6433 ro; transaction pooling in front of HAProxy, "
+        "and the poolers `switchover --zero-error` pauses)",
     }
 )
 DEFAULT_WAY_IN = "haproxy-vip"
@@ -162,16 +166,26 @@ class Routing:
     node_ips: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
     #: careflow_leader_vip ("" when off).
     leader_vip: str = ""
+    #: balancers host -> careflow_node_ip: each runs HAProxy and the PgBouncer instances.
+    balancer_ips: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+    #: PgBouncer's read-write and read-only ports on each balancer, and its admin console user.
+    pooler_ports: tuple[int, ...] = (6432, 6433)
+    pooler_admin_user: str = "pgbouncer_admin"
+    #: HAProxy's read-write port on each balancer (the switchover asks it where writes go).
+    haproxy_rw_port: int = 5000
 
     def available(self) -> tuple[str, ...]:
         """The ways in this inventory supports, in WAYS_IN order (haproxy-vip always: without a VIP it is
         HAProxy's published 127.0.0.1 ports)."""
-        ok = {"haproxy-vip": True, "leader-vip": bool(self.leader_vip), "libpq-multihost": bool(self.node_ips)}
+        ok = {"haproxy-vip": True, "leader-vip": bool(self.leader_vip), "libpq-multihost": bool(self.node_ips),
+              "pgbouncer": bool(self.balancer_ips)}
         return tuple(name for name in WAYS_IN if ok[name])
 
     def why_not(self, way: str) -> str:
         if way == "leader-vip":
             return 'careflow_leader_vip is "" in the inventory'
+        if way == "pgbouncer":
+            return "the inventory lists no balancers host with a careflow_node_ip"
         return "the inventory lists no postgres_cluster host with a careflow_node_ip"
 
 
@@ -186,10 +200,16 @@ def configured_routing(inventory: Path) -> Routing:
             if (host_vars or {}).get("careflow_node_ip"):
                 ips[str(host)] = str(host_vars["careflow_node_ip"])
     members = (((groups.get("postgres_cluster") or {}).get("hosts")) or {}).keys()
+    balancers = (((groups.get("balancers") or {}).get("hosts")) or {}).keys()
     return Routing(
         pg_port=int(values.get("careflow_pg_port", 5432)),
         node_ips=MappingProxyType({str(h): ips[str(h)] for h in members if str(h) in ips}),
         leader_vip=str(values.get("careflow_leader_vip") or "").strip(),
+        balancer_ips=MappingProxyType({str(h): ips[str(h)] for h in balancers if str(h) in ips}),
+        pooler_ports=(int(values.get("careflow_pgbouncer_rw_port", 6432)),
+                      int(values.get("careflow_pgbouncer_ro_port", 6433))),
+        pooler_admin_user=str(values.get("careflow_pgbouncer_admin_user", "pgbouncer_admin")),
+        haproxy_rw_port=int(values.get("careflow_haproxy_rw_port", 5000)),
     )
 
 
@@ -340,7 +360,9 @@ class Settings:
         """A libpq URI for ``endpoint`` through :attr:`via`.
 
         haproxy-vip: HAProxy on the VIP (``rw`` 5000, ``ro`` 5001). leader-vip: ``rw`` is PostgreSQL on the
-        leader VIP, ``ro`` stays HAProxy's (the leader VIP has no standby side). libpq-multihost: every node,
+        leader VIP, ``ro`` stays HAProxy's (the leader VIP has no standby side). pgbouncer: PgBouncer on the
+        VIP (``rw`` 6432, ``ro`` 6433); connections to it must be made with ``careflow_ha.dsn.pooler_safe``
+        (no prepared statements, no ``options``). libpq-multihost: every node,
         ``target_session_attrs`` read-write or prefer-standby, in random order (``load_balance_hosts``:
         a dead first node must not cost every reconnect a timeout, and reads spread over the standbys).
         """
@@ -352,8 +374,18 @@ class Settings:
             )
         if self.via == "leader-vip" and endpoint == "rw":
             return self._uri(self.routing.pg_port, role, dbname, self.routing.leader_vip)
+        if self.via == "pgbouncer":
+            host, port = self.pooler_endpoint(endpoint)
+            return self._uri(port, role, dbname, host)
         host, port = self.endpoint(endpoint)
         return self._uri(port, role, dbname, host)
+
+    def pooler_endpoint(self, endpoint: Endpoint = "rw") -> tuple[str, int]:
+        """PgBouncer's port for ``endpoint`` on the VIP, or on the first balancer when there is no VIP."""
+        port = self.routing.pooler_ports[0 if endpoint == "rw" else 1]
+        if self.vip is not None:
+            return self.vip.address, port
+        return next(iter(self.routing.balancer_ips.values())), port
 
     def multihost_hosts(self) -> str:
         """``ip:port,ip:port,...`` of the database nodes (a libpq multi-host URI's host part)."""

@@ -17,6 +17,8 @@ APT_PACKAGES=(
   prometheus pgbadger
   # backups: the loopback PITR tests and the backup bench run a real pgBackRest (no service is started)
   pgbackrest
+  # pooling: the loopback switchover tests run a real PgBouncer 1.18 (its own service stays off)
+  pgbouncer
 )
 
 stamp_dir=".lab"

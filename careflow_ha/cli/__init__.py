@@ -1,7 +1,7 @@
 """The ``careflow-ha`` command line.
 
 Verbs follow patronictl: ``up``, ``down``, ``status``, ``provision``, ``lab``,
-``data``, ``partitions``, ``drill``, ``soak``, ``load``, ``archive``, ``bench``, ``certs``, ``test``.
+``data``, ``partitions``, ``switchover``, ``drill``, ``soak``, ``load``, ``archive``, ``bench``, ``certs``, ``test``.
 A user error prints one line and exits with the code documented in errors.py.
 Each verb group has its module in this package (``lab``, ``cluster``,
 ``data``, ``drills``, ``load``, ``archive``, ``backup``, ``certs``); shared options live in ``common``.
@@ -63,6 +63,10 @@ def _register_commands() -> None:
     from careflow_ha.cli.certs import register as register_certs
 
     register_certs(cli)
+
+    from careflow_ha.cli.switchover import register as register_switchover
+
+    register_switchover(cli)
 
 
 _register_commands()

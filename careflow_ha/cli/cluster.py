@@ -62,6 +62,8 @@ def _render_status(data: dict) -> str:
         lines.append(table(data["haproxy"], ["proxy", "server", "status", "check"]))
     if data.get("vips"):
         lines.append(table(data["vips"], ["vip", "kind", "on", "ok"]))
+    if data.get("poolers"):
+        lines.append(table(data["poolers"], ["pooler", "state"]))
     lines.append("healthy" if data["healthy"] else "NOT healthy: " + "; ".join(data["problems"]))
     return "\n".join(lines)
 
@@ -148,15 +150,38 @@ def vip_rows(settings: Settings, leader: str | None = None) -> list[dict]:
     return rows
 
 
+def pooler_rows(settings: Settings) -> list[dict]:
+    """Each PgBouncer instance's state (running, PAUSED, unreachable), asked on its admin console."""
+    from careflow_ha.cluster.pooler import lab_poolers, pooler_states
+
+    return [{"pooler": s.name, "state": s.state} for s in pooler_states(lab_poolers(settings))]
+
+
+def pooler_problems(rows: list[dict]) -> list[str]:
+    """A paused pooler is never silent: it holds every client until resumed."""
+    out = []
+    paused = [r["pooler"] for r in rows if r["state"] == "PAUSED"]
+    if paused:
+        out.append(f"pooler(s) {', '.join(paused)} PAUSED (a switchover was interrupted?); "
+                   "run `careflow-ha switchover --resume`")
+    down = [r["pooler"] for r in rows if r["state"] == "unreachable"]
+    if down:
+        out.append(f"pooler(s) {', '.join(down)} unreachable")
+    return out
+
+
 @click.command("status")
 @format_option
 def status_cmd(fmt: str) -> None:
-    """Patroni's members (role, state, timeline, lag), HAProxy's backend states and who holds each VIP."""
+    """Patroni's members (role, state, timeline, lag), HAProxy's backend states, who holds each VIP, and
+    each PgBouncer's state (a paused one is a problem: `careflow-ha switchover --resume`)."""
     settings = get_settings()
     data = cluster_status(settings).as_dict()
     leader = next((m["member"] for m in data["members"] if m["role"] == "leader"), None)
     data["vips"] = vip_rows(settings, leader)
+    data["poolers"] = pooler_rows(settings)
     bad = [f"VIP {r['vip']} ({r['kind']}) is on {r['on']}" for r in data["vips"] if r["ok"] != "yes"]
+    bad += pooler_problems(data["poolers"])
     if bad:
         data["healthy"], data["problems"] = False, [*data["problems"], *bad]
     emit(data, fmt, _render_status)

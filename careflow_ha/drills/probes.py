@@ -27,6 +27,7 @@ from psycopg import sql
 
 from careflow_ha.cluster.watch import BoundedLoop
 from careflow_ha.drills.model import Ack, NodeSample, NodeWrite, NodeWriteOutcome, ProbeError
+from careflow_ha.dsn import pooler_safe
 
 PROBE_TABLE = "drill_probe"
 #: The per-node writers' table: one row per acknowledged insert on whichever node took it.
@@ -48,9 +49,10 @@ CONNECT_KW: Mapping[str, Any] = {
 
 def connect(dsn: str, statement_timeout_ms: int, **extra: Any) -> psycopg.Connection:
     """An autocommit connection with the probe timeouts (statement_timeout applies server-side)."""
-    return psycopg.connect(
-        dsn, autocommit=True, options=f"-c statement_timeout={statement_timeout_ms}", **{**CONNECT_KW, **extra}
-    )
+    kwargs = {"options": f"-c statement_timeout={statement_timeout_ms}", **CONNECT_KW, **extra}
+    # Through PgBouncer: no options startup parameter and no prepared statements (docs/pooling.md);
+    # the Watchdog still bounds every call from the client side.
+    return psycopg.connect(dsn, autocommit=True, **pooler_safe(dsn, kwargs))
 
 
 class Watchdog:

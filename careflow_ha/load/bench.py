@@ -23,6 +23,7 @@ from pathlib import Path
 
 from psycopg.conninfo import conninfo_to_dict
 
+from careflow_ha.dsn import pooler_safe
 from careflow_ha.errors import EnvironmentProblem
 from careflow_ha.load.runner import LoadConfig, run_load
 from careflow_ha.settings import Settings
@@ -95,7 +96,7 @@ def bench_load(settings: Settings, steps: Sequence[int], step_s: float, target_m
             break  # far past the knee: more users only queue
     holding = [r for r in rows if r["holds"] == "yes"]
     best = max(holding, key=lambda r: r["ok_rps"]) if holding else None
-    with psycopg.connect(settings.dsn("ro", "ro")) as conn:
+    with psycopg.connect(settings.dsn("ro", "ro"), **pooler_safe(settings.dsn("ro", "ro"))) as conn:
         max_pet = conn.execute("SELECT max(pet_id) FROM pets WHERE pet_id < 1::bigint << 50").fetchone()[0] or 1
     clients = best["users"] if best else steps[0]
     progress(f"bench: pgbench, {clients} clients, one pet's history through 5000, {step_s:g} s")

@@ -22,6 +22,8 @@ from typing import Any, TextIO
 import gevent
 import psycopg
 
+from careflow_ha.dsn import pooler_safe
+
 #: Columns of the per-request log (one CSV per Locust process); report.py reads them.
 LOG_COLUMNS = ("ts", "op", "endpoint", "user", "ok", "latency_ms", "server", "recovery", "error")
 
@@ -159,7 +161,7 @@ class PgSession:
             gevent.sleep(wait)
         try:
             with gevent.Timeout(REQUEST_DEADLINE_S, RequestFailure("connect", "no answer within the deadline")):
-                conn = psycopg.connect(self.dsn, autocommit=True, **CONNECT_KWARGS)
+                conn = psycopg.connect(self.dsn, autocommit=True, **pooler_safe(self.dsn, CONNECT_KWARGS))
                 self._identify(conn)
         except (psycopg.Error, OSError) as exc:
             self._retry_at = time.monotonic() + self.backoff.next_delay()

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 import psycopg
 
 from careflow_ha.data import clock
+from careflow_ha.dsn import pooler_safe, prepares
 
 #: Ids of rows created by load tests start here (the generator's ids are dense from 1).
 LOAD_ID_MIN = 1 << 50
@@ -65,7 +66,7 @@ class IdPool:
 
 def load_ids(dsn: str, sample: int = 5000) -> IdPool:
     """Sample ids from the data set (a few small queries, once per process)."""
-    with psycopg.connect(dsn, autocommit=True, connect_timeout=10) as conn:
+    with psycopg.connect(dsn, autocommit=True, **pooler_safe(dsn, {"connect_timeout": 10})) as conn:
         if conn.execute("SELECT to_regclass('public.visits')").fetchone()[0] is None:
             raise NoData("the EMR schema is missing; run `careflow-ha data migrate` and load data first")
         vets: dict[int, list[int]] = {}
@@ -166,11 +167,13 @@ PATIENT_HISTORY = (
 def patient_history(conn: psycopg.Connection, pool: IdPool, rng: random.Random) -> list[tuple]:
     """A pet's visits with their results, newest first, as a prepared statement with a generic plan:
     nothing is planned per call (planning the leaves was most of the cost), and run-time pruning picks
-    each visit's leaf. One round trip: the SET LOCAL, the statement and the commit go in one pipeline."""
+    each visit's leaf. One round trip: the SET LOCAL, the statement and the commit go in one pipeline.
+    Through PgBouncer (transaction pooling) the statement is not prepared: the next transaction may run
+    on another server connection (docs/pooling.md); it is then planned per call."""
     pet_id, clinic = pool.pet(rng)
     with conn.pipeline(), conn.transaction():
         conn.execute("SET LOCAL plan_cache_mode = force_generic_plan")
-        return conn.execute(PATIENT_HISTORY, {"pet": pet_id, "clinic": clinic}, prepare=True).fetchall()
+        return conn.execute(PATIENT_HISTORY, {"pet": pet_id, "clinic": clinic}, prepare=prepares(conn)).fetchall()
 
 
 def lab_trend(conn: psycopg.Connection, pool: IdPool, rng: random.Random) -> list[tuple]:

@@ -33,6 +33,7 @@ import yaml
 from jinja2.nativetypes import NativeEnvironment
 
 from careflow_ha.errors import UsageError
+from careflow_ha.provision.pgauth import FILTERS as PGAUTH_FILTERS
 from careflow_ha.settings import PROJECT_DIR
 
 ROLES_DIR = PROJECT_DIR / "roles"
@@ -69,7 +70,7 @@ def _ansible_int(value: Any, default: int = 0) -> int:
 def _environment(cls: type[jinja2.Environment]) -> jinja2.Environment:
     # Ansible's template module renders with trim_blocks on and keeps the final newline.
     env = cls(undefined=jinja2.StrictUndefined, trim_blocks=True, keep_trailing_newline=True)
-    env.filters.update({"bool": _ansible_bool, "to_json": _to_json, "int": _ansible_int})
+    env.filters.update({"bool": _ansible_bool, "to_json": _to_json, "int": _ansible_int, **PGAUTH_FILTERS})
     return env
 
 
@@ -195,19 +196,24 @@ class ClusterInventory:
         hv = self.hostvars[host]
         return {pyinfra_key: hv[key] for key, pyinfra_key in _CONNECTION_VARS.items() if key in hv}
 
-    def render_value(self, value: Any, host: str, extra: Mapping[str, Any] | None = None) -> Any:
-        """A task argument such as ``"{{ patroni_venv }}/bin/patroni"`` rendered for ``host``;
-        ``extra`` adds loop variables (``item``) on top of the host's variables."""
+    def render_value(self, value: Any, host: str, item: Any = None) -> Any:
+        """A task argument such as ``"{{ patroni_venv }}/bin/patroni"`` rendered for ``host``
+        (``item``: the loop item of a looped task)."""
         if not _is_template(value):
             return value
-        context = ChainMap(dict(extra), self.hostvars[host]) if extra else self.hostvars[host]  # type: ignore[arg-type]
-        return _render(_NATIVE.from_string(value), context)
+        return _render(_NATIVE.from_string(value), self._context(host, item))
 
-    def render_template(self, role: str, template: str, host: str) -> str:
-        """Render ``roles/<role>/templates/<template>`` for ``host``, exactly as the role does."""
+    def render_template(self, role: str, template: str, host: str, item: Any = None) -> str:
+        """Render ``roles/<role>/templates/<template>`` for ``host``, exactly as the role does
+        (``item``: the loop item when the role's task loops, as Ansible's ``item``)."""
         path = ROLES_DIR / role / "templates" / template
         tmpl = _TEXT.from_string(path.read_text(encoding="utf-8"))
-        return _render(tmpl, self.hostvars[host])
+        return _render(tmpl, self._context(host, item))
+
+    def _context(self, host: str, item: Any) -> Mapping[str, Any]:
+        if item is None:
+            return self.hostvars[host]
+        return ChainMap({"item": item}, self.hostvars[host])  # type: ignore[arg-type]
 
 
 def _render(tmpl: jinja2.Template, context: Mapping[str, Any]) -> Any:

@@ -23,9 +23,9 @@ def var(name: str) -> Any:
     return value
 
 
-def template(role: str, name: str) -> str:
-    """``roles/<role>/templates/<name>`` rendered for this host (the role's own template)."""
-    return _inventory().render_template(role, name, host.name)
+def template(role: str, name: str, item: Any = None) -> str:
+    """``roles/<role>/templates/<name>`` rendered for this host (the role's own template; ``item``: a loop's)."""
+    return _inventory().render_template(role, name, host.name, item)
 
 
 def _inventory() -> ClusterInventory:
@@ -53,9 +53,9 @@ def _task(role: str, tasks_file: str, module: str, key: str, value: str) -> dict
     raise LookupError(f"roles/{role}/tasks/{tasks_file} has no {module} task with {key}: {value}")
 
 
-def _role_file(args: dict[str, Any], content: str) -> RoleFile:
+def _role_file(args: dict[str, Any], content: str, item: Any = None) -> RoleFile:
     inv = _inventory()
-    rendered = {k: inv.render_value(v, host.name) for k, v in args.items() if k != "content"}
+    rendered = {k: inv.render_value(v, host.name, item) for k, v in args.items() if k != "content"}
     return RoleFile(
         content=content,
         dest=str(rendered["dest"]),
@@ -66,9 +66,10 @@ def _role_file(args: dict[str, Any], content: str) -> RoleFile:
     )
 
 
-def role_template(role: str, tasks_file: str, src: str) -> RoleFile:
-    """What the role's ``template: src=<src>`` task writes on this host (its template, dest, mode, validate)."""
-    return _role_file(_task(role, tasks_file, "template", "src", src), template(role, src))
+def role_template(role: str, tasks_file: str, src: str, item: Any = None) -> RoleFile:
+    """What the role's ``template: src=<src>`` task writes on this host (its template, dest, mode, validate);
+    for a looped task, what it writes for loop item ``item``."""
+    return _role_file(_task(role, tasks_file, "template", "src", src), template(role, src, item), item)
 
 
 def role_copy(role: str, tasks_file: str, dest: str) -> RoleFile:

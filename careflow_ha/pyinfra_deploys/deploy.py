@@ -28,6 +28,7 @@ from careflow_ha.pyinfra_deploys.exporters import node_exporter, postgres_export
 from careflow_ha.pyinfra_deploys.haproxy import haproxy
 from careflow_ha.pyinfra_deploys.keepalived import keepalived
 from careflow_ha.pyinfra_deploys.patroni import patroni
+from careflow_ha.pyinfra_deploys.pgbouncer import pgbouncer
 from careflow_ha.pyinfra_deploys.postgresql import postgresql
 from careflow_ha.pyinfra_deploys.prometheus import prometheus
 from careflow_ha.pyinfra_deploys.tls import tls
@@ -76,8 +77,8 @@ class _Progress(BaseStateCallback):
 DEPLOYS: Mapping[str, Callable[[], None]] = MappingProxyType(
     {
         "common": common, "etcd": etcd, "postgresql": postgresql, "patroni": patroni, "haproxy": haproxy,
-        "keepalived": keepalived, "tls": tls, "prometheus": prometheus, "node_exporter": node_exporter,
-        "postgres_exporter": postgres_exporter,
+        "keepalived": keepalived, "pgbouncer": pgbouncer, "tls": tls, "prometheus": prometheus,
+        "node_exporter": node_exporter, "postgres_exporter": postgres_exporter,
     }
 )
 #: The play site.yml runs on localhost first; here ``check_inventory`` does its work (before any host).
@@ -176,8 +177,8 @@ def deploy_cluster(
     inventory_path: Path, extra_vars: dict[str, str], ssh_config: Path | None, dry_run: bool = False
 ) -> DeployOutcome:
     """The inventory and certificate checks, then site.yml's plays (tls, common, etcd, postgresql + patroni,
-    common + haproxy + keepalived, keepalived for the leader VIP, common + prometheus, node_exporter,
-    postgres_exporter).
+    common + haproxy + pgbouncer + keepalived, keepalived for the leader VIP, common + prometheus,
+    node_exporter, postgres_exporter).
 
     ``dry_run`` only prepares: ``changed_ops`` lists what would change (restarts
     and reloads, which depend on earlier changes, are left out).

@@ -202,6 +202,29 @@ def role_membership(group: str, member: str, port: int) -> Iterator[Any]:
     yield StringCommand(f"psql -p {int(port)} -Xqc {shlex.quote(f'GRANT {group} TO {member}')}")
 
 
+class PgFunctionComment(FactBase[str]):
+    """The COMMENT of a function in ``database`` ('' when the function is missing), as the postgres OS user."""
+
+    def command(self, signature: str, database: str, port: int) -> str:
+        sql = f"SELECT coalesce(obj_description(to_regprocedure('{signature}'), 'pg_proc'), '')"
+        return f"psql -p {int(port)} -d {shlex.quote(database)} -tAXc {shlex.quote(sql)}"
+
+    def process(self, output: list[str]) -> str:
+        return output[0].strip() if output else ""
+
+
+@operation()
+def sql_versioned(sql: str, signature: str, version: str, database: str, port: int) -> Iterator[Any]:
+    """Apply ``sql`` in ``database`` unless function ``signature`` already carries COMMENT ``version``
+    (the role's read-then-apply pair of postgresql_query tasks)."""
+    if host.get_fact(PgFunctionComment, signature=signature, database=database, port=port) == version:
+        host.noop(f"{signature} is {version}")
+        return
+    # A quoted heredoc: the SQL's $$ and quotes reach psql untouched; ON_ERROR_STOP fails the operation.
+    yield StringCommand(
+        f"psql -p {int(port)} -d {shlex.quote(database)} -Xq -v ON_ERROR_STOP=1 <<'CAREFLOW_SQL'\n{sql}CAREFLOW_SQL"
+    )
+
 
 def put_role_file(name: str, role_file: RoleFile) -> OperationMeta:
     """Write a role's file: through ``validated_file`` when the role validates it, else ``files.put``."""

@@ -5,7 +5,8 @@ from __future__ import annotations
 from pyinfra.api import deploy
 from pyinfra.operations import files, pip, postgres, systemd
 
-from careflow_ha.pyinfra_deploys._data import role_template, var
+from careflow_ha.provision.pgauth import pg_md5
+from careflow_ha.pyinfra_deploys._data import role_template, template, var
 from careflow_ha.pyinfra_deploys.ops import (
     changed_unless,
     is_primary,
@@ -16,6 +17,7 @@ from careflow_ha.pyinfra_deploys.ops import (
     pip_requirements,
     put_role_file,
     role_membership,
+    sql_versioned,
 )
 
 POSTGRES = {"_sudo": True, "_sudo_user": "postgres"}
@@ -107,4 +109,16 @@ def patroni() -> None:
     role_membership(
         name="Ensure the monitoring role reads every statistic and no data (pg_monitor)",
         group="pg_monitor", member=var("careflow_monitor_user"), port=port, _if=primary, **POSTGRES,
+    )
+    # PgBouncer's auth_query login, stored as md5 (the pg_hba line in patroni.yml.j2 says why).
+    auth_user = var("careflow_pgbouncer_auth_user")
+    login_role(
+        name=f"Ensure the application role {auth_user} exists", role=auth_user,
+        password=pg_md5(var("careflow_pgbouncer_auth_password"), auth_user), port=port, _if=primary, **POSTGRES,
+    )
+    sql_versioned(
+        name="Ensure PgBouncer's auth_query function exists in the EMR database",
+        sql=template("patroni", "pgbouncer-auth.sql.j2"), signature="pgbouncer.get_auth(text)",
+        version=var("__patroni_pgbouncer_auth_version"), database=var("careflow_database"), port=port,
+        _if=primary, **POSTGRES,
     )

@@ -46,7 +46,7 @@ def tls_files(inv: ClusterInventory, name: str) -> dict[str, list[TlsFile]]:
             continue
         items = inv.render_value(task["loop"], name) if "loop" in task else [None]
         out[task_name] = [
-            TlsFile(*(str(inv.render_value(args[k], name, {"item": item} if item is not None else None))
+            TlsFile(*(str(inv.render_value(args[k], name, item))
                       for k in ("src", "dest", "owner", "group")), str(args["mode"]).lstrip("0"))
             for item in items
         ]
@@ -62,7 +62,7 @@ def _directories(inv: ClusterInventory, name: str) -> dict[str, list[dict[str, s
             continue
         items = inv.render_value(task["loop"], name) if "loop" in task else [None]
         out[task_name] = [
-            {key: str(inv.render_value(args[arg], name, {"item": item} if item is not None else None))
+            {key: str(inv.render_value(args[arg], name, item))
              for key, arg in (("path", "path"), ("user", "owner"), ("group", "group"))}
             | {"mode": str(args["mode"]).lstrip("0")}
             for item in items

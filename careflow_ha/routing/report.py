@@ -23,6 +23,11 @@ WHEN_TO_CHOOSE: Mapping[str, str] = {
     "own targetServerType): no proxy, no VIP, nothing extra to run. Every client must list every node, "
     "and a dead node in the list costs each new connection a connect timeout unless the client "
     "shuffles hosts (libpq 16's load_balance_hosts).",
+    "pgbouncer": "Applications with many short connections (a clinic's front desk and lab machines) that keep "
+    "no session state across transactions: PgBouncer pools them in front of HAProxy, and a planned "
+    "switchover with `careflow-ha switchover --zero-error` is a delay for them, not an error. Not for "
+    "session features (LISTEN, advisory locks, session SETs, protocol-level prepared statements on "
+    "PgBouncer 1.18): those use 5000 (docs/pooling.md).",
 }
 
 

@@ -227,6 +227,10 @@ def test_pg_hba_has_no_trust_and_only_the_cluster_network(host_of, name):
             ), (
                 f"unexpected local rule: {' '.join(rule)}"
             )
+        elif rule[4] == "md5":
+            # PgBouncer's auth_query login only, only from a balancer, only to the EMR database (docs/pooling.md)
+            balancer_ips = {f"{host_vars()[b]['careflow_node_ip']}/32" for b in hosts("balancers")}
+            assert rule[:3] == ["host", "careflow", "pgbouncer_auth"] and rule[3] in balancer_ips, " ".join(rule)
         else:
             assert rule[0] == "host" and rule[3] == "192.168.56.0/24" and rule[4] == "scram-sha-256", " ".join(rule)
 
@@ -278,3 +282,59 @@ def test_a_service_account_cannot_read_another_accounts_key(host_of, name):
         for owner in accounts:
             readable = h.run(f"runuser -u {reader} -- test -r {_TLS_DIR}/{owner}/{name}.key").rc == 0
             assert readable == (reader == owner), f"{reader} reading {owner}'s key on {name}"
+# --- PgBouncer (roles/pgbouncer): one instance per pooled port, in front of the local HAProxy ---------
+PGBOUNCER_INSTANCES = {"rw": 6432, "ro": 6433}
+
+
+@pytest.mark.parametrize("name", hosts("balancers"))
+@pytest.mark.parametrize("instance", sorted(PGBOUNCER_INSTANCES))
+def test_pgbouncer_instances_active_enabled_and_listening(host_of, name, instance):
+    h = host_of(name)
+    svc = h.service(f"careflow-pgbouncer@{instance}")
+    assert svc.is_running, f"careflow-pgbouncer@{instance} is not running on {name}"
+    assert svc.is_enabled, f"careflow-pgbouncer@{instance} is not enabled on {name}"
+    port = PGBOUNCER_INSTANCES[instance]
+    assert h.socket(f"tcp://0.0.0.0:{port}").is_listening or any(
+        s.endswith(f":{port}") for s in h.socket.get_listening_sockets()
+    ), f"nothing listens on {port} on {name}"
+
+
+@pytest.mark.parametrize("name", hosts("balancers"))
+def test_debian_single_instance_pgbouncer_is_off(host_of, name):
+    svc = host_of(name).service("pgbouncer")
+    assert not svc.is_running and not svc.is_enabled  # it would take port 6432 with Debian's sample config
+
+
+@pytest.mark.parametrize("name", hosts("balancers"))
+def test_pgbouncer_unit_raises_the_open_file_limit(host_of, name):
+    h = host_of(name)
+    pid = h.run("systemctl show -p MainPID --value careflow-pgbouncer@rw").stdout.strip()
+    assert pid.isdigit() and pid != "0"
+    limits = h.file(f"/proc/{pid}/limits").content_string
+    soft = next(line.split()[3] for line in limits.splitlines() if line.startswith("Max open files"))
+    assert int(soft) >= 2048, f"PgBouncer on {name} may open only {soft} files"
+
+
+@pytest.mark.parametrize(
+    "name,path,mode,owner",
+    [(h, "/etc/pgbouncer/careflow-users.txt", 0o600, "postgres") for h in hosts("balancers")]
+    + [(h, f"/etc/pgbouncer/careflow-{i}.ini", 0o640, "root") for h in hosts("balancers") for i in PGBOUNCER_INSTANCES],
+)
+def test_pgbouncer_files_are_private(host_of, name, path, mode, owner):
+    f = host_of(name).file(path)
+    assert f.exists, f"{path} missing on {name}"
+    assert f.mode == mode, f"{path} on {name} has mode {oct(f.mode)}"
+    assert f.user == owner
+
+
+@pytest.mark.parametrize("name", hosts("balancers"))
+def test_no_plaintext_password_in_pgbouncer_files(host_of, name, cluster):
+    h = host_of(name)
+    text = h.run("cat /etc/pgbouncer/careflow-*.ini /etc/pgbouncer/careflow-users.txt").stdout
+    assert "pgbouncer_auth" in text and "SCRAM-SHA-256$" in text  # the files were read at all
+    for key, secret in cluster.secrets.items():
+        assert secret not in text, f"{key} in plaintext in /etc/pgbouncer on {name}"
+    # Only verifiers in the auth file: md5 for the auth_query login, SCRAM for the admin, nothing else.
+    users = h.file("/etc/pgbouncer/careflow-users.txt").content_string.splitlines()
+    assert [line.split()[0] for line in users] == ['"pgbouncer_auth"', '"pgbouncer_admin"']
+    assert all(line.split()[1].startswith(('"md5', '"SCRAM-SHA-256$')) for line in users)

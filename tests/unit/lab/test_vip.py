@@ -108,7 +108,7 @@ def _lab_settings(tmp_path):
 
 def test_libpq_multihost_lists_every_node_and_lets_libpq_pick(tmp_path):
     settings = _lab_settings(tmp_path)
-    assert settings.routing.available() == ("haproxy-vip", "leader-vip", "libpq-multihost")
+    assert settings.routing.available() == ("haproxy-vip", "leader-vip", "libpq-multihost", "pgbouncer")
     multi = settings.with_via("libpq-multihost")
     rw, ro = multi.dsn("rw", "app"), multi.dsn("ro", "ro")
     app = settings.password("app")
@@ -136,7 +136,7 @@ def test_leader_vip_writes_to_postgresql_on_the_vip_and_reads_through_haproxy(tm
 def test_via_an_unknown_or_unprovisioned_way_names_the_available_ones(tmp_path):
     settings = _lab_settings(tmp_path)
     with pytest.raises(UsageError,
-                       match=r"^--via 'pgpool' is unknown; use one of haproxy-vip, leader-vip, libpq-multihost$"):
+                       match=r"^--via 'pgpool' is unknown; use one of haproxy-vip, leader-vip, libpq-multihost, pgbouncer$"):
         settings.with_via("pgpool")
     (tmp_path / "inventory").unlink()
     (tmp_path / "inventory").mkdir()
@@ -147,9 +147,33 @@ def test_via_an_unknown_or_unprovisioned_way_names_the_available_ones(tmp_path):
         gv.replace("careflow_leader_vip: 192.168.56.101", 'careflow_leader_vip: ""'))
     off = load_settings(tmp_path, environ={})
     with pytest.raises(UsageError, match=r'^--via leader-vip is not provisioned \(careflow_leader_vip is "" in the '
-                                         r'inventory\); use one of haproxy-vip, libpq-multihost$'):
+                                         r'inventory\); use one of haproxy-vip, libpq-multihost, pgbouncer$'):
         off.with_via("leader-vip")
-    assert set(WAYS_IN) == {"haproxy-vip", "leader-vip", "libpq-multihost"}
+    assert set(WAYS_IN) == {"haproxy-vip", "leader-vip", "libpq-multihost", "pgbouncer"}
+
+
+def test_pgbouncer_routes_through_the_poolers_on_the_vip_or_the_first_balancer(tmp_path):
+    settings = _lab_settings(tmp_path)
+    pooled = settings.with_via("pgbouncer")
+    app = settings.password("app")
+    assert pooled.dsn("rw", "app").startswith(f"postgresql://careflow_app:{app}@192.168.56.100:6432/careflow?")
+    assert pooled.dsn("ro", "ro").startswith(f"postgresql://careflow_ro:{settings.password('ro')}@192.168.56.100:6433/")
+    no_vip = load_settings(tmp_path, environ={"CAREFLOW_USE_VIP": "0"}).with_via("pgbouncer")
+    assert "@192.168.56.10:6432/" in no_vip.dsn("rw", "app")  # lb1's own address
+    assert app not in pooled.redacted_dsn("rw", "app")
+    from careflow_ha.dsn import through_pooler
+
+    assert through_pooler(pooled.dsn("rw")) and not through_pooler(settings.dsn("rw"))
+
+
+def test_routing_reads_the_balancers_and_pooler_ports_from_the_inventory():
+    routing = configured_routing(LAB_INVENTORY)
+    inv = load_inventory(LAB_INVENTORY, SECRETS)
+    assert dict(routing.balancer_ips) == {h: inv.hostvars[h]["careflow_node_ip"] for h in inv.group("balancers")}
+    assert routing.pooler_ports == (inv.hostvars["lb1"]["careflow_pgbouncer_rw_port"],
+                                    inv.hostvars["lb1"]["careflow_pgbouncer_ro_port"])
+    assert routing.pooler_admin_user == inv.hostvars["lb1"]["careflow_pgbouncer_admin_user"]
+    assert routing.haproxy_rw_port == inv.hostvars["lb1"]["careflow_haproxy_rw_port"]
 
 
 def test_routing_reads_the_database_nodes_addresses_from_the_inventory():

@@ -7,6 +7,7 @@ them byte for byte: one source of truth, two renderers, identical files.
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -120,6 +121,9 @@ def test_haproxy_config_lists_every_postgres_member_in_both_listeners(lab):
          "promtool check config %s"),
         ("postgres_exporter", "configure.yml", "prometheus-postgres-exporter.default.j2",
          "/etc/default/prometheus-postgres-exporter", "0640", None),
+        ("pgbouncer", "configure.yml", "careflow-users.txt.j2", "{{ pgbouncer_auth_file }}", "0600", None),
+        ("pgbouncer", "configure.yml", "pgbouncer.ini.j2", "{{ pgbouncer_config_dir }}/careflow-{{ item.name }}.ini",
+         "0640", "{{ pgbouncer_validate_script }} %s"),
     ],
 )
 def test_role_template_tasks_are_read_not_copied(role, tasks, src, dest, mode, validate):
@@ -168,8 +172,9 @@ def test_missing_inventory_names_the_fix(tmp_path):
         load_inventory(tmp_path / "nope.yml", SECRETS)
 
 
-def _ansible_render(host: str, role: str, template: str, dest: Path) -> str:
-    """Ansible's own rendering of a role template for ``host`` (on this machine: connection=local)."""
+def _ansible_render(host: str, role: str, template: str, dest: Path, item: dict | None = None) -> str:
+    """Ansible's own rendering of a role template for ``host`` (on this machine: connection=local);
+    ``item``: the loop item of a looped template task."""
     env = {**os.environ, **SECRETS, "ANSIBLE_CONFIG": str(PROJECT_DIR / "ansible.cfg"), "ANSIBLE_NOCOLOR": "1"}
     defaults = []
     for name in ROLES:  # the play's roles' defaults (patroni's refer to postgresql's)
@@ -180,6 +185,7 @@ def _ansible_render(host: str, role: str, template: str, dest: Path) -> str:
         [
             str(Path(sys.executable).parent / "ansible"), host, "-i", str(LAB_INVENTORY), "-c", "local",
             "-e", f"ansible_python_interpreter={sys.executable}", *defaults,
+            *(["-e", json.dumps({"item": item})] if item is not None else []),
             "-m", "ansible.builtin.template", "-a", f"src={src} dest={dest}",
         ],
         cwd=PROJECT_DIR, env=env, capture_output=True, text=True, timeout=120,
@@ -205,6 +211,10 @@ def _ansible_render(host: str, role: str, template: str, dest: Path) -> str:
         ("mon1", "node_exporter", "prometheus-node-exporter.default.j2"),
         ("lb2", "node_exporter", "prometheus-node-exporter.default.j2"),
         ("pg3", "postgres_exporter", "prometheus-postgres-exporter.default.j2"),
+        ("pg1", "patroni", "pgbouncer-auth.sql.j2"),
+        ("lb1", "pgbouncer", "careflow-users.txt.j2"),
+        ("lb2", "pgbouncer", "careflow-pgbouncer@.service.j2"),
+        ("lb1", "pgbouncer", "careflow-pgbouncer-validate.py.j2"),
     ],
 )
 def test_pyinfra_renders_each_role_template_exactly_as_ansible_does(lab, tmp_path, host, role, template):

@@ -1,0 +1,73 @@
+"""PgBouncer as clients see it: pooled read-write (6432) lands on the primary, pooled read-only (6433)
+never does, the application role logs in with scram through auth_query and a superuser cannot."""
+
+from __future__ import annotations
+
+import uuid
+
+import psycopg
+import pytest
+
+from careflow_ha.cluster.patroni import PatroniApi
+from careflow_ha.cluster.pooler import lab_poolers, pooler_states
+from careflow_ha.dsn import pooler_safe
+from tests.inventory import host_vars, hosts
+
+pytestmark = pytest.mark.cluster
+
+
+def _pooled(cluster, port: int, role: str = "app", host: str | None = None) -> str:
+    """The DSN of ``role`` through PgBouncer on ``port``: the VIP, or one balancer's own address."""
+    where = host or cluster.vip.address
+    rw = cluster.dsn("rw", role)
+    at = rw.split("@", 1)[1].split("/", 1)[0]
+    return rw.replace(f"@{at}/", f"@{where}:{port}/")
+
+
+def _connect(dsn: str) -> psycopg.Connection:
+    return psycopg.connect(dsn, autocommit=True, **pooler_safe(dsn, {"connect_timeout": 5}))
+
+
+def _server_node(conn: psycopg.Connection) -> str:
+    addr = conn.execute("SELECT host(inet_server_addr())").fetchone()[0]
+    return {hv["careflow_node_ip"]: name for name, hv in host_vars().items()}[addr]
+
+
+def test_every_pooler_answers_and_none_is_paused(cluster):
+    states = pooler_states(lab_poolers(cluster))
+    assert len(states) == 2 * len(hosts("balancers"))
+    assert all(s.state == "running" for s in states), states
+
+
+@pytest.mark.parametrize("balancer", [None, *hosts("balancers")])
+def test_pooled_writes_land_on_the_primary(cluster, balancer):
+    host = None if balancer is None else host_vars()[balancer]["careflow_node_ip"]
+    leader = PatroniApi(cluster).cluster().leader
+    marker = uuid.uuid4().hex
+    with _connect(_pooled(cluster, 6432, host=host)) as conn:
+        assert _server_node(conn) == leader
+        assert conn.execute("SELECT current_user").fetchone() == ("careflow_app",)
+        conn.execute("CREATE TABLE IF NOT EXISTS ha_smoke (marker text PRIMARY KEY, at timestamptz DEFAULT now())")
+        conn.execute("INSERT INTO ha_smoke (marker) VALUES (%s)", (marker,))
+    with psycopg.connect(cluster.node_dsn(leader, dbname="careflow"), autocommit=True) as conn:
+        assert conn.execute("SELECT count(*) FROM ha_smoke WHERE marker = %s", (marker,)).fetchone()[0] == 1
+
+
+def test_pooled_reads_never_reach_the_primary(cluster):
+    snap = PatroniApi(cluster).cluster()
+    replicas = {m.name for m in snap.members if m.is_streaming_replica}
+    seen = set()
+    for _ in range(6):  # a few connections, so HAProxy's roundrobin behind the pooler meets both replicas
+        with _connect(_pooled(cluster, 6433, role="ro")) as conn:
+            assert conn.execute("SELECT pg_is_in_recovery()").fetchone()[0] is True
+            seen.add(_server_node(conn))
+        with pytest.raises(psycopg.errors.ReadOnlySqlTransaction), _connect(_pooled(cluster, 6433, role="ro")) as c:
+            c.execute("CREATE TABLE pooled_ro_must_fail (x int)")
+    assert seen and seen <= replicas and snap.leader not in seen, f"pooled reads reached {seen}"
+
+
+def test_a_superuser_cannot_log_in_through_the_pooler(cluster):
+    rw = cluster.dsn("rw", "superuser")
+    at = rw.split("@", 1)[1].split("/", 1)[0]
+    with pytest.raises(psycopg.OperationalError):
+        psycopg.connect(rw.replace(f"@{at}/", f"@{cluster.vip.address}:6432/"), connect_timeout=5)

@@ -1,0 +1,235 @@
+"""careflow-ha switchover: preconditions, the pause/switch/route/resume sequence, and that every failure
+path resumes every pooler (fakes at the boundaries: Patroni's API and the pooler admin console)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+
+import pytest
+
+from careflow_ha.cluster.model import ClusterSnapshot, Member
+from careflow_ha.cluster.switchover import Interrupted, Limits, check_preconditions, run_switchover
+from careflow_ha.errors import CommandFailed, NotReady, UsageError
+
+
+def snap(leader="pg1", sync="pg2", other="pg3", sync_state="streaming", sync_lag=0, other_lag=0,
+         leader_state="running"):
+    members = [Member(leader, "leader", leader_state, 1), Member(sync, "sync_standby", sync_state, 1, sync_lag),
+               Member(other, "replica", "streaming", 1, other_lag)]
+    return ClusterSnapshot(0.0, tuple(sorted(members, key=lambda m: m.name)))
+
+
+class FakeApi:
+    def __init__(self, before, after=None, fail=None):
+        self.before, self.after, self.fail = before, after, fail
+        self.switched: list[tuple] = []
+
+    def cluster(self, timeout=None):
+        return self.after if self.switched and self.after is not None else self.before
+
+    def switchover(self, leader, candidate, timeout=60.0):
+        if self.fail:
+            raise self.fail
+        self.switched.append((leader, candidate))
+        return "Successfully switched over"
+
+
+class FakePooler:
+    def __init__(self, name, drains=True, paused=False, log=None):
+        self.name, self.drains, self._paused = name, drains, paused
+        self.log = log if log is not None else []
+
+    def begin_pause(self):
+        self._paused = True
+        self.log.append(("pause", self.name))
+
+    def pause_done(self, timeout):
+        return self.drains
+
+    def resume(self):
+        self.log.append(("resume", self.name))
+        self._paused = False
+
+    def reconnect(self):
+        self.log.append(("reconnect", self.name))
+
+    def paused(self):
+        return self._paused
+
+
+FAST = Limits(max_lag_bytes=100, max_xact_age_s=5, drain_s=1, switchover_s=5, leader_s=1, route_s=1, poll_s=0.01)
+
+
+class Clock:
+    def __init__(self):
+        self.t = 0.0
+
+    def __call__(self):
+        return self.t
+
+    def sleep(self, s):
+        self.t += s
+
+
+def run(api, poolers, zero=True, to=None, route=lambda leader: True, xact=lambda leader: 0.0, limits=FAST):
+    clock = Clock()
+    return run_switchover(api, poolers, route, xact, to, zero, limits, lambda msg: None, clock, clock.sleep)
+
+
+def poolers(log, **kw):
+    return [FakePooler(n, log=log, **kw) for n in ("lb1:6432", "lb1:6433", "lb2:6432", "lb2:6433")]
+
+
+def test_zero_error_pauses_switches_waits_for_routing_then_reconnects_and_resumes():
+    log, routed = [], []
+    api = FakeApi(snap(), snap(leader="pg2", sync="pg1"))
+    ps = poolers(log)
+    report = run(api, ps, route=lambda leader: routed.append(leader) or True)
+    assert api.switched == [("pg1", "pg2")]
+    assert routed == ["pg2"] and report.new_leader == "pg2" and report.old_leader == "pg1"
+    kinds = [k for k, _ in log]
+    assert kinds == ["pause"] * 4 + ["reconnect"] * 4 + ["resume"] * 4
+    assert not any(p.paused() for p in ps)
+    assert set(report.steps) == {"pause", "patroni", "leader", "route", "reconnect", "resume"}
+    assert report.held_s is not None
+
+
+def test_plain_switchover_touches_no_pooler():
+    log = []
+    api = FakeApi(snap(), snap(leader="pg2", sync="pg1"))
+    report = run(api, poolers(log), zero=False)
+    assert api.switched == [("pg1", "pg2")] and log == [] and report.held_s is None
+
+
+@pytest.mark.parametrize(
+    "to,before,message",
+    [
+        ("pg9", snap(), "no such cluster member"),
+        ("pg1", snap(), "it is the leader already"),
+        ("pg2", snap(sync_state="starting"), "not a healthy streaming replica"),
+        ("pg2", snap(sync_lag=101), "not a healthy streaming replica"),
+        ("pg3", snap(), "synchronous mode promotes only the sync standby"),
+    ],
+)
+def test_a_bad_to_is_refused_with_exit_2_before_anything_is_paused(to, before, message):
+    log = []
+    api = FakeApi(before)
+    with pytest.raises(UsageError, match=message) as err:
+        run(api, poolers(log), to=to)
+    assert err.value.exit_code == 2 and "\n" not in str(err.value)
+    assert log == [] and api.switched == []
+
+
+@pytest.mark.parametrize(
+    "before,message",
+    [
+        (snap(sync_state="starting"), "no sync standby is streaming"),
+        (snap(sync_lag=5000), "no sync standby is streaming"),
+        (snap(leader_state="stopped"), "no single running leader"),
+    ],
+)
+def test_an_unready_cluster_is_refused_before_anything_is_paused(before, message):
+    log = []
+    with pytest.raises(NotReady, match=message):
+        run(FakeApi(before), poolers(log))
+    assert log == []
+
+
+def test_a_long_transaction_is_refused_before_anything_is_paused():
+    log = []
+    api = FakeApi(snap())
+    with pytest.raises(NotReady, match="has been open 6.0s"):
+        run(api, poolers(log), xact=lambda leader: 6.0)
+    assert log == [] and api.switched == []
+
+
+def test_a_pause_that_does_not_drain_resumes_every_pooler_and_exits_4_without_switching():
+    log = []
+    ps = poolers(log)
+    ps[2].drains = False
+    api = FakeApi(snap())
+    with pytest.raises(NotReady, match="PAUSE did not drain within 1s on lb2:6432") as err:
+        run(api, ps)
+    assert err.value.exit_code == 4
+    assert api.switched == []
+    assert [k for k, _ in log].count("resume") == 4 and not any(p.paused() for p in ps)
+
+
+@pytest.mark.parametrize(
+    "case",
+    ["patroni refuses", "no new leader", "routing never follows"],
+)
+def test_every_failure_after_the_pause_resumes_every_pooler(case):
+    log = []
+    ps = poolers(log)
+    if case == "patroni refuses":
+        api, route, exc = FakeApi(snap(), fail=CommandFailed("switchover refused: HTTP 412")), None, CommandFailed
+    elif case == "no new leader":
+        api, route, exc = FakeApi(snap(), snap()), None, NotReady
+    else:
+        api, route, exc = FakeApi(snap(), snap(leader="pg2", sync="pg1")), (lambda leader: False), NotReady
+    with pytest.raises(exc):
+        run(api, ps, route=route or (lambda leader: True))
+    assert [k for k, _ in log].count("resume") == 4 and not any(p.paused() for p in ps)
+
+
+def test_one_pooler_failing_to_resume_does_not_keep_the_others_paused():
+    log = []
+    ps = poolers(log)
+
+    def broken():
+        raise OSError("unreachable")
+
+    ps[0].resume = broken
+    run(FakeApi(snap(), snap(leader="pg2", sync="pg1")), ps)
+    assert [n for k, n in log if k == "resume"] == ["lb1:6433", "lb2:6432", "lb2:6433"]
+
+
+def test_a_paused_pooler_left_by_a_killed_run_is_named_and_resume_is_offered():
+    log = []
+    ps = poolers(log)
+    ps[1]._paused = True
+    api = FakeApi(snap())
+    with pytest.raises(NotReady, match=r"lb1:6433 are PAUSED .*`careflow-ha switchover --resume`"):
+        run(api, ps)
+    assert api.switched == [] and log == []
+
+
+def test_an_unreachable_pooler_is_refused_before_anything_is_paused():
+    log = []
+    ps = poolers(log)
+    ps[3].paused = lambda: None
+    api = FakeApi(snap())
+    with pytest.raises(NotReady, match="lb2:6433 do not answer"):
+        run(api, ps)
+    assert api.switched == [] and log == []
+
+
+def test_zero_error_without_poolers_is_bad_input():
+    with pytest.raises(UsageError, match="lists no balancer"):
+        run(FakeApi(snap()), [])
+
+
+def test_sigterm_during_the_switchover_resumes_every_pooler():
+    log = []
+    ps = poolers(log)
+
+    class SlowApi(FakeApi):
+        def switchover(self, leader, candidate, timeout=60.0):
+            os.kill(os.getpid(), signal.SIGTERM)  # delivered to the main thread: the handler raises
+            for _ in range(100):
+                threading.Event().wait(0.01)
+            raise AssertionError("the signal did not interrupt")
+
+    assert threading.current_thread() is threading.main_thread()
+    before = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(Interrupted, match="SIGTERM"):
+        run(SlowApi(snap()), ps)
+    assert [k for k, _ in log].count("resume") == 4 and not any(p.paused() for p in ps)
+    assert signal.getsignal(signal.SIGTERM) is before  # the handler is put back
+
+
+def test_without_to_the_streaming_sync_standby_is_the_candidate():
+    assert check_preconditions(snap(), None, 100) == ("pg1", "pg2")
