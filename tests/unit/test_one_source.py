@@ -117,8 +117,8 @@ def test_a_play_added_to_site_yml_is_followed_and_an_unknown_role_is_one_line(tm
     site.append({"name": "Extra etcd pass", "hosts": "etcd_cluster", "roles": [{"role": "etcd"}]})
     (tmp_path / "site.yml").write_text(yaml.safe_dump(site))
     assert plays_from_site(site_plays(tmp_path / "site.yml"))[-1] == (("etcd_cluster",), (etcd,))
-    site.append({"name": "Scrape metrics", "hosts": "monitoring", "roles": [{"role": "prometheus"}]})
+    site.append({"name": "Dashboards", "hosts": "monitoring", "roles": [{"role": "grafana"}]})
     (tmp_path / "site.yml").write_text(yaml.safe_dump(site))
-    with pytest.raises(UsageError, match="role prometheus, which has no pyinfra deploy") as err:
+    with pytest.raises(UsageError, match="role grafana, which has no pyinfra deploy") as err:
         plays_from_site(site_plays(tmp_path / "site.yml"))
     assert "\n" not in str(err.value)

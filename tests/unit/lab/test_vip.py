@@ -135,8 +135,8 @@ def test_leader_vip_writes_to_postgresql_on_the_vip_and_reads_through_haproxy(tm
 
 def test_via_an_unknown_or_unprovisioned_way_names_the_available_ones(tmp_path):
     settings = _lab_settings(tmp_path)
-    with pytest.raises(UsageError,
-                       match=r"^--via 'pgpool' is unknown; use one of haproxy-vip, leader-vip, libpq-multihost, pgbouncer$"):
+    with pytest.raises(UsageError, match=r"^--via 'pgpool' is unknown; use one of haproxy-vip, leader-vip, "
+                                         r"libpq-multihost, pgbouncer$"):
         settings.with_via("pgpool")
     (tmp_path / "inventory").unlink()
     (tmp_path / "inventory").mkdir()

@@ -93,7 +93,8 @@ def test_balancers_keep_the_client_vip_and_database_nodes_the_leader_vip():
     assert "careflow_leader weight 100" in pg1 and "\n    nopreempt" not in pg1
     priorities = [int(_conf(h).split("    priority ", 1)[1].split()[0]) for h in ("pg1", "pg2", "pg3")]
     assert priorities == [100, 90, 80] and min(priorities) + 100 > max(priorities) and max(priorities) + 100 <= 254
-    assert "\n    nopreempt" in lb1 and "careflow_haproxy weight" not in lb1  # the client VIP: FAULT on failure, no move back
+    # The client VIP: FAULT on failure, and no move back.
+    assert "\n    nopreempt" in lb1 and "careflow_haproxy weight" not in lb1
 
 
 def test_no_leader_vip_leaves_the_database_nodes_without_an_instance():
