@@ -281,6 +281,8 @@ ROUTING_DRILLS = ("switchover", "primary-node-loss")
 @click.option("--rounds", type=click.IntRange(1, 5), default=2, show_default=True, help="pgbench rounds per path.")
 @click.option("--drill-runs", type=click.IntRange(0, 10), default=3, show_default=True,
               help="Runs of each primary drill (switchover, primary-node-loss) per way in; 0: pgbench only.")
+@click.option("--way", "only", multiple=True, metavar="WAY",
+              help="Measure only this way in (repeatable; default: every provisioned one, see --via).")
 @click.option("--haproxy-ab/--no-haproxy-ab", default=True, show_default=True,
               help="Also pgbench temporary copies of the VIP holder's HAProxy with one setting changed each "
               "(nbthread 1, option splice-auto), in the same rotation.")
@@ -288,8 +290,8 @@ ROUTING_DRILLS = ("switchover", "primary-node-loss")
 @engine_option
 @force_option
 @format_option
-def bench_routing_cmd(seconds: int, clients: int, rounds: int, drill_runs: int, haproxy_ab: bool, preset: str,
-                      engine_name: str | None, force: bool, fmt: str) -> None:
+def bench_routing_cmd(seconds: int, clients: int, rounds: int, drill_runs: int, only: tuple[str, ...],
+                      haproxy_ab: bool, preset: str, engine_name: str | None, force: bool, fmt: str) -> None:
     """Every provisioned way in (see --via) side by side: pgbench TPS as a ratio to direct connections, and
     the switchover and node-loss write outage; a Markdown + JSON + PNG report."""
     from careflow_ha.routing.bench import (
@@ -303,6 +305,12 @@ def bench_routing_cmd(seconds: int, clients: int, rounds: int, drill_runs: int, 
 
     settings = get_settings()
     ways = settings.routing.available()
+    for way in only:  # an unknown or unprovisioned way: one line naming the available ones (exit 2)
+        try:
+            settings.with_via(way)
+        except UsageError as err:
+            raise UsageError(str(err).replace("--via", "--way", 1)) from None
+    ways = tuple(w for w in ways if not only or w in only)
     if drill_runs:
         confirm_or_force(
             f"Run {len(ROUTING_DRILLS) * drill_runs * len(ways)} drills ({', '.join(ROUTING_DRILLS)} through "
@@ -312,7 +320,7 @@ def bench_routing_cmd(seconds: int, clients: int, rounds: int, drill_runs: int, 
     leaders = [m.name for m in snap.members if m.is_leader]
     if len(leaders) != 1:
         raise NotReady("no single leader to benchmark against; run `careflow-ha status` and heal the cluster first")
-    paths = bench_paths(settings, leaders[0])
+    paths = bench_paths(settings, leaders[0], ways)
     with _haproxy_variants(settings, engine_name, haproxy_ab) as variants:
         paths = (*paths, *(BenchPath(name, where) for name, where in variants.items()))
         results = run_pgbench_paths(settings, paths, progress, seconds=seconds, clients=clients, rounds=rounds)

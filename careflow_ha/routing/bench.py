@@ -33,8 +33,8 @@ class PathResult:
     latency_ms: float
 
 
-def bench_paths(settings: Settings, leader: str) -> tuple[BenchPath, ...]:
-    """Direct to the leader, then every way in this inventory provisions (settings.WAYS_IN order).
+def bench_paths(settings: Settings, leader: str, ways: Sequence[str] | None = None) -> tuple[BenchPath, ...]:
+    """Direct to the leader, then ``ways`` (default: every way in this inventory provisions), in WAYS_IN order.
 
     Direct goes to the leader's address on the cluster network, the same network path the ways in
     take, so the ratio measures the proxy or VIP, not the host's port forwarding.
@@ -48,6 +48,8 @@ def bench_paths(settings: Settings, leader: str) -> tuple[BenchPath, ...]:
         direct = f"host={settings.host} port={settings.node_port(leader, 'PG')}"
     paths = [BenchPath(DIRECT, direct)]
     for way in routing.available():
+        if ways is not None and way not in ways:
+            continue
         if way == "haproxy-vip":
             host, hport = settings.endpoint("rw")
             paths.append(BenchPath(way, f"host={host} port={hport}"))

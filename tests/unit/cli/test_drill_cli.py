@@ -134,3 +134,11 @@ def test_compare_fails_when_the_tuned_preset_is_not_enough_faster(capsys, fake_l
     code, out, err = invoke(capsys, "drill", "compare", "primary-node-loss", "--force", "--format", "json")
     assert code == 5
     assert json.loads(out)["ratio_ok"] is False
+
+
+def test_bench_routing_refuses_a_way_in_that_is_not_provisioned_before_running_anything(fake_lab, capsys):
+    calls, _, _ = fake_lab
+    code, _, err = invoke(capsys, "bench", "routing", "--way", "leader-vip", "--force")
+    assert code == 2 and calls == []
+    assert err.strip().splitlines()[-1].startswith("careflow-ha: error: --way leader-vip is not provisioned")
+    assert "use one of haproxy-vip" in err

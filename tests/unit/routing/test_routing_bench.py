@@ -85,3 +85,10 @@ def test_bench_paths_go_direct_to_the_leader_on_the_cluster_network(tmp_path, le
         "host=192.168.56.11,192.168.56.12,192.168.56.13 port=5432,5432,5432 target_session_attrs=read-write"
     )
     assert all(settings.password(r) not in " ".join(paths.values()) for r in ("superuser", "app", "ro"))
+
+
+def test_bench_paths_keep_only_the_ways_asked_for(tmp_path):
+    (tmp_path / "inventory").symlink_to(PROJECT_DIR / "inventory")
+    settings = load_settings(tmp_path, environ={})
+    paths = [p.name for p in bench_paths(settings, "pg1", ("leader-vip", "haproxy-vip"))]
+    assert paths == ["direct", "haproxy-vip", "leader-vip"]  # direct always, then WAYS_IN order
