@@ -284,8 +284,8 @@ ROUTING_DRILLS = ("switchover", "primary-node-loss")
 @click.option("--way", "only", multiple=True, metavar="WAY",
               help="Measure only this way in (repeatable; default: every provisioned one, see --via).")
 @click.option("--haproxy-ab/--no-haproxy-ab", default=True, show_default=True,
-              help="Also pgbench temporary copies of the VIP holder's HAProxy with one setting changed each "
-              "(nbthread 1, option splice-auto), in the same rotation.")
+              help="Also pgbench temporary copies of the VIP holder's HAProxy, one unchanged (the control) and "
+              "one per setting changed (nbthread 1, option splice-auto), in the same rotation.")
 @drill_preset_option
 @engine_option
 @force_option

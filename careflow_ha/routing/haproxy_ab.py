@@ -29,6 +29,11 @@ class Variant:
 
 #: The settings worth measuring for a TCP proxy in front of PostgreSQL (small, latency-bound round trips).
 VARIANTS: Mapping[str, Variant] = MappingProxyType({
+    "haproxy copy": Variant(
+        why="the control: the same listener in a second process with nothing changed, so a variant's "
+        "effect is read against it, not against the provisioned process (which also runs the stats, "
+        "replicas and health-check work)",
+    ),
     "haproxy nbthread 1": Variant(
         global_lines=("nbthread 1",),
         why="HAProxy 2.6 starts one thread per CPU; on a box shared with PostgreSQL and the clients, one "

@@ -64,15 +64,20 @@ def verdict_lines(pgbench: Sequence[Mapping[str, Any]], outages: Sequence[Mappin
 
 
 def haproxy_ab_lines(pgbench: Sequence[Mapping[str, Any]]) -> list[str]:
-    """Each HAProxy variant against the provisioned HAProxy (haproxy-vip), per mode, as ratios to direct."""
-    base = {r["mode"]: r["ratio_to_direct"] for r in pgbench if r["path"] == "haproxy-vip"}
+    """Each HAProxy variant against the unchanged copy (the control; the provisioned HAProxy, haproxy-vip,
+    without one), per mode, as ratios to direct."""
+    control = "haproxy copy" if any(r["path"] == "haproxy copy" for r in pgbench) else "haproxy-vip"
+    base = {r["mode"]: r["ratio_to_direct"] for r in pgbench if r["path"] == control}
+    against = "the unchanged copy" if control == "haproxy copy" else "the provisioned one"
     lines = []
     for name in VARIANTS:
+        if name == control:
+            continue
         rows = [r for r in pgbench if r["path"] == name and r["ratio_to_direct"] and base.get(r["mode"])]
         if rows:
             said = "; ".join(f"{r['mode']} {base[r['mode']]}x -> {r['ratio_to_direct']}x "
-                             f"({r['ratio_to_direct'] / base[r['mode']]:.2f} of the provisioned)" for r in rows)
-            lines.append(f"- HAProxy with `{name.removeprefix('haproxy ')}` against the provisioned one: {said}.")
+                             f"({r['ratio_to_direct'] / base[r['mode']]:.2f} of it)" for r in rows)
+            lines.append(f"- HAProxy `{name.removeprefix('haproxy ')}` against {against}: {said}.")
     return lines
 
 

@@ -47,5 +47,10 @@ def test_the_report_compares_each_variant_with_the_provisioned_haproxy():
         {"mode": "tpcb-like", "path": "direct", "ratio_to_direct": 1.0},
     ]
     assert haproxy_ab_lines(rows) == [
-        "- HAProxy with `nbthread 1` against the provisioned one: tpcb-like 0.8x -> 0.88x (1.10 of the provisioned)."
+        "- HAProxy `nbthread 1` against the provisioned one: tpcb-like 0.8x -> 0.88x (1.10 of it).",
+    ]
+    # With the control copy measured, every variant is read against it, and the control is not a finding.
+    rows.append({"mode": "tpcb-like", "path": "haproxy copy", "ratio_to_direct": 0.85})
+    assert haproxy_ab_lines(rows) == [
+        "- HAProxy `nbthread 1` against the unchanged copy: tpcb-like 0.85x -> 0.88x (1.04 of it).",
     ]
