@@ -138,13 +138,15 @@ def vip_rows(settings: Settings, leader: str | None = None) -> list[dict]:
     from careflow_ha.lab.vip import vip_holders
     from careflow_ha.settings import LB_NODES, PG_NODES
 
-    rows = []
+    if settings.vip is None and not settings.routing.leader_vip:
+        return []
+    engine, rows = detect_engine(None), []
     if settings.vip is not None:
-        holders = vip_holders(detect_engine(None), LB_NODES, settings.vip.address)
+        holders = vip_holders(engine, LB_NODES, settings.vip.address)
         rows.append({"vip": settings.vip.address, "kind": "client (keepalived)", "on": ", ".join(holders) or "nobody",
                      "ok": "yes" if len(holders) == 1 else "NO"})
     if leader_vip := settings.routing.leader_vip:
-        holders = vip_holders(detect_engine(None), PG_NODES, leader_vip)
+        holders = vip_holders(engine, PG_NODES, leader_vip)
         rows.append({"vip": leader_vip, "kind": "leader (keepalived)", "on": ", ".join(holders) or "nobody",
                      "ok": "yes" if holders == (leader,) else "NO"})
     return rows

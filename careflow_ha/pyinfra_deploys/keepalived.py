@@ -6,19 +6,16 @@ from __future__ import annotations
 from pyinfra.api import deploy
 from pyinfra.operations import apt, systemd
 
+from careflow_ha.provision.inventory import _ansible_bool
 from careflow_ha.pyinfra_deploys._data import role_template, var
 from careflow_ha.pyinfra_deploys.ops import apt_cache_fresh, changed_unless, put_role_file, wait_until_ok
-
-
-def _truthy(name: str) -> bool:
-    return str(var(name)).strip().lower() in ("true", "yes", "1")
 
 
 @deploy("keepalived")
 def keepalived() -> None:
     # The role's own __keepalived_balancer/__keepalived_leader: which VIPs this host takes part in
     # (site.yml's two plays' ``when:``, and the host's groups).
-    balancer, leader = _truthy("__keepalived_balancer"), _truthy("__keepalived_leader")
+    balancer, leader = (_ansible_bool(var(name)) for name in ("__keepalived_balancer", "__keepalived_leader"))
     if not (balancer or leader):
         return
     apt_cache_fresh(name="Ensure the apt cache is fresh (at most an hour old)", max_age_s=3600)

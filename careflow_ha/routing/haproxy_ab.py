@@ -27,9 +27,12 @@ class Variant:
     why: str = ""
 
 
+#: The variant that changes nothing: every other one is read against it.
+CONTROL = "haproxy copy"
+
 #: The settings worth measuring for a TCP proxy in front of PostgreSQL (small, latency-bound round trips).
 VARIANTS: Mapping[str, Variant] = MappingProxyType({
-    "haproxy copy": Variant(
+    CONTROL: Variant(
         why="the control: the same listener in a second process with nothing changed, so a variant's "
         "effect is read against it, not against the provisioned process (which also runs the stats, "
         "replicas and health-check work)",

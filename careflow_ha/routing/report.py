@@ -7,7 +7,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from careflow_ha.routing.haproxy_ab import VARIANTS
+from careflow_ha.routing.haproxy_ab import CONTROL, VARIANTS
 from careflow_ha.settings import WAYS_IN
 
 #: When each way in is the right choice; the measured figures below it say how much each choice costs.
@@ -66,9 +66,9 @@ def verdict_lines(pgbench: Sequence[Mapping[str, Any]], outages: Sequence[Mappin
 def haproxy_ab_lines(pgbench: Sequence[Mapping[str, Any]]) -> list[str]:
     """Each HAProxy variant against the unchanged copy (the control; the provisioned HAProxy, haproxy-vip,
     without one), per mode, as ratios to direct."""
-    control = "haproxy copy" if any(r["path"] == "haproxy copy" for r in pgbench) else "haproxy-vip"
+    control = CONTROL if any(r["path"] == CONTROL for r in pgbench) else "haproxy-vip"
     base = {r["mode"]: r["ratio_to_direct"] for r in pgbench if r["path"] == control}
-    against = "the unchanged copy" if control == "haproxy copy" else "the provisioned one"
+    against = "the unchanged copy" if control == CONTROL else "the provisioned one"
     lines = []
     for name in VARIANTS:
         if name == control:
