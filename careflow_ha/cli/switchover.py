@@ -6,7 +6,7 @@ import click
 
 from careflow_ha.cli.common import emit, force_option, format_option, get_settings, progress, table
 from careflow_ha.errors import NotReady, UsageError
-from careflow_ha.settings import Settings, inventory_vars
+from careflow_ha.settings import Settings
 
 
 def _render(data: dict) -> str:
@@ -15,11 +15,6 @@ def _render(data: dict) -> str:
     if data["zero_error"]:
         head += f" (zero-error: clients held {data['held_s']}s at the poolers)"
     return head + "\n" + table(rows, ["step", "seconds"])
-
-
-def _max_lag(settings: Settings) -> int:
-    values = inventory_vars(settings.project_dir / "inventory" / "lab.yml")
-    return int(values.get("careflow_maximum_lag_bytes", 1_048_576))
 
 
 def resume_poolers(settings: Settings) -> list[str]:
@@ -51,9 +46,7 @@ def resume_poolers(settings: Settings) -> list[str]:
 @format_option
 def switchover_cmd(to, zero_error, resume_only, drain_timeout, max_xact_age, force, fmt) -> None:
     """Planned switchover through Patroni; --zero-error holds transactions at the poolers meanwhile."""
-    from careflow_ha.cluster.patroni import PatroniApi
-    from careflow_ha.cluster.pooler import lab_poolers
-    from careflow_ha.cluster.switchover import Limits, haproxy_routes_to, oldest_transaction_s, run_switchover
+    from careflow_ha.cluster.switchover import lab_limits, lab_switchover
 
     settings = get_settings()
     if resume_only:
@@ -64,22 +57,8 @@ def switchover_cmd(to, zero_error, resume_only, drain_timeout, max_xact_age, for
         return
     if not force:
         click.confirm(f"Switch the primary over{' to ' + to if to else ''}?", abort=True)
-    routing = settings.routing
-
-    def route_ok(leader: str) -> bool:
-        ip = routing.node_ips.get(leader)
-        if ip is None:
-            return False
-        user, pw = "careflow_app", settings.password("app")
-        dsns = [f"postgresql://{user}:{pw}@{b}:{routing.haproxy_rw_port}/careflow?application_name=careflow-ha"
-                for b in routing.balancer_ips.values()]
-        return haproxy_routes_to(dsns, ip)
-
-    limits = Limits(max_lag_bytes=_max_lag(settings), max_xact_age_s=max_xact_age, drain_s=drain_timeout)
-    report = run_switchover(
-        PatroniApi(settings), lab_poolers(settings) if zero_error else [], route_ok,
-        lambda leader: oldest_transaction_s(settings.node_dsn(leader)), to, zero_error, limits, progress,
-    )
+    limits = lab_limits(settings, max_xact_age_s=max_xact_age, drain_s=drain_timeout)
+    report = lab_switchover(settings, to, zero_error, limits, progress)
     emit(report.as_dict(), fmt, _render)
 
 

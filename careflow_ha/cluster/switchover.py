@@ -30,6 +30,7 @@ from typing import Any, Protocol
 from careflow_ha.cluster.model import ClusterSnapshot, Member
 from careflow_ha.cluster.pooler import Pooler
 from careflow_ha.errors import CommandFailed, NotReady, UsageError
+from careflow_ha.settings import DB_NAME, ROLE_NAMES, Settings, inventory_vars
 
 Progress = Callable[[str], None]
 
@@ -275,3 +276,33 @@ def oldest_transaction_s(dsn: str) -> float:
     with psycopg.connect(dsn, autocommit=True, connect_timeout=3, prepare_threshold=None) as conn:
         row = conn.execute(OLDEST_XACT_SQL).fetchone()
     return float(row[0]) if row else 0.0
+
+
+def lab_limits(settings: Settings, **bounds: float) -> Limits:
+    """:class:`Limits` with the inventory's lag limit (``careflow_maximum_lag_bytes``, Patroni's too)."""
+    values = inventory_vars(settings.project_dir / "inventory" / "lab.yml")
+    return Limits(max_lag_bytes=int(values.get("careflow_maximum_lag_bytes", Limits.max_lag_bytes)), **bounds)
+
+
+def lab_switchover(settings: Settings, to: str | None, zero_error: bool, limits: Limits,
+                   progress: Progress) -> SwitchoverReport:
+    """:func:`run_switchover` against the inventory's cluster, poolers and balancers: the one place the
+    ``switchover`` command and the drills (``--via pgbouncer``) wire it up."""
+    from careflow_ha.cluster.patroni import PatroniApi
+    from careflow_ha.cluster.pooler import lab_poolers
+
+    routing = settings.routing
+
+    def route_ok(leader: str) -> bool:
+        ip = routing.node_ips.get(leader)
+        if ip is None:
+            return False
+        user, pw = ROLE_NAMES["app"], settings.password("app")
+        dsns = [f"postgresql://{user}:{pw}@{b}:{routing.haproxy_rw_port}/{DB_NAME}?application_name=careflow-ha"
+                for b in routing.balancer_ips.values()]
+        return haproxy_routes_to(dsns, ip)
+
+    return run_switchover(
+        PatroniApi(settings), lab_poolers(settings) if zero_error else [], route_ok,
+        lambda leader: oldest_transaction_s(settings.node_dsn(leader)), to, zero_error, limits, progress,
+    )

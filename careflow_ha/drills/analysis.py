@@ -108,6 +108,15 @@ class Analysis:
     rejoin_seconds: float | None  # from heal (or the fault when nothing is healed) to streaming replica
     phases: tuple[Phase, ...]
     events: tuple[TimelineEvent, ...]
+    #: Reads the client saw fail (any kind); writes' failures are ``attempted_writes - acked_writes``.
+    failed_reads: int = 0
+    #: The longest one acknowledged write took, sent to acknowledged (a write held at a paused pooler).
+    longest_write_wait_s: float | None = None
+
+    @property
+    def failed_writes(self) -> int:
+        """Writes the client did not see acknowledged: refused, timed out or of unknown outcome."""
+        return self.attempted_writes - self.acked_writes
 
     @property
     def lost_writes(self) -> tuple[int, ...] | None:
@@ -362,4 +371,6 @@ def analyse(
         rejoin_seconds=None if rejoin is None or since is None else rejoin - since,
         phases=phases,
         events=tuple(sorted(events, key=lambda e: e.at)),
+        failed_reads=len(rec.read_errors),
+        longest_write_wait_s=max((a.acked_at - a.sent_at for a in rec.writes), default=None),
     )

@@ -11,11 +11,12 @@ over the network, so they also work on a partitioned node.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Protocol
 
 from careflow_ha.cluster.model import ClusterSnapshot
+from careflow_ha.cluster.switchover import SwitchoverReport
 from careflow_ha.drills.balancer import observe_vrrp, pick_vip_holder
 from careflow_ha.drills.control import ClusterControl
 from careflow_ha.drills.targets import Observation
@@ -51,6 +52,16 @@ class NodeEngine(Protocol):
 HostRun = Callable[..., Any]
 
 
+@dataclass
+class PooledSwitchover:
+    """Through the poolers (``--via pgbouncer``) a planned switchover is the zero-error one: ``switch(candidate)``
+    pauses every PgBouncer, switches through Patroni and resumes (``careflow-ha switchover --zero-error``).
+    ``reports`` keeps what each one said, for the drill's figures."""
+
+    switch: Callable[[str | None], SwitchoverReport]
+    reports: list[SwitchoverReport] = field(default_factory=list)
+
+
 @dataclass(frozen=True)
 class FaultContext:
     """What an injector may touch: the engine, the cluster's control API, and host commands."""
@@ -59,6 +70,7 @@ class FaultContext:
     control: ClusterControl
     host_run: HostRun = host_run
     vip: str | None = None  # the client VIP (balancer faults aim at its holder)
+    pooled_switchover: PooledSwitchover | None = None
 
 
 @dataclass(frozen=True)
@@ -192,8 +204,28 @@ def iptables(ctx: FaultContext, pid: int, action: str, rule: Sequence[str], chec
 
 
 def inject_switchover(ctx: FaultContext, t: Targets) -> str:
-    ctx.control.switchover(t[0], t[1] if len(t) > 1 else None, timeout=60.0)
-    return f"switchover {t[0]} -> {t[1] if len(t) > 1 else 'any'} (Patroni REST)"
+    candidate = t[1] if len(t) > 1 else None
+    pooled = ctx.pooled_switchover
+    if pooled is not None:
+        report = pooled.switch(candidate)
+        pooled.reports.append(report)
+        return (f"zero-error switchover {report.old_leader} -> {report.new_leader} (PgBouncer PAUSE, Patroni, "
+                f"RECONNECT, RESUME; clients held {report.held_s or 0.0:.2f} s)")
+    ctx.control.switchover(t[0], candidate, timeout=60.0)
+    return f"switchover {t[0]} -> {candidate or 'any'} (Patroni REST)"
+
+
+def observe_pooled_switchover(ctx: FaultContext, t: Targets, fault_at: float, heal_at: float | None,
+                              say: Callable[[str], None]) -> Observation:
+    """The zero-error switchover's own account (how long PgBouncer held the clients, each step); nothing
+    for a plain one."""
+    pooled = ctx.pooled_switchover
+    if pooled is None or not pooled.reports:
+        return Observation()
+    report = pooled.reports[-1]
+    figures: dict[str, float | str | None] = {"pooler_held_s": report.held_s}
+    figures.update({f"pooler_step_{name}_s": round(secs, 3) for name, secs in report.steps.items()})
+    return Observation(figures=figures)
 
 
 def inject_postgres_crash(ctx: FaultContext, t: Targets) -> str:
@@ -304,6 +336,7 @@ _FAULTS: tuple[Fault, ...] = (
         Hold(),
         expects_failover=True,
         ci=True,
+        observe=observe_pooled_switchover,
         nemesis="planned",
     ),
     Fault(

@@ -60,7 +60,20 @@ def _way(run: DrillRun, endpoint: str) -> str:
         return "libpq multi-host (" + ("read-write" if endpoint == "rw" else "prefer-standby") + ")"
     if run.via == "leader-vip" and endpoint == "rw":
         return "the leader VIP's 5432"
+    if run.via == "pgbouncer":
+        return "PgBouncer's " + ("6432" if endpoint == "rw" else "6433")
     return "5000" if endpoint == "rw" else "5001"
+
+
+#: What a report through PgBouncer says the pooler hides and what it cannot (docs/pooling.md has the why).
+POOLER_NOTE = (
+    "**Through the pooler.** The probes held their PgBouncer connections throughout. In a planned switchover "
+    "(`--via pgbouncer` runs the zero-error one: PAUSE, Patroni switchover, RECONNECT, RESUME) PgBouncer "
+    "holds each new transaction until the new primary is routed, so a client sees a delay, never an error; "
+    "the stall is the longest gap between acknowledgements. In an unplanned failure nothing is paused: "
+    "a transaction in flight on the lost primary fails as it would through 5000, and the pooler only "
+    "spares the clients their reconnect."
+)
 
 
 def run_dir_name(run: DrillRun) -> str:
@@ -103,6 +116,9 @@ def result_json(run: DrillRun) -> dict[str, Any]:
         "acked_writes": a.acked_writes,
         "write_attempts": a.attempted_writes,
         "ambiguous_writes": a.ambiguous_writes,
+        "failed_writes": a.failed_writes,
+        "failed_reads": a.failed_reads,
+        "longest_write_wait_s": a.longest_write_wait_s,
         "lost_acked_writes": None if a.lost_writes is None else len(a.lost_writes),
         "lost_acked_seqs": None if a.lost_writes is None else list(a.lost_writes[:SEQ_LIST_CAP]),
         "set_check": set_check_json(a.set_check),
@@ -258,6 +274,8 @@ def markdown(run: DrillRun, png_name: str) -> str:
         f"| acknowledged writes | {a.acked_writes} of {a.attempted_writes} attempts "
         f"({a.ambiguous_writes} ambiguous: outcome unknown to the client, never counted as acked) |",
         f"| acknowledged writes lost | {lost} |",
+        f"| failed transactions the client saw | {a.failed_writes} write(s), {a.failed_reads} read(s) |",
+        f"| longest single write, sent to acknowledged | {_fmt(a.longest_write_wait_s)} |",
         f"| set check of every attempt against the table after healing | {_set_check_cell(a.set_check)} |",
         f"| moments with two writable primaries (role sampling) | {len(a.split_brain)} |",
         f"| writes acknowledged on a node while another held the leader key | {_by_writes_cell(a)} |",
@@ -267,6 +285,7 @@ def markdown(run: DrillRun, png_name: str) -> str:
         f"| leader | {a.old_primary} -> {a.new_primary or a.old_primary} |",
         f"| promotions in Patroni's timeline history after the fault | {promotions_after(run)} |",
         "",
+        *([POOLER_NOTE, ""] if run.via == "pgbouncer" else []),
         "## Targets",
         "",
         "| target | result | measured |",

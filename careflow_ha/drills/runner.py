@@ -24,12 +24,13 @@ from dataclasses import dataclass, field
 
 from careflow_ha.cluster.model import ClusterSnapshot, HistoryEntry, TimelineEvent
 from careflow_ha.cluster.nodes import node_addresses
+from careflow_ha.cluster.switchover import lab_limits, lab_switchover
 from careflow_ha.cluster.timing import Timing, timing_preset
 from careflow_ha.cluster.watch import BoundedLoop, ClusterPoller, role_change_events
 from careflow_ha.drills.analysis import Analysis, analyse, rejoined_at
 from careflow_ha.drills.checker import describe_set_check
 from careflow_ha.drills.control import ClusterControl
-from careflow_ha.drills.faults import PGDATA, Fault, FaultContext, NodeEngine
+from careflow_ha.drills.faults import PGDATA, Fault, FaultContext, NodeEngine, PooledSwitchover
 from careflow_ha.drills.model import Recording
 from careflow_ha.drills.probes import (
     NodeSampler,
@@ -40,13 +41,16 @@ from careflow_ha.drills.probes import (
     ensure_probe_table,
     fetch_seqs,
 )
-from careflow_ha.drills.targets import REJOIN_TARGET_S, Observation, Verdict, verdicts
+from careflow_ha.drills.targets import POOLED_WAY, REJOIN_TARGET_S, Observation, Verdict, verdicts
 from careflow_ha.errors import CareflowError, CheckFailed, NotReady
 from careflow_ha.settings import DB_NAME, ROLE_NAMES, Settings
 
 Progress = Callable[[str], None]
 #: A background load to run around the fault (the load-test work plugs Locust in here for ``--under-load``).
 Background = Callable[[], AbstractContextManager[object]]
+#: Through PgBouncer a probe waits this long (pooled clients are held, not refused; the plain probes give up
+#: after 3 s, which would turn a long hold into a "failed" write and hide how long it was).
+POOLED_OP_TIMEOUT_S = 10.0
 
 
 @dataclass(frozen=True)
@@ -220,8 +224,11 @@ def _probe_and_break(
     nodes = tuple(m.name for m in healthy.members)
     names = node_addresses({n: settings.node_dsn(n) for n in nodes})
     bound = options.max_run_s
-    writer = ProbeWriter(rw_dsn, run_id, rate_hz=options.write_rate_hz, max_seconds=bound, server_names=names)
-    reader = ProbeReader(settings.dsn("ro", "ro"), rate_hz=options.read_rate_hz, max_seconds=bound, server_names=names)
+    # A pooler holds a client instead of refusing it, so give its probes room to show the stall whole.
+    wait = {"op_timeout_s": POOLED_OP_TIMEOUT_S} if settings.via == POOLED_WAY else {}
+    writer = ProbeWriter(rw_dsn, run_id, rate_hz=options.write_rate_hz, max_seconds=bound, server_names=names, **wait)
+    reader = ProbeReader(settings.dsn("ro", "ro"), rate_hz=options.read_rate_hz, max_seconds=bound,
+                         server_names=names, **wait)
     samplers = [
         NodeSampler(n, settings.node_dsn(n), fallback=exec_writable_check(engine, n), max_seconds=bound) for n in nodes
     ]
@@ -232,7 +239,11 @@ def _probe_and_break(
     )
     poller = ClusterPoller(control.topology, max_seconds=bound, on_change=lambda line: say(f"cluster: {line}"))
     events: list[TimelineEvent] = []
-    ctx = FaultContext(engine, control, vip=settings.vip.address if settings.vip else None)
+    pooled = (
+        PooledSwitchover(lambda to: lab_switchover(settings, to, True, lab_limits(settings), say))
+        if settings.via == POOLED_WAY else None
+    )
+    ctx = FaultContext(engine, control, vip=settings.vip.address if settings.vip else None, pooled_switchover=pooled)
     observation = Observation()
     heal_at: float | None = None
     heal_note = ""
@@ -328,7 +339,8 @@ def _probe_and_break(
         expects_failover=fault.expects_failover,
         recording=recording,
         analysis=analysis,
-        verdicts=verdicts(fault.name, options.preset, options.synchronous, analysis, recovered) + observation.verdicts,
+        verdicts=verdicts(fault.name, options.preset, options.synchronous, analysis, recovered, settings.via)
+        + observation.verdicts,
         figures=dict(observation.figures),
         via=settings.via,
     )

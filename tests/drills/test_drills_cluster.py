@@ -9,9 +9,9 @@ old primary come back as a replica by itself.
 Needs the suite fixtures ``cluster`` (yields the Settings of a healthy
 cluster) and ``engine`` (the container engine).
 
-- CI subset (switchover, primary node loss, primary partition, loss of the
-  balancer holding the VIP, named ``test_ci_*``): what ``careflow-ha test``
-  runs by default;
+- CI subset (switchover, the zero-error switchover through PgBouncer, primary
+  node loss, primary partition, loss of the balancer holding the VIP, named
+  ``test_ci_*``): what ``careflow-ha test`` runs by default;
 - longer suite: ``CAREFLOW_DRILL_SUITE=long careflow-ha test -m drill`` (all
   of them; the repeated test runs CAREFLOW_DRILL_REPEATS drills, 30 by default).
 
@@ -30,12 +30,14 @@ import pytest
 
 from careflow_ha.cli.drills import haproxy_preset_switcher
 from careflow_ha.cluster.patroni import PatroniApi
+from careflow_ha.cluster.pooler import lab_poolers
+from careflow_ha.cluster.switchover import paused_poolers
 from careflow_ha.drills.balancer import BACK_IN_VRRP_TARGET_S
 from careflow_ha.drills.control import PatroniRestControl
 from careflow_ha.drills.faults import get_fault
 from careflow_ha.drills.report import write_report
 from careflow_ha.drills.runner import DrillOptions, DrillRun, run_drill
-from careflow_ha.drills.targets import WRITE_OUTAGE_TARGETS_S
+from careflow_ha.drills.targets import POOLED_SWITCHOVER_STALL_S, POOLED_WAY, WRITE_OUTAGE_TARGETS_S
 from careflow_ha.lab.vip import vip_holders
 from careflow_ha.settings import LB_NODES, Settings
 from tests.plugins.timeouts import scaled, wait_until
@@ -55,14 +57,14 @@ def control(cluster: Settings) -> PatroniRestControl:
 def drill(cluster: Settings, engine, control) -> Callable[..., DrillRun]:
     """Run one drill through the real runner, print its progress, and keep its report."""
 
-    def run(name: str, preset: str = "fast", synchronous: bool = True) -> DrillRun:
+    def run(name: str, preset: str = "fast", synchronous: bool = True, via: str | None = None) -> DrillRun:
         options = DrillOptions(
             preset=preset,
             synchronous=synchronous,
             healthy_timeout_s=scaled(180),
             recovery_timeout_s=scaled(180),
         )
-        result = run_drill(get_fault(name), cluster, engine, control, options, print)
+        result = run_drill(get_fault(name), cluster.with_via(via), engine, control, options, print)
         print("report:", write_report(result, cluster.reports_dir, cluster.secrets))
         return result
 
@@ -133,6 +135,19 @@ def test_ci_switchover_moves_the_primary_without_losing_a_write(drill, cluster):
     assert_writes_back_within(run, 10)
     assert_failed_over_and_rejoined(run, cluster)
     assert run.analysis.new_primary == run.targets[1], "the sync standby was the candidate"
+
+
+def test_ci_zero_error_switchover_through_the_pooler_fails_no_transaction(drill, cluster):
+    """Issue 13: through 6432/6433 a planned switchover is a delay, never an error, and the poolers resume."""
+    run = drill("switchover", via=POOLED_WAY)
+    assert_safe(run)
+    a = run.analysis
+    assert (a.failed_writes, a.failed_reads) == (0, 0), f"{a.failed_writes} write(s), {a.failed_reads} read(s) failed"
+    stall = a.write_outage.seconds
+    assert stall is not None and stall <= POOLED_SWITCHOVER_STALL_S * 1.5, f"worst client stall {stall}s"
+    assert run.figures.get("pooler_held_s") is not None, "the switchover did not go through the poolers"
+    assert_failed_over_and_rejoined(run, cluster)
+    assert paused_poolers(lab_poolers(cluster)) == [], "a pooler was left paused"
 
 
 def test_ci_primary_node_loss_promotes_a_replica_and_the_old_primary_rejoins(drill, cluster):

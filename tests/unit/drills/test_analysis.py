@@ -253,3 +253,46 @@ def test_coverage_is_a_share_of_the_probes_window_not_of_the_drills_preparation(
     whole = analyse(replace(rec, probes_from=None, probes_until=None), fault_at=None, heal_at=None,
                     old_primary="pg1", present_seqs=())
     assert whole.sampling_coverage["pg1"] == pytest.approx(40.0 / 110.0), "synthetic recordings: the whole span"
+
+
+def pooled_switchover_recording(stall_s: float, failed_writes: int = 0, failed_reads: int = 0) -> Recording:
+    """Writes every 50 ms; one is held ``stall_s`` at a paused pooler from t=10; some may fail."""
+    from careflow_ha.drills.model import ProbeError
+
+    before = [Ack(i, t - 0.01, t, "pg1") for i, t in enumerate(ticks(0, 10.0))]
+    held = [Ack(500, 10.0, 10.0 + stall_s, "pg2")]
+    after = [Ack(1000 + i, t - 0.01, t, "pg2") for i, t in enumerate(ticks(10.0 + stall_s + STEP, 20.0))]
+    errors = tuple(ProbeError(2000 + i, 10.0, "connect", "server closed the connection") for i in range(failed_writes))
+    reads = tuple(ProbeError(3000 + i, 10.0, "query", "canceling statement") for i in range(failed_reads))
+    return Recording(writes=tuple(before + held + after), write_errors=errors, read_errors=reads,
+                     started_at=0.0, stopped_at=20.0)
+
+
+def verdict_map(rec: Recording, via: str, preset: str = "fast") -> dict[str, bool | None]:
+    from careflow_ha.drills.targets import verdicts
+
+    a = analyse(rec, fault_at=10.0, heal_at=None, old_primary="pg1", present_seqs=[w.seq for w in rec.writes])
+    return {v.target: v.ok for v in verdicts("switchover", preset, True, a, True, via)}
+
+
+def test_a_pooled_switchover_is_judged_by_its_stall_and_by_zero_failed_transactions():
+    ok = verdict_map(pooled_switchover_recording(2.5), "pgbouncer")
+    assert ok["worst client stall <= 3 s"] is True and ok["0 failed transactions through the pooler"] is True
+    assert "write outage <= 2 s" not in ok  # the held write is a stall, not an outage
+    assert verdict_map(pooled_switchover_recording(3.4), "pgbouncer")["worst client stall <= 3 s"] is False
+    assert verdict_map(pooled_switchover_recording(1.0, failed_writes=1), "pgbouncer")[
+        "0 failed transactions through the pooler"] is False
+    assert verdict_map(pooled_switchover_recording(1.0, failed_reads=1), "pgbouncer", preset="default")[
+        "0 failed transactions through the pooler"] is False  # every preset: zero means zero
+
+
+def test_the_held_write_is_the_longest_wait_and_failures_are_counted():
+    rec = pooled_switchover_recording(2.5, failed_writes=2, failed_reads=1)
+    a = analyse(rec, fault_at=10.0, heal_at=None, old_primary="pg1", present_seqs=[w.seq for w in rec.writes])
+    assert a.longest_write_wait_s == pytest.approx(2.5)
+    assert (a.failed_writes, a.failed_reads) == (2, 1)
+
+
+def test_through_haproxy_a_switchover_keeps_its_outage_target():
+    ok = verdict_map(pooled_switchover_recording(2.5), "haproxy-vip")
+    assert ok["write outage <= 2 s"] is False and "0 failed transactions through the pooler" not in ok

@@ -250,3 +250,28 @@ def test_a_failing_engine_command_surfaces_as_command_failed(ctx, monkeypatch):
     monkeypatch.setattr(engine_mod.subprocess, "run", failing)
     with pytest.raises(CommandFailed, match="no container"):
         FAULTS["primary-node-loss"].inject(ctx, ("pg1",))
+
+
+def test_switchover_through_the_poolers_is_the_zero_error_one_and_reports_its_hold(host):
+    from careflow_ha.cluster.switchover import SwitchoverReport
+    from careflow_ha.drills.faults import PooledSwitchover
+
+    asked: list[str | None] = []
+
+    def switch(candidate):
+        asked.append(candidate)
+        return SwitchoverReport("pg1", "pg2", zero_error=True, steps={"pause": 0.01, "patroni": 1.2}, held_s=1.75)
+
+    pooled = PooledSwitchover(switch)
+    ctx = FaultContext(engine=Engine("podman", ("podman",), ("podman-compose",)), control=FakeControl(),
+                       pooled_switchover=pooled)
+    note = FAULTS["switchover"].inject(ctx, ("pg1", "pg2"))
+    assert asked == ["pg2"] and ctx.control.switchovers == []  # the pooled path, not Patroni's alone
+    assert "zero-error switchover pg1 -> pg2" in note and "held 1.75 s" in note
+    seen = FAULTS["switchover"].observe(ctx, ("pg1", "pg2"), 0.0, None, lambda line: None)
+    assert seen.figures == {"pooler_held_s": 1.75, "pooler_step_pause_s": 0.01, "pooler_step_patroni_s": 1.2}
+
+
+def test_a_plain_switchover_has_no_pooler_figures(ctx, host):
+    FAULTS["switchover"].inject(ctx, ("pg1", "pg2"))
+    assert FAULTS["switchover"].observe(ctx, ("pg1", "pg2"), 0.0, None, lambda line: None).figures == {}
