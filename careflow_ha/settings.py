@@ -171,8 +171,9 @@ class Routing:
     #: PgBouncer's read-write and read-only ports on each balancer, and its admin console user.
     pooler_ports: tuple[int, ...] = (6432, 6433)
     pooler_admin_user: str = "pgbouncer_admin"
-    #: HAProxy's read-write port on each balancer (the switchover asks it where writes go).
+    #: HAProxy's read-write port and stats page on each balancer (the switchover asks where writes go).
     haproxy_rw_port: int = 5000
+    haproxy_stats_port: int = 7000
 
     def available(self) -> tuple[str, ...]:
         """The ways in this inventory supports, in WAYS_IN order (haproxy-vip always: without a VIP it is
@@ -210,6 +211,7 @@ def configured_routing(inventory: Path) -> Routing:
                       int(values.get("careflow_pgbouncer_ro_port", 6433))),
         pooler_admin_user=str(values.get("careflow_pgbouncer_admin_user", "pgbouncer_admin")),
         haproxy_rw_port=int(values.get("careflow_haproxy_rw_port", 5000)),
+        haproxy_stats_port=int(values.get("careflow_haproxy_stats_port", 7000)),
     )
 
 
@@ -362,7 +364,7 @@ class Settings:
         haproxy-vip: HAProxy on the VIP (``rw`` 5000, ``ro`` 5001). leader-vip: ``rw`` is PostgreSQL on the
         leader VIP, ``ro`` stays HAProxy's (the leader VIP has no standby side). pgbouncer: PgBouncer on the
         VIP (``rw`` 6432, ``ro`` 6433); connections to it must be made with ``careflow_ha.dsn.pooler_safe``
-        (no prepared statements, no ``options``). libpq-multihost: every node,
+        (no prepared statements, no ``options``); the superuser's stay on HAProxy. libpq-multihost: every node,
         ``target_session_attrs`` read-write or prefer-standby, in random order (``load_balance_hosts``:
         a dead first node must not cost every reconnect a timeout, and reads spread over the standbys).
         """
@@ -374,7 +376,9 @@ class Settings:
             )
         if self.via == "leader-vip" and endpoint == "rw":
             return self._uri(self.routing.pg_port, role, dbname, self.routing.leader_vip)
-        if self.via == "pgbouncer":
+        # The superuser never passes a pooler (pgbouncer.get_auth() refuses it): its work (probe tables,
+        # read-backs, setup) goes through HAProxy whichever way the application takes.
+        if self.via == "pgbouncer" and role != "superuser":
             host, port = self.pooler_endpoint(endpoint)
             return self._uri(port, role, dbname, host)
         host, port = self.endpoint(endpoint)

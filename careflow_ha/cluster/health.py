@@ -73,18 +73,20 @@ def parse_haproxy_csv(text: str) -> tuple[Backend, ...]:
     )
 
 
-def haproxy_backends(settings: Settings, timeout: float = 3.0) -> tuple[Backend, ...]:
-    """HAProxy's server states from its stats page (basic auth from .env)."""
-    url = f"http://{settings.host}:{settings.port('CAREFLOW_STATS_PORT')}/;csv"
-    req = urllib.request.Request(url)
+def haproxy_backends(settings: Settings, timeout: float = 3.0, host: str | None = None,
+                     port: int | None = None) -> tuple[Backend, ...]:
+    """HAProxy's server states from its stats page (basic auth from .env): the published one, or the
+    balancer at ``host:port`` (a switchover asks each balancer)."""
+    host = host or settings.host
+    port = port or settings.port("CAREFLOW_STATS_PORT")
+    req = urllib.request.Request(f"http://{host}:{port}/;csv")
     token = f"{HAPROXY_STATS_USER}:{settings.secrets['CAREFLOW_HAPROXY_STATS_PASSWORD']}"
     req.add_header("Authorization", "Basic " + base64.b64encode(token.encode()).decode())
     try:
         with urllib.request.urlopen(req, timeout=timeout) as resp:
             return parse_haproxy_csv(resp.read().decode())
     except (OSError, urllib.error.URLError) as exc:
-        port = settings.port("CAREFLOW_STATS_PORT")
-        raise NotReady(f"HAProxy stats on 127.0.0.1:{port} did not answer: {exc}") from None
+        raise NotReady(f"HAProxy stats on {host}:{port} did not answer: {exc}") from None
 
 
 def routing_problems(snap: ClusterSnapshot, backends: tuple[Backend, ...]) -> tuple[str, ...]:

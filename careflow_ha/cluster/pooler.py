@@ -21,6 +21,8 @@ import psycopg
 
 from careflow_ha.settings import DB_NAME, Settings
 
+#: The pooler instances on each balancer, in the order of ``Routing.pooler_ports``.
+ENDPOINTS = ("rw", "ro")
 #: Short bounds: an unreachable balancer must cost seconds, never a hang.
 CONNECT_TIMEOUT_S = 3
 
@@ -36,6 +38,7 @@ class Pooler(Protocol):
     """
 
     name: str
+    endpoint: str  # "rw" or "ro": which HAProxy port its server connections go to
 
     def begin_pause(self) -> None: ...
     def pause_done(self, timeout: float) -> bool: ...
@@ -54,6 +57,7 @@ class PgBouncerAdmin:
     user: str
     password: str = field(repr=False)
     database: str = DB_NAME
+    endpoint: str = "rw"
     _pausing: psycopg.Connection | None = field(default=None, repr=False)
     _thread: threading.Thread | None = field(default=None, repr=False)
     _error: str = field(default="", repr=False)
@@ -164,7 +168,7 @@ def lab_poolers(settings: Settings) -> list[PgBouncerAdmin]:
     routing = settings.routing
     password = settings.secrets.get("CAREFLOW_PGBOUNCER_ADMIN_PASSWORD", "")
     return [
-        PgBouncerAdmin(f"{host}:{port}", ip, port, routing.pooler_admin_user, password)
+        PgBouncerAdmin(f"{host}:{port}", ip, port, routing.pooler_admin_user, password, endpoint=endpoint)
         for host, ip in routing.balancer_ips.items()
-        for port in routing.pooler_ports
+        for endpoint, port in zip(ENDPOINTS, routing.pooler_ports, strict=True)
     ]

@@ -9,8 +9,10 @@ Steps, each with its own deadline (``Limits``):
 2. ``PAUSE`` on every pooler, drained within ``drain_s``; otherwise RESUME all and exit 4 with
    the cluster untouched;
 3. ``POST /switchover`` to Patroni, then a new running leader;
-4. every balancer's HAProxy routes writes to the new leader;
-5. ``RECONNECT`` then ``RESUME`` on every pooler.
+4. every balancer's HAProxy routes writes to the new leader (its stats page: only the leader UP), then
+   ``RECONNECT`` and ``RESUME`` on the read-write poolers;
+5. HAProxy routes no read to the new leader any more, then ``RECONNECT`` and ``RESUME`` on the read-only
+   poolers.
 
 Any failure, and SIGINT/SIGTERM, resumes every pooler (``finally``). The collaborators are
 small interfaces (Patroni's client, :class:`~careflow_ha.cluster.pooler.Pooler`, two callables),
@@ -24,13 +26,15 @@ import signal
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from careflow_ha.cluster.health import RO_PROXY, RW_PROXY, Backend, haproxy_backends
 from careflow_ha.cluster.model import ClusterSnapshot, Member
-from careflow_ha.cluster.pooler import Pooler
+from careflow_ha.cluster.pooler import ENDPOINTS, Pooler
 from careflow_ha.errors import CommandFailed, NotReady, UsageError
-from careflow_ha.settings import DB_NAME, ROLE_NAMES, Settings, inventory_vars
+from careflow_ha.settings import Settings, inventory_vars
 
 Progress = Callable[[str], None]
 
@@ -65,11 +69,14 @@ class SwitchoverReport:
     steps: dict[str, float] = field(default_factory=dict)
     #: From the first PAUSE to the last RESUME: the longest a client could have been held.
     held_s: float | None = None
+    #: From the first PAUSE to the RESUME of the writers' (rw) and the readers' (ro) poolers.
+    held_by_endpoint_s: dict[str, float] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
         return {"old_leader": self.old_leader, "new_leader": self.new_leader, "zero_error": self.zero_error,
                 "steps": {k: round(v, 3) for k, v in self.steps.items()},
-                "held_s": None if self.held_s is None else round(self.held_s, 3)}
+                "held_s": None if self.held_s is None else round(self.held_s, 3),
+                "held_by_endpoint_s": {k: round(v, 3) for k, v in self.held_by_endpoint_s.items()}}
 
 
 class Interrupted(CommandFailed):
@@ -148,14 +155,19 @@ def paused_poolers(poolers: Sequence[Pooler]) -> list[str]:
     return [p.name for p in poolers if p.paused()]
 
 
+def on_every_pooler(poolers: Sequence[Pooler], action: Callable[[Pooler], None]) -> list[str]:
+    """``action`` on every pooler at once (the clients are held meanwhile: a RESUME must not wait for the
+    pooler before it), each on its own, so one failing spares none of the others; the failures."""
+    if not poolers:
+        return []
+    with ThreadPoolExecutor(max_workers=len(poolers), thread_name_prefix="pooler") as pool:
+        futures = {p.name: pool.submit(action, p) for p in poolers}
+    return [f"{name}: {type(f.exception()).__name__}" for name, f in futures.items() if f.exception() is not None]
+
+
 def resume_all(poolers: Sequence[Pooler], progress: Progress) -> list[str]:
-    """RESUME every pooler, each on its own (one failing does not keep the others paused); the failures."""
-    failed = []
-    for p in poolers:
-        try:
-            p.resume()
-        except Exception as exc:  # noqa: BLE001 - every pooler gets its RESUME, whatever the one before did
-            failed.append(f"{p.name}: {type(exc).__name__}")
+    """RESUME every pooler (one failing does not keep the others paused); the failures."""
+    failed = on_every_pooler(poolers, lambda p: p.resume())
     if failed:
         progress(f"switchover: RESUME failed on {', '.join(failed)}; run `careflow-ha switchover --resume`")
     return failed
@@ -164,7 +176,7 @@ def resume_all(poolers: Sequence[Pooler], progress: Progress) -> list[str]:
 def run_switchover(
     api: Patroni,
     poolers: Sequence[Pooler],
-    route_ok: Callable[[str], bool],
+    route_ok: Callable[[str, str], bool],
     oldest_xact_s: Callable[[str], float],
     to: str | None,
     zero_error: bool,
@@ -173,8 +185,9 @@ def run_switchover(
     clock: Callable[[], float] = time.monotonic,
     sleep: Callable[[float], None] = time.sleep,
 ) -> SwitchoverReport:
-    """One switchover (see the module docstring). ``route_ok(leader)``: every balancer's HAProxy sends
-    writes to ``leader``; ``oldest_xact_s(leader)``: age of the oldest open transaction there."""
+    """One switchover (see the module docstring). ``route_ok(endpoint, leader)``: every balancer's HAProxy
+    sends writes (``rw``) only to ``leader``, or reads (``ro``) no longer to it; ``oldest_xact_s(leader)``:
+    age of the oldest open transaction there."""
     snap = api.cluster()
     leader, candidate = check_preconditions(snap, to, limits.max_lag_bytes)
     report = SwitchoverReport(old_leader=leader, zero_error=zero_error)
@@ -198,7 +211,7 @@ def run_switchover(
         return _switch(api, poolers, route_ok, leader, candidate, zero_error, limits, progress, clock, sleep, report)
 
 
-def _switch(api: Patroni, poolers: Sequence[Pooler], route_ok: Callable[[str], bool], leader: str,
+def _switch(api: Patroni, poolers: Sequence[Pooler], route_ok: Callable[[str, str], bool], leader: str,
             candidate: str | None, zero_error: bool, limits: Limits, progress: Progress,
             clock: Callable[[], float], sleep: Callable[[float], None], report: SwitchoverReport) -> SwitchoverReport:
     paused_at = None
@@ -229,36 +242,54 @@ def _switch(api: Patroni, poolers: Sequence[Pooler], route_ok: Callable[[str], b
 
         report.steps["leader"] = _wait("a new running leader", limits.leader_s, limits.poll_s, new_leader, clock, sleep)
         if zero_error:
-            report.steps["route"] = _wait(f"HAProxy routing writes to {report.new_leader}", limits.route_s,
-                                          limits.poll_s, lambda: route_ok(report.new_leader), clock, sleep)
-            t0 = clock()
-            for p in poolers:
-                p.reconnect()
-            report.steps["reconnect"] = clock() - t0
+            # Writers first, as soon as HAProxy sends writes to the new leader; readers once it no longer
+            # sends reads there (HAProxy shuts a promoted replica's read sessions down when it marks it
+            # down: a pooled reader resumed before that would lose its query with the connection).
+            for endpoint in ENDPOINTS:
+                group = [p for p in poolers if p.endpoint == endpoint]
+                if not group:
+                    continue
+                what = "writes to" if endpoint == "rw" else "no reads to"
+                report.steps[f"route_{endpoint}"] = _wait(
+                    f"HAProxy routing {what} {report.new_leader}", limits.route_s, limits.poll_s,
+                    lambda endpoint=endpoint: route_ok(endpoint, report.new_leader), clock, sleep)
+                t0 = clock()
+                failed = on_every_pooler(group, lambda p: p.reconnect())
+                if failed:
+                    raise CommandFailed(f"RECONNECT failed on {', '.join(failed)} (the switchover itself is done)")
+                if not resume_all(group, progress):
+                    report.held_by_endpoint_s[endpoint] = clock() - (paused_at or t0)
+                report.steps[f"resume_{endpoint}"] = clock() - t0
         return report
     finally:
         if zero_error:
-            t0 = clock()
+            # The safety net after any failure; a no-op for poolers already resumed above.
             failed = resume_all(poolers, progress)
-            report.steps["resume"] = clock() - t0
             if paused_at is not None:
-                report.held_s = clock() - paused_at
+                done = report.held_by_endpoint_s
+                everyone = len(done) == len({p.endpoint for p in poolers})
+                report.held_s = max(done.values()) if done and everyone else clock() - paused_at
             if failed and not report.new_leader:
                 progress("switchover: some poolers may still be paused; `careflow-ha status` shows which")
 
 
 # -- the lab's collaborators (psycopg at the boundary) ----------------------------------------
 
-def haproxy_routes_to(dsns: Sequence[str], leader_ip: str) -> bool:
-    """Every DSN (one per balancer's HAProxy read-write port) lands on a writable ``leader_ip``."""
-    import psycopg
+def routes_writes_only_to(backends: Sequence[Backend], leader: str) -> bool:
+    """HAProxy's read-write proxy has exactly ``leader`` UP (the old primary is marked down, so its sessions
+    were shut down and every new connection goes to the leader)."""
+    return {b.server for b in backends if b.proxy == RW_PROXY and _serving(b)} == {leader}
 
-    for dsn in dsns:
-        with psycopg.connect(dsn, autocommit=True, connect_timeout=2, prepare_threshold=None) as conn:
-            row = conn.execute("SELECT pg_is_in_recovery(), host(inet_server_addr())").fetchone()
-        if row is None or row[0] or row[1] != leader_ip:
-            return False
-    return True
+
+def reads_avoid(backends: Sequence[Backend], leader: str) -> bool:
+    """HAProxy's read-only proxy no longer has ``leader`` UP (a promoted replica is marked down there)."""
+    return not any(b.proxy == RO_PROXY and b.server == leader and _serving(b) for b in backends)
+
+
+def _serving(b: Backend) -> bool:
+    # "UP 1/2" is a server that failed a check but not yet `fall` of them: HAProxy still sends it
+    # connections. ("DOWN 1/2", passing but not yet `rise` checks, gets none.)
+    return b.status.startswith("UP")
 
 
 #: The oldest open transaction of any client (idle in transaction included: it blocks PAUSE too).
@@ -293,14 +324,14 @@ def lab_switchover(settings: Settings, to: str | None, zero_error: bool, limits:
 
     routing = settings.routing
 
-    def route_ok(leader: str) -> bool:
-        ip = routing.node_ips.get(leader)
-        if ip is None:
-            return False
-        user, pw = ROLE_NAMES["app"], settings.password("app")
-        dsns = [f"postgresql://{user}:{pw}@{b}:{routing.haproxy_rw_port}/{DB_NAME}?application_name=careflow-ha"
-                for b in routing.balancer_ips.values()]
-        return haproxy_routes_to(dsns, ip)
+    def route_ok(endpoint: str, leader: str) -> bool:
+        # HAProxy's own view, from each balancer's stats page: it answers at once, where a test connection
+        # through 5000 would wait in HAProxy's queue while no primary is up.
+        routed = routes_writes_only_to if endpoint == "rw" else reads_avoid
+        return all(
+            routed(haproxy_backends(settings, timeout=1.0, host=ip, port=routing.haproxy_stats_port), leader)
+            for ip in routing.balancer_ips.values()
+        )
 
     return run_switchover(
         PatroniApi(settings), lab_poolers(settings) if zero_error else [], route_ok,

@@ -223,7 +223,9 @@ def observe_pooled_switchover(ctx: FaultContext, t: Targets, fault_at: float, he
     if pooled is None or not pooled.reports:
         return Observation()
     report = pooled.reports[-1]
-    figures: dict[str, float | str | None] = {"pooler_held_s": report.held_s}
+    held = None if report.held_s is None else round(report.held_s, 3)
+    figures: dict[str, float | str | None] = {"pooler_held_s": held}
+    figures.update({f"pooler_held_{ep}_s": round(secs, 3) for ep, secs in report.held_by_endpoint_s.items()})
     figures.update({f"pooler_step_{name}_s": round(secs, 3) for name, secs in report.steps.items()})
     return Observation(figures=figures)
 

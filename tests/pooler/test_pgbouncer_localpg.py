@@ -200,7 +200,7 @@ def test_an_open_transaction_blocks_the_pause_so_everything_resumes_and_exit_4(b
         limits = Limits(max_lag_bytes=100, drain_s=1.0, leader_s=1, route_s=1, poll_s=0.05)
         started = time.monotonic()
         with pytest.raises(NotReady, match="PAUSE did not drain within 1s on local:rw") as err:
-            run_switchover(api, [bouncer.admin], lambda leader: True, lambda leader: 0.0, None, True, limits,
+            run_switchover(api, [bouncer.admin], lambda endpoint, leader: True, lambda leader: 0.0, None, True, limits,
                            lambda msg: None)
         assert err.value.exit_code == 4 and time.monotonic() - started < 10
         assert api.switched == []
@@ -222,7 +222,7 @@ def test_a_pause_left_by_a_killed_run_is_seen_by_a_new_process_and_resumed(bounc
     assert paused_poolers([fresh]) == ["local:rw"]
     assert [s.state for s in pooler_states([fresh])] == ["PAUSED"]
     with pytest.raises(NotReady, match="PAUSED .*careflow-ha switchover --resume"):
-        run_switchover(NeverSwitch(), [fresh], lambda leader: True, lambda leader: 0.0, None, True,
+        run_switchover(NeverSwitch(), [fresh], lambda endpoint, leader: True, lambda leader: 0.0, None, True,
                        Limits(max_lag_bytes=100), lambda msg: None)
     assert resume_all([fresh], lambda msg: None) == []
     assert fresh.paused() is False

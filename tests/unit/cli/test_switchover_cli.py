@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 
 from careflow_ha.cluster import patroni, pooler
+from careflow_ha.cluster.health import Backend
 from tests.cli import run_cli
 from tests.unit.cluster.test_switchover import FakeApi, FakePooler, snap
 
@@ -39,7 +40,8 @@ def test_bad_input_is_one_line_and_exit_2_before_any_pause(fakes, argv, message)
 def test_zero_error_switchover_reports_each_step_as_json(fakes, monkeypatch):
     from careflow_ha.cluster import switchover
 
-    monkeypatch.setattr(switchover, "haproxy_routes_to", lambda dsns, ip: True)
+    monkeypatch.setattr(switchover, "haproxy_backends",
+                        lambda settings, **kw: (Backend("primary", "pg2", "UP", "L7OK"),))
     monkeypatch.setattr(switchover, "oldest_transaction_s", lambda dsn: 0.0)
     api, log = fakes
     code, out, err = run_cli("switchover", "--force", "--zero-error", "--format", "json")

@@ -39,6 +39,7 @@ class FakeApi:
 class FakePooler:
     def __init__(self, name, drains=True, paused=False, log=None):
         self.name, self.drains, self._paused = name, drains, paused
+        self.endpoint = "ro" if name.endswith(":6433") else "rw"
         self.log = log if log is not None else []
 
     def begin_pause(self):
@@ -48,8 +49,9 @@ class FakePooler:
     def pause_done(self, timeout):
         return self.drains
 
-    def resume(self):
-        self.log.append(("resume", self.name))
+    def resume(self):  # as PgBouncerAdmin: RESUME only where a pause is on
+        if self._paused:
+            self.log.append(("resume", self.name))
         self._paused = False
 
     def reconnect(self):
@@ -73,7 +75,7 @@ class Clock:
         self.t += s
 
 
-def run(api, poolers, zero=True, to=None, route=lambda leader: True, xact=lambda leader: 0.0, limits=FAST):
+def run(api, poolers, zero=True, to=None, route=lambda endpoint, leader: True, xact=lambda leader: 0.0, limits=FAST):
     clock = Clock()
     return run_switchover(api, poolers, route, xact, to, zero, limits, lambda msg: None, clock, clock.sleep)
 
@@ -86,14 +88,32 @@ def test_zero_error_pauses_switches_waits_for_routing_then_reconnects_and_resume
     log, routed = [], []
     api = FakeApi(snap(), snap(leader="pg2", sync="pg1"))
     ps = poolers(log)
-    report = run(api, ps, route=lambda leader: routed.append(leader) or True)
+    report = run(api, ps, route=lambda endpoint, leader: routed.append((endpoint, leader)) or True)
     assert api.switched == [("pg1", "pg2")]
-    assert routed == ["pg2"] and report.new_leader == "pg2" and report.old_leader == "pg1"
-    kinds = [k for k, _ in log]
-    assert kinds == ["pause"] * 4 + ["reconnect"] * 4 + ["resume"] * 4
+    assert routed == [("rw", "pg2"), ("ro", "pg2")] and report.new_leader == "pg2" and report.old_leader == "pg1"
+    # Writers resume first (once writes are routed), readers after (once reads avoid the new leader).
+    rw, ro = {"lb1:6432", "lb2:6432"}, {"lb1:6433", "lb2:6433"}
+    assert [k for k, _ in log[:4]] == ["pause"] * 4
+    assert [(k, n in rw) for k, n in log[4:8]] == [("reconnect", True)] * 2 + [("resume", True)] * 2
+    assert [(k, n in ro) for k, n in log[8:]] == [("reconnect", True)] * 2 + [("resume", True)] * 2
     assert not any(p.paused() for p in ps)
-    assert set(report.steps) == {"pause", "patroni", "leader", "route", "reconnect", "resume"}
-    assert report.held_s is not None
+    assert set(report.steps) == {"pause", "patroni", "leader", "route_rw", "resume_rw", "route_ro", "resume_ro"}
+    assert set(report.held_by_endpoint_s) == {"rw", "ro"} and report.held_s == max(report.held_by_endpoint_s.values())
+
+
+def test_readers_stay_paused_until_haproxy_stops_reading_from_the_new_leader():
+    log, asked = [], []
+    api = FakeApi(snap(), snap(leader="pg2", sync="pg1"))
+    ps = poolers(log)
+
+    def route(endpoint, leader):  # reads still go to the promoted pg2 on the first two polls
+        asked.append(endpoint)
+        return endpoint == "rw" or asked.count("ro") > 2
+
+    report = run(api, ps, route=route)
+    resumed = [n for k, n in log if k == "resume"]
+    assert set(resumed[:2]) == {"lb1:6432", "lb2:6432"} and set(resumed[2:]) == {"lb1:6433", "lb2:6433"}
+    assert report.steps["route_ro"] > 0 and report.held_by_endpoint_s["ro"] >= report.held_by_endpoint_s["rw"]
 
 
 def test_plain_switchover_touches_no_pooler():
@@ -169,9 +189,9 @@ def test_every_failure_after_the_pause_resumes_every_pooler(case):
     elif case == "no new leader":
         api, route, exc = FakeApi(snap(), snap()), None, NotReady
     else:
-        api, route, exc = FakeApi(snap(), snap(leader="pg2", sync="pg1")), (lambda leader: False), NotReady
+        api, route, exc = FakeApi(snap(), snap(leader="pg2", sync="pg1")), (lambda endpoint, leader: False), NotReady
     with pytest.raises(exc):
-        run(api, ps, route=route or (lambda leader: True))
+        run(api, ps, route=route or (lambda endpoint, leader: True))
     assert [k for k, _ in log].count("resume") == 4 and not any(p.paused() for p in ps)
 
 
@@ -184,7 +204,7 @@ def test_one_pooler_failing_to_resume_does_not_keep_the_others_paused():
 
     ps[0].resume = broken
     run(FakeApi(snap(), snap(leader="pg2", sync="pg1")), ps)
-    assert [n for k, n in log if k == "resume"] == ["lb1:6433", "lb2:6432", "lb2:6433"]
+    assert sorted(n for k, n in log if k == "resume") == ["lb1:6433", "lb2:6432", "lb2:6433"]
 
 
 def test_a_paused_pooler_left_by_a_killed_run_is_named_and_resume_is_offered():
@@ -233,3 +253,33 @@ def test_sigterm_during_the_switchover_resumes_every_pooler():
 
 def test_without_to_the_streaming_sync_standby_is_the_candidate():
     assert check_preconditions(snap(), None, 100) == ("pg1", "pg2")
+
+
+def test_writes_are_routed_once_only_the_new_leader_is_up_in_the_primary_proxy():
+    from careflow_ha.cluster.health import Backend
+    from careflow_ha.cluster.switchover import routes_writes_only_to
+
+    def rw(*up: str) -> list[Backend]:
+        rows = [Backend("primary", n, "UP" if n in up else "DOWN", "L7OK") for n in ("pg1", "pg2", "pg3")]
+        return rows + [Backend("replicas", n, "UP", "L7OK") for n in ("pg1", "pg2", "pg3")]
+
+    assert routes_writes_only_to(rw("pg2"), "pg2")
+    assert not routes_writes_only_to(rw("pg1"), "pg2")  # still the old primary
+    assert not routes_writes_only_to(rw("pg1", "pg2"), "pg2")  # the old one not marked down yet
+    assert not routes_writes_only_to(rw(), "pg2")
+    # The old primary has failed one check of `fall`: HAProxy still routes to it (seen on the lab).
+    going = [Backend("primary", "pg1", "UP 1/2", "L7STS"), Backend("primary", "pg2", "UP", "L7OK")]
+    assert not routes_writes_only_to(going, "pg2")
+    coming = [Backend("primary", "pg1", "DOWN", "L7STS"), Backend("primary", "pg2", "UP", "L7OK"),
+              Backend("primary", "pg3", "DOWN 1/2", "L7OK")]
+    assert routes_writes_only_to(coming, "pg2")
+
+
+def test_reads_avoid_the_new_leader_only_once_haproxy_marked_it_down_there():
+    from careflow_ha.cluster.health import Backend
+    from careflow_ha.cluster.switchover import reads_avoid
+
+    ro = [Backend("replicas", "pg2", "UP 1/2", "L7STS"), Backend("replicas", "pg3", "UP", "L7OK")]
+    assert not reads_avoid(ro, "pg2")
+    assert reads_avoid([ro[1], Backend("replicas", "pg2", "DOWN", "L7STS")], "pg2")
+    assert reads_avoid([Backend("primary", "pg2", "UP", "L7OK")], "pg2")  # the primary proxy is not read

@@ -260,7 +260,8 @@ def test_switchover_through_the_poolers_is_the_zero_error_one_and_reports_its_ho
 
     def switch(candidate):
         asked.append(candidate)
-        return SwitchoverReport("pg1", "pg2", zero_error=True, steps={"pause": 0.01, "patroni": 1.2}, held_s=1.75)
+        return SwitchoverReport("pg1", "pg2", zero_error=True, steps={"pause": 0.01, "patroni": 1.2}, held_s=1.75,
+                                held_by_endpoint_s={"rw": 1.5, "ro": 1.75})
 
     pooled = PooledSwitchover(switch)
     ctx = FaultContext(engine=Engine("podman", ("podman",), ("podman-compose",)), control=FakeControl(),
@@ -269,7 +270,8 @@ def test_switchover_through_the_poolers_is_the_zero_error_one_and_reports_its_ho
     assert asked == ["pg2"] and ctx.control.switchovers == []  # the pooled path, not Patroni's alone
     assert "zero-error switchover pg1 -> pg2" in note and "held 1.75 s" in note
     seen = FAULTS["switchover"].observe(ctx, ("pg1", "pg2"), 0.0, None, lambda line: None)
-    assert seen.figures == {"pooler_held_s": 1.75, "pooler_step_pause_s": 0.01, "pooler_step_patroni_s": 1.2}
+    assert seen.figures == {"pooler_held_s": 1.75, "pooler_held_rw_s": 1.5, "pooler_held_ro_s": 1.75,
+                            "pooler_step_pause_s": 0.01, "pooler_step_patroni_s": 1.2}
 
 
 def test_a_plain_switchover_has_no_pooler_figures(ctx, host):

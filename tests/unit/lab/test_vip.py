@@ -164,6 +164,8 @@ def test_pgbouncer_routes_through_the_poolers_on_the_vip_or_the_first_balancer(t
     from careflow_ha.dsn import through_pooler
 
     assert through_pooler(pooled.dsn("rw")) and not through_pooler(settings.dsn("rw"))
+    # The poolers refuse the superuser (get_auth), so its connections keep to HAProxy's 5000.
+    assert pooled.dsn("rw", "superuser") == settings.dsn("rw", "superuser")
 
 
 def test_routing_reads_the_balancers_and_pooler_ports_from_the_inventory():
