@@ -72,7 +72,7 @@ class StormResult:
     timed_out: bool
 
 
-def short_error(exc: BaseException | str, width: int = 80) -> str:
+def short_error(exc: BaseException | str, width: int = 100) -> str:
     """An error's gist, the same for every client that met it: PostgreSQL's message without the host part."""
     if isinstance(exc, TimeoutError):
         return "timeout"

@@ -34,7 +34,7 @@ def test_percentile_of_nothing_is_none_and_of_one_value_is_that_value():
      "no more connections allowed (max_client_conn)"),
     (TimeoutError(), "timeout"),
     (psycopg.OperationalError(""), "OperationalError"),
-    ("x" * 200, "x" * 77 + "..."),
+    ("x" * 200, "x" * 97 + "..."),
 ])  # fmt: skip
 def test_errors_are_shortened_to_the_same_gist_for_every_client(error, expected):
     assert short_error(error) == expected
