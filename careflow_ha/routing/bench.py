@@ -130,15 +130,15 @@ def bench_role(admin_dsn: str, role: BenchRole | None = None) -> Iterator[BenchR
     """``role`` created in ``admin_dsn``'s database (the EMR's, as the superuser straight on the primary)
     for the ``with`` block, then dropped, also after a failure. A leftover of a killed run goes first."""
     role = role or BenchRole()
-    with psycopg.connect(admin_dsn, autocommit=True) as conn:
-        for stmt in drop_bench_role_sql(role):
-            conn.execute(stmt)
-        # libpq hashes the password here (PQencryptPasswordConn): only the verifier reaches the server
-        # and its logs, never the password.
-        verifier = conn.pgconn.encrypt_password(role.password.encode(), role.name.encode(), b"scram-sha-256")
-        for stmt in create_bench_role_sql(role, verifier.decode()):
-            conn.execute(stmt)
-    try:
+    try:  # a set-up that fails half-way is undone too
+        with psycopg.connect(admin_dsn, autocommit=True) as conn:
+            for stmt in drop_bench_role_sql(role):
+                conn.execute(stmt)
+            # libpq hashes the password here (PQencryptPasswordConn): only the verifier reaches the server
+            # and its logs, never the password.
+            verifier = conn.pgconn.encrypt_password(role.password.encode(), role.name.encode(), b"scram-sha-256")
+            for stmt in create_bench_role_sql(role, verifier.decode()):
+                conn.execute(stmt)
         yield role
     finally:
         drop_bench_role(admin_dsn, role)
