@@ -269,6 +269,12 @@ def compare_cmd(
         raise CheckFailed(f"'{fault.name}' missed a target ({len(missed)} run(s) or the ratio); see the reports")
 
 
+#: The storm's default size (issue 13: 1,000 clients against max_connections 200) and its bounds.
+STORM_CLIENTS = 1000
+STORM_LIMITS = (1, 5000)
+STORM_COLUMNS = ["target", "attempted", "connection_errors", "query_errors", "connect_ms_p95", "txn_ms_p95",
+                 "peak_open_clients", "pg_backends_max"]
+
 #: The primary drills every way in is measured with (issue 12: switchover and primary node loss).
 ROUTING_DRILLS = ("switchover", "primary-node-loss")
 
@@ -286,14 +292,24 @@ ROUTING_DRILLS = ("switchover", "primary-node-loss")
 @click.option("--haproxy-ab/--no-haproxy-ab", default=True, show_default=True,
               help="Also pgbench temporary copies of the VIP holder's HAProxy, one unchanged (the control) and "
               "one per setting changed (nbthread 1, option splice-auto), in the same rotation.")
+@click.option("--storm/--no-storm", default=None,
+              help="Connection storm through PgBouncer (VIP:6432): --storm-clients connections at once, each "
+              "running 3 short transactions [default: on when the pgbouncer way in is measured].")
+@click.option("--storm-clients", default=str(STORM_CLIENTS), show_default=True, metavar="N",
+              help=f"Client connections of the storm ({STORM_LIMITS[0]}..{STORM_LIMITS[1]}).")
+@click.option("--storm-control/--no-storm-control", default=True, show_default=True,
+              help="Also the same storm straight through HAProxy 5000, capped at 300 connections: the control "
+              "that shows max_connections refusing logins.")
 @drill_preset_option
 @engine_option
 @force_option
 @format_option
 def bench_routing_cmd(seconds: int, clients: int, rounds: int, drill_runs: int, only: tuple[str, ...],
-                      haproxy_ab: bool, preset: str, engine_name: str | None, force: bool, fmt: str) -> None:
-    """Every provisioned way in (see --via) side by side: pgbench TPS as a ratio to direct connections, and
-    the switchover and node-loss write outage; a Markdown + JSON + PNG report."""
+                      haproxy_ab: bool, storm: bool | None, storm_clients: str, storm_control: bool, preset: str,
+                      engine_name: str | None, force: bool, fmt: str) -> None:
+    """Every provisioned way in (see --via) side by side: pgbench TPS as a ratio to direct connections, the
+    switchover and node-loss write outage, and a connection storm through PgBouncer; a Markdown + JSON +
+    PNG report."""
     from careflow_ha.routing.bench import (
         BenchPath,
         bench_paths,
@@ -311,6 +327,7 @@ def bench_routing_cmd(seconds: int, clients: int, rounds: int, drill_runs: int, 
         except UsageError as err:
             raise UsageError(str(err).replace("--via", "--way", 1)) from None
     ways = tuple(w for w in ways if not only or w in only)
+    storm, n_storm = check_storm_options(storm, storm_clients, ways)
     if drill_runs:
         confirm_or_force(
             f"Run {len(ROUTING_DRILLS) * drill_runs * len(ways)} drills ({', '.join(ROUTING_DRILLS)} through "
@@ -324,6 +341,7 @@ def bench_routing_cmd(seconds: int, clients: int, rounds: int, drill_runs: int, 
     with _haproxy_variants(settings, engine_name, haproxy_ab) as variants:
         paths = (*paths, *(BenchPath(name, where) for name, where in variants.items()))
         results = run_pgbench_paths(settings, paths, progress, seconds=seconds, clients=clients, rounds=rounds)
+    storms = _storms(settings, paths[0], n_storm, storm_control) if storm else []
     outages: dict[str, dict[str, list[dict[str, Any]]]] = {}
     # One runner per way, built once: each applies the preset's HAProxy timing only when it changes.
     runners = {way: _runner(engine_name, False, way) for way in ways} if drill_runs else {}
@@ -340,12 +358,48 @@ def bench_routing_cmd(seconds: int, clients: int, rounds: int, drill_runs: int, 
         "paths": {p.name: p.where for p in paths},
     }
     folder = settings.reports_dir / "bench" / "routing" / time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(started))
-    md = write_routing_report(folder, meta, [dataclasses.asdict(r) for r in results], pgbench_rows, outage_rows)
+    md = write_routing_report(folder, meta, [dataclasses.asdict(r) for r in results], pgbench_rows, outage_rows,
+                              storms)
     progress(f"report: {md.relative_to(settings.project_dir)}")
-    emit({"pgbench": pgbench_rows, "outages": outage_rows, "report": str(md.relative_to(settings.project_dir))}, fmt,
+    emit({"pgbench": pgbench_rows, "outages": outage_rows, "storms": storms,
+          "report": str(md.relative_to(settings.project_dir))}, fmt,
          lambda d: "\n\n".join([table(d["pgbench"], list(d["pgbench"][0]) if d["pgbench"] else ["mode"]),
                                  table(d["outages"], list(d["outages"][0])) if d["outages"] else "(no drills)",
+                                 table(d["storms"], STORM_COLUMNS) if d["storms"] else "(no storm)",
                                  f"report: {d['report']}"]))
+
+
+def check_storm_options(storm: bool | None, clients: str, ways: Sequence[str]) -> tuple[bool, int]:
+    """(run the storm?, its clients): on by default when the pgbouncer way in is measured. Bad values: one
+    line and exit 2 (click's own range check prints a usage block instead)."""
+    low, high = STORM_LIMITS
+    if not clients.strip().isdigit() or not low <= int(clients) <= high:
+        raise UsageError(f"--storm-clients {clients!r} is not a whole number in {low}..{high}; "
+                         f"use e.g. --storm-clients {STORM_CLIENTS}")
+    if storm and "pgbouncer" not in ways:
+        raise UsageError("--storm needs the pgbouncer way in; provision it (or add --way pgbouncer), or use --no-storm")
+    return ("pgbouncer" in ways if storm is None else storm), int(clients)
+
+
+def _storms(settings: Settings, direct: Any, clients: int, control: bool) -> list[dict[str, Any]]:
+    """The storm through PgBouncer, then (``control``) through HAProxy 5000 capped at CONTROL_CAP; PostgreSQL's
+    backends counted by the superuser straight on the primary (``direct``)."""
+    from careflow_ha.dsn import pooler_safe
+    from careflow_ha.routing.bench import admin_conninfo
+    from careflow_ha.routing.storm import CONTROL_CAP, StormConfig, run_storm, summarise_storm
+
+    monitor = admin_conninfo(settings, direct, "postgres")
+    targets = [("pgbouncer", clients)]
+    if control:
+        targets.append(("haproxy-vip", min(clients, CONTROL_CAP)))
+    rows = []
+    for target, n in targets:
+        dsn = settings.with_via(target).dsn("rw", "app")
+        progress(f"storm: {n} client connections at once via {target}")
+        result = run_storm(target, dsn, pooler_safe(dsn, {"autocommit": True}), StormConfig(clients=n), monitor)
+        rows.append(summarise_storm(result))
+        time.sleep(5)  # let the refused and closed connections drain before the next storm or the drills
+    return rows
 
 
 def _haproxy_variants(settings: Settings, engine_name: str | None, wanted: bool):

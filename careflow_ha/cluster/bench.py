@@ -44,12 +44,13 @@ def _pgbench(settings: Settings, args: list[str], port: int, timeout: float) -> 
     return pgbench_conninfo(settings, args, f"host={settings.host} port={port}", timeout)
 
 
-def pgbench_conninfo(settings: Settings, args: list[str], where: str, timeout: float) -> str:
-    """pgbench ``args`` as the superuser on the pgbench database at ``where`` (libpq keywords: ``host=a,b
-    port=5432,5432 target_session_attrs=read-write``, so multi-host works too). The password goes through
-    the environment (PGPASSWORD), never argv."""
-    env = {**os.environ, "PGPASSWORD": settings.password("superuser")}
-    conninfo = f"{where} user={ROLE_NAMES['superuser']} dbname={BENCH_DB} connect_timeout=10"
+def pgbench_conninfo(settings: Settings, args: list[str], where: str, timeout: float, user: str | None = None,
+                     dbname: str = BENCH_DB, password: str | None = None) -> str:
+    """pgbench ``args`` as ``user`` (default: the superuser, with its password) on ``dbname`` at ``where``
+    (libpq keywords: ``host=a,b port=5432,5432 target_session_attrs=read-write``, so multi-host works too).
+    The password goes through the environment (PGPASSWORD), never argv."""
+    env = {**os.environ, "PGPASSWORD": settings.password("superuser") if password is None else password}
+    conninfo = f"{where} user={user or ROLE_NAMES['superuser']} dbname={dbname} connect_timeout=10"
     proc = subprocess.run(
         [str(PGBENCH), *args, conninfo], env=env, capture_output=True, text=True, timeout=timeout, check=False
     )

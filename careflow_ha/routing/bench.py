@@ -7,14 +7,24 @@ are the figures to trust, not the absolute TPS.
 
 from __future__ import annotations
 
+import secrets
 import statistics
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 
-from careflow_ha.cluster.bench import MODES, create_bench_db, drop_bench_db, parse_pgbench, pgbench_conninfo
-from careflow_ha.settings import Settings
+import psycopg
+from psycopg import sql
+from psycopg.conninfo import make_conninfo
+
+from careflow_ha.cluster.bench import MODES, parse_pgbench, pgbench_conninfo
+from careflow_ha.settings import DB_NAME, ROLE_NAMES, Settings
 
 DIRECT = "direct"
+#: The throwaway login every pgbench path runs as, and the schema it owns in the EMR database. One name for
+#: both, fixed, so a leftover of a killed run is found and removed by the next one.
+BENCH_ROLE = "careflow_bench"
+BENCH_SCHEMA = "careflow_bench"
 
 
 @dataclass(frozen=True)
@@ -61,10 +71,77 @@ def bench_paths(settings: Settings, leader: str, ways: Sequence[str] | None = No
             paths.append(BenchPath(
                 way, f"host={','.join(ips)} port={','.join([str(port)] * len(ips))} target_session_attrs=read-write"
             ))
-        # pgbouncer: not measured by pgbench yet. The pools serve only the EMR database (auth_query runs
-        # in the database asked for, and get_auth() exists in careflow only), and pgbench works in its
-        # own database; its drills still run through the pooler.
+        elif way == "pgbouncer":
+            # PgBouncer's pools serve only the EMR database, as non-superusers (get_auth() refuses superusers):
+            # so every path runs pgbench as BENCH_ROLE in its own schema there (bench_role).
+            host, pport = settings.pooler_endpoint("rw")
+            paths.append(BenchPath(way, f"host={host} port={pport}"))
     return tuple(paths)
+
+
+@dataclass(frozen=True)
+class BenchRole:
+    """The pgbench login of one run: a random password, made here and never stored or printed."""
+
+    name: str = BENCH_ROLE
+    schema: str = BENCH_SCHEMA
+    dbname: str = DB_NAME
+    password: str = field(default_factory=lambda: secrets.token_urlsafe(24), repr=False)
+
+
+def drop_bench_role_sql(role: BenchRole) -> list[sql.Composed]:
+    """Remove the schema (pgbench's tables with it) and the role; a no-op when neither exists.
+
+    The role's backends are ended first: PgBouncer keeps idle server connections as this role for
+    server_idle_timeout, and a next run must not meet them with an old password.
+    """
+    return [
+        sql.SQL("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = {}").format(
+            sql.Literal(role.name)),
+        sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(role.schema)),
+        sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(role.name)),
+    ]
+
+
+def create_bench_role_sql(role: BenchRole, verifier: str) -> list[sql.Composed]:
+    """The login (SCRAM ``verifier``, no privilege beyond its schema), its schema, and a search_path setting.
+
+    The search_path is a role setting in the database, not a client ``-c search_path``: PgBouncer 1.18
+    refuses an ``options`` startup parameter, and PostgreSQL applies a role setting to every session of
+    the role, also to the server connections PgBouncer opens for it.
+    """
+    return [
+        sql.SQL("CREATE ROLE {} LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION PASSWORD {}").format(
+            sql.Identifier(role.name), sql.Literal(verifier)),
+        sql.SQL("CREATE SCHEMA {} AUTHORIZATION {}").format(sql.Identifier(role.schema), sql.Identifier(role.name)),
+        sql.SQL("ALTER ROLE {} IN DATABASE {} SET search_path = {}").format(
+            sql.Identifier(role.name), sql.Identifier(role.dbname), sql.Identifier(role.schema)),
+    ]
+
+
+def drop_bench_role(admin_dsn: str, role: BenchRole) -> None:
+    with psycopg.connect(admin_dsn, autocommit=True) as conn:
+        for stmt in drop_bench_role_sql(role):
+            conn.execute(stmt)
+
+
+@contextmanager
+def bench_role(admin_dsn: str, role: BenchRole | None = None) -> Iterator[BenchRole]:
+    """``role`` created in ``admin_dsn``'s database (the EMR's, as the superuser straight on the primary)
+    for the ``with`` block, then dropped, also after a failure. A leftover of a killed run goes first."""
+    role = role or BenchRole()
+    try:  # a set-up that fails half-way is undone too
+        with psycopg.connect(admin_dsn, autocommit=True) as conn:
+            for stmt in drop_bench_role_sql(role):
+                conn.execute(stmt)
+            # libpq hashes the password here (PQencryptPasswordConn): only the verifier reaches the server
+            # and its logs, never the password.
+            verifier = conn.pgconn.encrypt_password(role.password.encode(), role.name.encode(), b"scram-sha-256")
+            for stmt in create_bench_role_sql(role, verifier.decode()):
+                conn.execute(stmt)
+        yield role
+    finally:
+        drop_bench_role(admin_dsn, role)
 
 
 def run_pgbench_paths(
@@ -76,25 +153,39 @@ def run_pgbench_paths(
     scale: int = 10,
     rounds: int = 2,
 ) -> list[PathResult]:
-    """Initialise a pgbench database through the first way in, then alternate every path per round and mode."""
-    admin = settings.dsn("rw", "superuser", "postgres")
-    create_bench_db(admin)
+    """Initialise pgbench's tables direct to the primary (``paths[0]``), then alternate every path per round
+    and mode. Every path runs as the same non-superuser (BenchRole) in the same schema of the EMR database,
+    so the ratios compare like with like, PgBouncer included."""
+    if paths[0].name != DIRECT:
+        raise ValueError("the first path must be direct to the primary")
+    with bench_role(admin_conninfo(settings, paths[0])) as role:
+        return _run_as(settings, role, paths, progress, seconds, clients, scale, rounds)
+
+
+def admin_conninfo(settings: Settings, path: BenchPath, dbname: str = DB_NAME) -> str:
+    """The superuser on ``path`` (straight on the primary): set-up, teardown and the storm's backend count."""
+    return make_conninfo(path.where, user=ROLE_NAMES["superuser"], dbname=dbname, connect_timeout=10,
+                         password=settings.password("superuser"))
+
+
+def _run_as(settings: Settings, role: BenchRole, paths: Sequence[BenchPath], progress: Callable[[str], None],
+            seconds: int, clients: int, scale: int, rounds: int) -> list[PathResult]:
     results: list[PathResult] = []
-    try:
-        progress(f"bench: pgbench -i -s {scale} via {paths[-1].name}")
-        pgbench_conninfo(settings, ["-i", "-q", "-s", str(scale)], paths[-1].where, timeout=600)
-        common = ["-c", str(clients), "-j", "2", "-T", str(seconds), "-n"]
-        for mode, extra in MODES.items():
-            for round_no in range(rounds):
-                # Rotate the order each round: no path always runs first (cold) or last.
-                shift = round_no % len(paths)
-                for path in (*paths[shift:], *paths[:shift]):
-                    progress(f"bench: {mode} via {path.name} (round {round_no + 1}/{rounds}, {seconds}s)")
-                    out = pgbench_conninfo(settings, [*common, *extra], path.where, timeout=seconds * 3 + 60)
-                    tps, lat = parse_pgbench(out)
-                    results.append(PathResult(mode, path.name, tps, lat))
-    finally:
-        drop_bench_db(admin)
+    login = {"user": role.name, "dbname": role.dbname, "password": role.password}
+    progress(f"bench: pgbench -i -s {scale} via {paths[0].name} as {role.name}")
+    pgbench_conninfo(settings, ["-i", "-q", "-s", str(scale)], paths[0].where, timeout=600, **login)
+    # pgbench's default -M simple sends each statement as one Query message: no server-side prepared
+    # statement, so it is correct under PgBouncer's transaction pooling (-M extended/prepared would not be).
+    common = ["-c", str(clients), "-j", "2", "-T", str(seconds), "-n"]
+    for mode, extra in MODES.items():
+        for round_no in range(rounds):
+            # Rotate the order each round: no path always runs first (cold) or last.
+            shift = round_no % len(paths)
+            for path in (*paths[shift:], *paths[:shift]):
+                progress(f"bench: {mode} via {path.name} (round {round_no + 1}/{rounds}, {seconds}s)")
+                out = pgbench_conninfo(settings, [*common, *extra], path.where, timeout=seconds * 3 + 60, **login)
+                tps, lat = parse_pgbench(out)
+                results.append(PathResult(mode, path.name, tps, lat))
     return results
 
 

@@ -8,7 +8,11 @@ from pathlib import Path
 from typing import Any
 
 from careflow_ha.routing.haproxy_ab import CONTROL, VARIANTS
+from careflow_ha.routing.storm import MAX_CONNECTIONS, WHY_POOLER_ABSORBS
 from careflow_ha.settings import WAYS_IN
+
+#: Issue 13's throughput target, per (mode, path): the ratio to direct in the same run must reach it.
+TARGETS: Mapping[tuple[str, str], float] = {("tpcb-like", "pgbouncer"): 0.85}
 
 #: When each way in is the right choice; the measured figures below it say how much each choice costs.
 WHEN_TO_CHOOSE: Mapping[str, str] = {
@@ -37,14 +41,48 @@ def _table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str]) -> list[st
     return out
 
 
-def verdict_lines(pgbench: Sequence[Mapping[str, Any]], outages: Sequence[Mapping[str, Any]]) -> list[str]:
+def with_targets(pgbench: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """The pgbench rows with a ``target`` column: ``>= 0.85x: pass`` / ``miss`` where TARGETS has one."""
+    rows = []
+    for r in pgbench:
+        target = TARGETS.get((r["mode"], r["path"]))
+        said = None
+        if target is not None:
+            ratio = r.get("ratio_to_direct")
+            said = f">= {target}x: " + ("not measured" if ratio is None else "pass" if ratio >= target else "miss")
+        rows.append({**r, "target": said})
+    return rows
+
+
+def storm_lines(storms: Sequence[Mapping[str, Any]]) -> list[str]:
+    """The connection storm in a sentence per target."""
+    lines = []
+    for s in storms:
+        errors = s["connection_errors"]
+        kinds = "; ".join(f"{n} x {msg!r}" for msg, n in s["connection_error_messages"].items())
+        lines.append(
+            f"- Connection storm via {s['target']}: {s['attempted']} clients, **{errors} connection errors**"
+            f"{f' ({kinds})' if kinds else ''}, peak {s['peak_open_clients']} open at once, PostgreSQL saw "
+            f"{'-' if s['pg_backends_max'] is None else s['pg_backends_max']} backends at most "
+            f"(max_connections {MAX_CONNECTIONS})"
+            + (" (target: 0 errors: " + ("pass" if s["errors_target_met"] else "miss") + ")"
+               if s["target"] == "pgbouncer" else "") + ".")
+    return lines
+
+
+def verdict_lines(pgbench: Sequence[Mapping[str, Any]], outages: Sequence[Mapping[str, Any]],
+                  storms: Sequence[Mapping[str, Any]] = ()) -> list[str]:
     """What the figures of this run say, in a sentence per question."""
     lines = []
+    for r in with_targets(pgbench):
+        if r["target"]:
+            lines.append(f"- {r['path']} on {r['mode']}: {r['ratio_to_direct'] or '-'}x direct, target {r['target']}.")
     tpcb = [r for r in pgbench if r["mode"] == "tpcb-like" and r["path"] in WAYS_IN and r["ratio_to_direct"]]
     if tpcb:
         best = max(tpcb, key=lambda r: r["ratio_to_direct"])
         lines.append(f"- Least overhead on tpcb-like writes: **{best['path']}** at {best['ratio_to_direct']}x direct.")
-        below = [r for r in tpcb if r["path"] != "haproxy-vip" and r["ratio_to_direct"] < 0.95]
+        # HAProxy and PgBouncer (in front of HAProxy) are proxies: their targets are their own (TARGETS).
+        below = [r for r in tpcb if r["path"] not in ("haproxy-vip", "pgbouncer") and r["ratio_to_direct"] < 0.95]
         if below:
             names = ", ".join(f"{r['path']} ({r['ratio_to_direct']}x)" for r in below)
             lines.append(f"- Below the 0.95x target for a proxy-free way in: {names}.")
@@ -60,7 +98,7 @@ def verdict_lines(pgbench: Sequence[Mapping[str, Any]], outages: Sequence[Mappin
     lost = sum(int(r["lost_acked"] or 0) for r in outages)
     if outages:
         lines.append(f"- Acknowledged writes lost over every drill run: **{lost}**.")
-    return lines
+    return lines + storm_lines(storms)
 
 
 def haproxy_ab_lines(pgbench: Sequence[Mapping[str, Any]]) -> list[str]:
@@ -81,8 +119,29 @@ def haproxy_ab_lines(pgbench: Sequence[Mapping[str, Any]]) -> list[str]:
     return lines
 
 
+STORM_COLUMNS = ["target", "attempted", "connected", "connection_errors", "query_errors", "connect_ms_p50",
+                 "connect_ms_p95", "connect_ms_max", "txn_ms_p50", "txn_ms_p95", "txn_ms_max", "peak_open_clients",
+                 "pg_backends_at_peak", "pg_backends_max", "elapsed_s"]
+
+
+def storm_section(storms: Sequence[Mapping[str, Any]]) -> list[str]:
+    if not storms:
+        return []
+    errors = [f"- {s['target']}: {n} x `{msg}`" for s in storms
+              for msg, n in {**s["connection_error_messages"], **s["query_error_messages"]}.items()]
+    return [
+        "## Connection storm: clients opened at once, each holding its connection for a few transactions",
+        "",
+        *_table(storms, STORM_COLUMNS),
+        "",
+        *(["Errors by message:", "", *errors, ""] if errors else []),
+        WHY_POOLER_ABSORBS,
+        "",
+    ]
+
+
 def render_markdown(meta: Mapping[str, Any], pgbench: Sequence[Mapping[str, Any]],
-                    outages: Sequence[Mapping[str, Any]]) -> str:
+                    outages: Sequence[Mapping[str, Any]], storms: Sequence[Mapping[str, Any]] = ()) -> str:
     lines = [
         "# Routing benchmark: every way in, side by side",
         "",
@@ -91,12 +150,16 @@ def render_markdown(meta: Mapping[str, Any], pgbench: Sequence[Mapping[str, Any]
         "",
         "## What the figures say",
         "",
-        *(verdict_lines(pgbench, outages) or ["- Nothing was measured."]),
+        *(verdict_lines(pgbench, outages, storms) or ["- Nothing was measured."]),
         "",
         "## Throughput (pgbench), ratio to direct connections to the primary in the same run",
         "",
-        *_table(pgbench, ["mode", "path", "runs", "tps", "latency_ms", "ratio_to_direct"]),
+        *_table(with_targets(pgbench), ["mode", "path", "runs", "tps", "latency_ms", "ratio_to_direct", "target"]),
         "",
+        "Every path runs pgbench as the same non-superuser in the same schema of the EMR database "
+        "(PgBouncer serves only that database, and no superuser).",
+        "",
+        *storm_section(storms),
         "## Write outage through each way in (median of the runs)",
         "",
         *(_table(outages, ["path", "drill", "runs", "measured", "median_write_outage_s", "max_write_outage_s",
@@ -158,13 +221,14 @@ def write_chart(path: Path, pgbench: Sequence[Mapping[str, Any]], outages: Seque
 
 
 def write_report(folder: Path, meta: Mapping[str, Any], results: Sequence[Mapping[str, Any]],
-                 pgbench: Sequence[Mapping[str, Any]], outages: Sequence[Mapping[str, Any]]) -> Path:
+                 pgbench: Sequence[Mapping[str, Any]], outages: Sequence[Mapping[str, Any]],
+                 storms: Sequence[Mapping[str, Any]] = ()) -> Path:
     """report.json (every run), report.md and report.png in ``folder``; returns the Markdown's path."""
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "report.json").write_text(
-        json.dumps({"meta": dict(meta), "pgbench_runs": list(results), "pgbench": list(pgbench),
-                    "outages": list(outages)}, indent=2), encoding="utf-8")
+        json.dumps({"meta": dict(meta), "pgbench_runs": list(results), "pgbench": with_targets(pgbench),
+                    "outages": list(outages), "storms": list(storms)}, indent=2), encoding="utf-8")
     write_chart(folder / "report.png", pgbench, outages)
     md = folder / "report.md"
-    md.write_text(render_markdown(meta, pgbench, outages), encoding="utf-8")
+    md.write_text(render_markdown(meta, pgbench, outages, storms), encoding="utf-8")
     return md

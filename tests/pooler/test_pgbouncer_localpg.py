@@ -227,3 +227,50 @@ def test_a_pause_left_by_a_killed_run_is_seen_by_a_new_process_and_resumed(bounc
     assert resume_all([fresh], lambda msg: None) == []
     assert fresh.paused() is False
     assert [s.state for s in pooler_states([fresh])] == ["running"]
+
+
+def _loopback_settings(local_pg, tmp_path):
+    from types import MappingProxyType
+
+    from careflow_ha.settings import PORT_DEFAULTS, SECRET_FOR_ROLE, Settings
+
+    secrets = {SECRET_FOR_ROLE[r]: local_pg.server.passwords[r] for r in ("superuser", "app", "ro")}
+    return Settings(project_dir=tmp_path, ports=MappingProxyType(dict(PORT_DEFAULTS)),
+                    secrets=MappingProxyType(secrets))
+
+
+def test_pgbench_runs_through_the_pooler_as_the_bench_role_in_its_schema(bouncer, local_pg, tmp_path):
+    """bench routing's pgbouncer path: no options startup parameter, so the tables are found through the
+    role's search_path setting on the server connections PgBouncer opens; -M simple suits transaction pooling."""
+    from careflow_ha.routing.bench import BENCH_ROLE, BenchPath, run_pgbench_paths
+
+    paths = [BenchPath("direct", f"host=127.0.0.1 port={local_pg.port}"),
+             BenchPath("pgbouncer", f"host=127.0.0.1 port={bouncer.port}")]
+    results = run_pgbench_paths(_loopback_settings(local_pg, tmp_path), paths, lambda _m: None, seconds=5,
+                                clients=2, scale=1, rounds=1)
+    assert sorted((r.mode, r.path) for r in results) == [("select-only", "direct"), ("select-only", "pgbouncer"),
+                                                         ("tpcb-like", "direct"), ("tpcb-like", "pgbouncer")]
+    assert all(r.tps > 0 for r in results)
+    with psycopg.connect(local_pg.superuser_dsn) as conn:
+        assert conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (BENCH_ROLE,)).fetchone() is None
+
+
+def test_the_pooler_absorbs_a_storm_that_max_connections_refuses_straight(bouncer, local_pg):
+    """The same storm, larger than the server's max_connections (100), straight and through PgBouncer: the
+    straight one is refused past the server's slots, the pooled one is served with no error while the
+    server never sees more than max_db_connections of the pooler's backends."""
+    from careflow_ha.routing.storm import StormConfig, run_storm, summarise_storm
+
+    with psycopg.connect(local_pg.superuser_dsn) as conn:
+        max_connections = int(conn.execute("SHOW max_connections").fetchone()[0])
+    clients = max_connections + 50
+    cfg = StormConfig(clients=clients, hold_s=1.0, connect_timeout_s=20, query_timeout_s=20, total_s=90)
+    monitor = local_pg.server.dsn("superuser", "postgres")
+    straight = summarise_storm(run_storm("direct", local_pg.app_dsn, {"autocommit": True}, cfg, monitor))
+    pooled = summarise_storm(run_storm("pgbouncer", bouncer.app_dsn,
+                                       pooler_safe(bouncer.app_dsn, {"autocommit": True}, ports=tuple(PORT)), cfg,
+                                       monitor))
+    assert straight["connection_errors"] >= 50 and straight["connected"] < max_connections
+    assert (pooled["connected"], pooled["connection_errors"], pooled["query_errors"]) == (clients, 0, 0)
+    assert pooled["errors_target_met"] is True and pooled["peak_open_clients"] == clients
+    assert pooled["pg_backends_max"] < max_connections

@@ -142,3 +142,33 @@ def test_bench_routing_refuses_a_way_in_that_is_not_provisioned_before_running_a
     assert code == 2 and calls == []
     assert err.strip().splitlines()[-1].startswith("careflow-ha: error: --way leader-vip is not provisioned")
     assert "use one of haproxy-vip" in err
+
+
+@pytest.mark.parametrize("value", ["0", "5001", "-3", "many", "1.5"])
+def test_bench_routing_refuses_a_bad_storm_size_in_one_line_before_running_anything(fake_lab, capsys, value):
+    calls, _, _ = fake_lab
+    code, _, err = invoke(capsys, "bench", "routing", "--storm-clients", value, "--no-storm", "--force")
+    assert code == 2 and calls == []
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert err.strip() == (f"careflow-ha: error: --storm-clients {value!r} is not a whole number in 1..5000; "
+                           "use e.g. --storm-clients 1000")
+
+
+def test_bench_routing_storm_needs_the_pgbouncer_way_in(fake_lab, capsys):
+    calls, _, _ = fake_lab  # the fake lab's inventory has no balancers: no pgbouncer way in
+    code, _, err = invoke(capsys, "bench", "routing", "--storm", "--force")
+    assert code == 2 and calls == []
+    assert err.strip() == ("careflow-ha: error: --storm needs the pgbouncer way in; provision it (or add --way "
+                           "pgbouncer), or use --no-storm")
+
+
+@pytest.mark.parametrize(("storm", "ways", "expected"), [
+    (None, ("haproxy-vip", "pgbouncer"), (True, 1000)),  # default: on when the pooler is measured
+    (None, ("haproxy-vip",), (False, 1000)),
+    (False, ("haproxy-vip", "pgbouncer"), (False, 1000)),
+    (True, ("pgbouncer",), (True, 1000)),
+])  # fmt: skip
+def test_the_storm_is_on_by_default_only_with_the_pgbouncer_way_in(storm, ways, expected):
+    assert drills_cli.check_storm_options(storm, "1000", ways) == expected
+    assert drills_cli.check_storm_options(storm, "5000", ways)[1] == 5000
+    assert drills_cli.check_storm_options(storm, "1", ways)[1] == 1

@@ -6,8 +6,16 @@ import json
 
 import pytest
 
-from careflow_ha.routing.bench import PathResult, bench_paths, summarise_outages, summarise_pgbench
-from careflow_ha.routing.report import render_markdown, verdict_lines, write_report
+from careflow_ha.routing.bench import (
+    BenchRole,
+    PathResult,
+    bench_paths,
+    create_bench_role_sql,
+    drop_bench_role_sql,
+    summarise_outages,
+    summarise_pgbench,
+)
+from careflow_ha.routing.report import render_markdown, verdict_lines, with_targets, write_report
 from careflow_ha.settings import PROJECT_DIR, WAYS_IN, load_settings
 
 RUNS = [
@@ -67,7 +75,7 @@ def test_report_has_markdown_json_and_png_and_advice_for_every_way(tmp_path):
     meta = {**meta, "paths": {"direct": "", "haproxy-vip": ""}}
     assert "- **haproxy-vip**: " in render_markdown(meta, pgbench, [])
     assert "Drills were not run" in text and "| tpcb-like | haproxy-vip | 2 | 730.0 |" in text
-    assert json.loads((tmp_path / "report.json").read_text())["pgbench"] == pgbench
+    assert json.loads((tmp_path / "report.json").read_text())["pgbench"] == [{**r, "target": None} for r in pgbench]
     assert (tmp_path / "report.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert render_markdown({**meta, "paths": {}}, pgbench, []) == text
 
@@ -77,13 +85,14 @@ def test_bench_paths_go_direct_to_the_leader_on_the_cluster_network(tmp_path, le
     (tmp_path / "inventory").symlink_to(PROJECT_DIR / "inventory")
     settings = load_settings(tmp_path, environ={})
     paths = {p.name: p.where for p in bench_paths(settings, leader)}
-    assert list(paths) == ["direct", "haproxy-vip", "leader-vip", "libpq-multihost"]
+    assert list(paths) == ["direct", "haproxy-vip", "leader-vip", "libpq-multihost", "pgbouncer"]
     assert paths["direct"] == f"host={settings.routing.node_ips[leader]} port=5432"
     assert paths["haproxy-vip"] == "host=192.168.56.100 port=5000"
     assert paths["leader-vip"] == "host=192.168.56.101 port=5432"
     assert paths["libpq-multihost"] == (
         "host=192.168.56.11,192.168.56.12,192.168.56.13 port=5432,5432,5432 target_session_attrs=read-write"
     )
+    assert paths["pgbouncer"] == "host=192.168.56.100 port=6432"  # PgBouncer's read-write port on the VIP
     assert all(settings.password(r) not in " ".join(paths.values()) for r in ("superuser", "app", "ro"))
 
 
@@ -92,3 +101,53 @@ def test_bench_paths_keep_only_the_ways_asked_for(tmp_path):
     settings = load_settings(tmp_path, environ={})
     paths = [p.name for p in bench_paths(settings, "pg1", ("leader-vip", "haproxy-vip"))]
     assert paths == ["direct", "haproxy-vip", "leader-vip"]  # direct always, then WAYS_IN order
+
+
+def test_pgbouncer_is_left_out_when_the_inventory_has_no_balancers(tmp_path):
+    (tmp_path / "inventory").mkdir()
+    lab = (PROJECT_DIR / "inventory" / "lab.yml").read_text()
+    (tmp_path / "inventory" / "lab.yml").write_text(lab.replace("    balancers:", "    no_balancers:", 1))
+    settings = load_settings(tmp_path, environ={})
+    assert "pgbouncer" not in [p.name for p in bench_paths(settings, "pg1")]
+    assert "pgbouncer" in [p.name for p in bench_paths(load_settings(PROJECT_DIR, environ={}), "pg1")]
+
+
+def test_the_bench_role_sql_is_quoted_and_grants_nothing_beyond_its_schema():
+    role = BenchRole(name='bench"x', schema="s p", dbname="careflow", password="never-in-sql")
+    create = [s.as_string(None) for s in create_bench_role_sql(role, "SCRAM-SHA-256$4096:c2FsdA==$a:b")]
+    assert create == [
+        'CREATE ROLE "bench""x" LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION PASSWORD '
+        "'SCRAM-SHA-256$4096:c2FsdA==$a:b'",
+        'CREATE SCHEMA "s p" AUTHORIZATION "bench""x"',
+        'ALTER ROLE "bench""x" IN DATABASE "careflow" SET search_path = "s p"',
+    ]
+    drop = [s.as_string(None) for s in drop_bench_role_sql(role)]
+    assert drop == [
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = 'bench\"x'",
+        'DROP SCHEMA IF EXISTS "s p" CASCADE',
+        'DROP ROLE IF EXISTS "bench""x"',
+    ]
+    assert all("never-in-sql" not in s for s in create + drop)
+
+
+def test_the_bench_role_password_is_random_per_run_and_not_in_its_repr():
+    one, two = BenchRole(), BenchRole()
+    assert one.password != two.password and len(one.password) >= 32
+    assert one.password not in repr(one) and one.password not in str(one)
+
+
+def test_the_pgbouncer_row_shows_the_085_target_pass_or_miss():
+    runs = [PathResult("tpcb-like", "direct", 1000.0, 8.0), PathResult("tpcb-like", "pgbouncer", 860.0, 9.3),
+            PathResult("select-only", "direct", 5000.0, 1.6), PathResult("select-only", "pgbouncer", 3000.0, 2.6)]
+    rows = {(r["mode"], r["path"]): r for r in with_targets(summarise_pgbench(runs))}
+    assert rows[("tpcb-like", "pgbouncer")]["target"] == ">= 0.85x: pass"
+    assert rows[("select-only", "pgbouncer")]["target"] is None  # the issue's target is on tpcb-like only
+    assert rows[("tpcb-like", "direct")]["target"] is None
+    missed = with_targets(summarise_pgbench([runs[0], PathResult("tpcb-like", "pgbouncer", 840.0, 9.5)]))
+    assert missed[1]["target"] == ">= 0.85x: miss"
+    lines = verdict_lines(summarise_pgbench(runs), [])
+    assert "- pgbouncer on tpcb-like: 0.86x direct, target >= 0.85x: pass." in lines
+    assert not any("0.95x target" in line for line in lines)  # PgBouncer is a proxy: 0.85x is its target
+    md = render_markdown({"started_utc": "t", "leader": "pg1", "clients": 8, "seconds": 20, "rounds": 2,
+                          "preset": "fast", "drill_runs": 0}, summarise_pgbench(runs), [])
+    assert "| tpcb-like | pgbouncer | 1 | 860.0 | 9.3 | 0.86 | >= 0.85x: pass |" in md
