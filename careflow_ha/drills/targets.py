@@ -57,11 +57,13 @@ def verdicts(
     out: list[Verdict] = []
     bound = WRITE_OUTAGE_TARGETS_S.get(name)
     if name == "switchover" and via == POOLED_WAY:
-        # Held, not refused: the gap between acknowledgements is the stall the client saw, every preset.
-        secs = a.write_outage.seconds
+        # Held, not refused: the gap between acknowledgements is the stall a client saw (writer or reader),
+        # every preset.
+        w, r = a.write_outage.seconds, a.read_outage.seconds
+        secs = None if w is None or r is None else max(w, r)
         out.append(Verdict(f"worst client stall <= {POOLED_SWITCHOVER_STALL_S:g} s",
                            None if secs is None else secs <= POOLED_SWITCHOVER_STALL_S,
-                           "never recovered" if secs is None else f"{secs:.2f} s"))
+                           "never recovered" if secs is None else f"{secs:.2f} s (writes {w:.2f} s, reads {r:.2f} s)"))
         out.append(Verdict("0 failed transactions through the pooler",
                            a.failed_writes == 0 and a.failed_reads == 0,
                            f"{a.failed_writes} write(s), {a.failed_reads} read(s) failed"))

@@ -255,8 +255,10 @@ def test_coverage_is_a_share_of_the_probes_window_not_of_the_drills_preparation(
     assert whole.sampling_coverage["pg1"] == pytest.approx(40.0 / 110.0), "synthetic recordings: the whole span"
 
 
-def pooled_switchover_recording(stall_s: float, failed_writes: int = 0, failed_reads: int = 0) -> Recording:
-    """Writes every 50 ms; one is held ``stall_s`` at a paused pooler from t=10; some may fail."""
+def pooled_switchover_recording(stall_s: float, failed_writes: int = 0, failed_reads: int = 0,
+                                read_stall_s: float = 0.5) -> Recording:
+    """Writes every 50 ms; one is held ``stall_s`` at a paused pooler from t=10, a read ``read_stall_s``;
+    some may fail."""
     from careflow_ha.drills.model import ProbeError
 
     before = [Ack(i, t - 0.01, t, "pg1") for i, t in enumerate(ticks(0, 10.0))]
@@ -264,8 +266,10 @@ def pooled_switchover_recording(stall_s: float, failed_writes: int = 0, failed_r
     after = [Ack(1000 + i, t - 0.01, t, "pg2") for i, t in enumerate(ticks(10.0 + stall_s + STEP, 20.0))]
     errors = tuple(ProbeError(2000 + i, 10.0, "connect", "server closed the connection") for i in range(failed_writes))
     reads = tuple(ProbeError(3000 + i, 10.0, "query", "canceling statement") for i in range(failed_reads))
-    return Recording(writes=tuple(before + held + after), write_errors=errors, read_errors=reads,
-                     started_at=0.0, stopped_at=20.0)
+    read_acks = [Ack(i, t, t, "pg3") for i, t in enumerate(ticks(0, 10.0, 0.1))]
+    read_acks += [Ack(900 + i, t, t, "pg3") for i, t in enumerate(ticks(10.0 + read_stall_s, 20.0, 0.1))]
+    return Recording(writes=tuple(before + held + after), write_errors=errors, reads=tuple(read_acks),
+                     read_errors=reads, started_at=0.0, stopped_at=20.0, read_interval_s=0.1)
 
 
 def verdict_map(rec: Recording, via: str, preset: str = "fast") -> dict[str, bool | None]:
@@ -280,6 +284,9 @@ def test_a_pooled_switchover_is_judged_by_its_stall_and_by_zero_failed_transacti
     assert ok["worst client stall <= 3 s"] is True and ok["0 failed transactions through the pooler"] is True
     assert "write outage <= 2 s" not in ok  # the held write is a stall, not an outage
     assert verdict_map(pooled_switchover_recording(3.4), "pgbouncer")["worst client stall <= 3 s"] is False
+    # A reader held longer than the target misses it too: the worst client is any client.
+    assert verdict_map(pooled_switchover_recording(1.0, read_stall_s=3.5), "pgbouncer")[
+        "worst client stall <= 3 s"] is False
     assert verdict_map(pooled_switchover_recording(1.0, failed_writes=1), "pgbouncer")[
         "0 failed transactions through the pooler"] is False
     assert verdict_map(pooled_switchover_recording(1.0, failed_reads=1), "pgbouncer", preset="default")[
