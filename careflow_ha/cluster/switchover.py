@@ -6,9 +6,10 @@ Steps, each with its own deadline (``Limits``):
    a healthy streaming replica within the lag limit (``--to`` otherwise: UsageError, exit 2,
    before anything is paused), no pooler already paused (a killed earlier run: say so and offer
    ``--resume``), no transaction on the primary older than a bound;
-2. ``PAUSE`` on every pooler, drained within ``drain_s``; otherwise RESUME all and exit 4 with
-   the cluster untouched;
-3. ``POST /switchover`` to Patroni, and a new running leader (watched while Patroni answers);
+2. ``PAUSE`` on every read-write pooler, drained within ``drain_s``; otherwise RESUME all and exit 4
+   with the cluster untouched;
+3. ``POST /switchover`` to Patroni, and a new running leader (watched while Patroni answers); the
+   read-only poolers are paused as soon as the old primary is seen stepping down;
 4. every balancer's HAProxy routes writes to the new leader (its stats page: only the leader UP), then
    ``RECONNECT`` and ``RESUME`` on the read-write poolers;
 5. HAProxy routes no read to the new leader any more, then ``RECONNECT`` and ``RESUME`` on the read-only
@@ -237,19 +238,30 @@ def run_switchover(
 def _switch(api: Patroni, poolers: Sequence[Pooler], route_ok: Callable[[str, str], bool], leader: str,
             candidate: str | None, zero_error: bool, limits: Limits, progress: Progress,
             clock: Callable[[], float], sleep: Callable[[float], None], report: SwitchoverReport) -> SwitchoverReport:
-    paused_at = None
-    try:
-        if zero_error:
-            progress(f"switchover: PAUSE on {len(poolers)} pooler(s), at most {limits.drain_s:.0f}s to drain")
-            paused_at = clock()
-            for p in poolers:
+    groups = {ep: [p for p in poolers if p.endpoint == ep] for ep in ENDPOINTS} if zero_error else {}
+    groups = {ep: group for ep, group in groups.items() if group}
+    paused_at: dict[str, float] = {}  # endpoint -> when its PAUSE began
+
+    def pause(endpoint: str) -> None:
+        if endpoint in groups and endpoint not in paused_at:
+            paused_at[endpoint] = clock()
+            for p in groups[endpoint]:
                 p.begin_pause()
-            deadline = paused_at + limits.drain_s
-            pending = [p.name for p in poolers if not p.pause_done(deadline - clock())]
+
+    def drained(endpoint: str) -> list[str]:
+        deadline = paused_at[endpoint] + limits.drain_s
+        return [p.name for p in groups.get(endpoint, ()) if not p.pause_done(deadline - clock())]
+
+    try:
+        if "rw" in groups:
+            progress(f"switchover: PAUSE on {len(groups['rw'])} read-write pooler(s), at most "
+                     f"{limits.drain_s:.0f}s to drain")
+            pause("rw")
+            pending = drained("rw")
             if pending:
                 raise NotReady(f"PAUSE did not drain within {limits.drain_s:.0f}s on {', '.join(pending)} "
                                "(transactions still running); every pooler was resumed, nothing was switched")
-            report.steps["pause"] = clock() - paused_at
+            report.steps["pause"] = clock() - paused_at["rw"]
         t0 = clock()
         progress(f"switchover: {leader} -> {candidate or 'any replica'} through Patroni")
         # Patroni's POST /switchover answers only at its next once-a-second look at the DCS: while it
@@ -259,7 +271,12 @@ def _switch(api: Patroni, poolers: Sequence[Pooler], route_ok: Callable[[str, st
         def new_leader() -> bool:
             post.raise_failure()
             snap = api.cluster(timeout=2.0)
-            now = snap.leader
+            now, old = snap.leader, snap.member(leader)
+            if now != leader or old is None or old.state != "running":
+                # The old primary is stepping down, so the candidate's promotion comes next. HAProxy shuts
+                # the promoted replica's read sessions down once its check sees it: hold the readers from
+                # here (not from the start, which would stall them through the whole switchover).
+                pause("ro")
             if now and now != leader and snap.member(now).state == "running":  # type: ignore[union-attr]
                 report.new_leader = now
                 return True
@@ -267,36 +284,36 @@ def _switch(api: Patroni, poolers: Sequence[Pooler], route_ok: Callable[[str, st
 
         report.steps["patroni"] = _wait("a new running leader", limits.leader_s, limits.poll_s, new_leader, clock,
                                         sleep)
-        if zero_error:
-            # Writers first, as soon as HAProxy sends writes to the new leader; readers once it no longer
-            # sends reads there (HAProxy shuts a promoted replica's read sessions down when it marks it
-            # down: a pooled reader resumed before that would lose its query with the connection).
-            for endpoint in ENDPOINTS:
-                group = [p for p in poolers if p.endpoint == endpoint]
-                if not group:
-                    continue
-                what = "writes to" if endpoint == "rw" else "no reads to"
-                report.steps[f"route_{endpoint}"] = _wait(
-                    f"HAProxy routing {what} {report.new_leader}", limits.route_s, limits.poll_s,
-                    lambda endpoint=endpoint: route_ok(endpoint, report.new_leader), clock, sleep)
-                t0 = clock()
-                failed = on_every_pooler(group, lambda p: p.reconnect())
-                if failed:
-                    raise CommandFailed(f"RECONNECT failed on {', '.join(failed)} (the switchover itself is done)")
-                if not resume_all(group, progress):
-                    report.held_by_endpoint_s[endpoint] = clock() - (paused_at or t0)
-                report.steps[f"resume_{endpoint}"] = clock() - t0
+        pause("ro")  # the step down happened between two looks
+        # Writers first, as soon as HAProxy sends writes to the new leader; readers once it no longer
+        # sends reads there (a reader resumed before would lose its query with the shut-down session).
+        for endpoint, group in groups.items():
+            if endpoint == "ro" and (pending := drained("ro")):
+                progress(f"switchover: read-only PAUSE did not drain within {limits.drain_s:.0f}s on "
+                         f"{', '.join(pending)}: a long read there may be cut when HAProxy drops {report.new_leader}")
+            what = "writes to" if endpoint == "rw" else "no reads to"
+            report.steps[f"route_{endpoint}"] = _wait(
+                f"HAProxy routing {what} {report.new_leader}", limits.route_s, limits.poll_s,
+                lambda endpoint=endpoint: route_ok(endpoint, report.new_leader), clock, sleep)
+            t0 = clock()
+            failed = on_every_pooler(group, lambda p: p.reconnect())
+            if failed:
+                raise CommandFailed(f"RECONNECT failed on {', '.join(failed)} (the switchover itself is done)")
+            if not resume_all(group, progress):
+                report.held_by_endpoint_s[endpoint] = clock() - paused_at[endpoint]
+            report.steps[f"resume_{endpoint}"] = clock() - t0
         post.join(limits.switchover_s)
         post.raise_failure()
         return report
     finally:
-        if zero_error:
+        if groups:
             # The safety net after any failure; a no-op for poolers already resumed above.
             failed = resume_all(poolers, progress)
-            if paused_at is not None:
-                done = report.held_by_endpoint_s
-                everyone = len(done) == len({p.endpoint for p in poolers})
-                report.held_s = max(done.values()) if done and everyone else clock() - paused_at
+            done = report.held_by_endpoint_s
+            if done and len(done) == len(groups):
+                report.held_s = max(done.values())
+            elif paused_at:
+                report.held_s = clock() - min(paused_at.values())
             if failed and not report.new_leader:
                 progress("switchover: some poolers may still be paused; `careflow-ha status` shows which")
 

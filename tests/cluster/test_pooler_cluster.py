@@ -11,7 +11,10 @@ import pytest
 from careflow_ha.cluster.patroni import PatroniApi
 from careflow_ha.cluster.pooler import lab_poolers, pooler_states
 from careflow_ha.dsn import pooler_safe
+from careflow_ha.lab.vip import vip_holders
+from careflow_ha.settings import LB_NODES
 from tests.inventory import host_vars, hosts
+from tests.plugins.timeouts import wait_until
 
 pytestmark = pytest.mark.cluster
 
@@ -71,3 +74,19 @@ def test_a_superuser_cannot_log_in_through_the_pooler(cluster):
     at = rw.split("@", 1)[1].split("/", 1)[0]
     with pytest.raises(psycopg.OperationalError):
         psycopg.connect(rw.replace(f"@{at}/", f"@{cluster.vip.address}:6432/"), connect_timeout=5)
+
+
+def test_a_balancer_whose_pooler_died_hands_the_vip_on(cluster, engine):
+    """keepalived's balancer check covers PgBouncer's ports too: HAProxy alone still running is not healthy."""
+    vip = cluster.vip.address
+    (holder,) = vip_holders(engine, LB_NODES, vip)
+    try:
+        engine.exec(holder, ["systemctl", "stop", "careflow-pgbouncer@rw"])
+        # check interval 1 s x fall 2, then the peer's master-down interval (3 x 0.5 s adverts): ~4 s
+        moved = wait_until(lambda: (now := vip_holders(engine, LB_NODES, vip)) != (holder,) and len(now) == 1 and now,
+                           8, what=f"the VIP off {holder}")
+        assert moved != (holder,)
+        with _connect(_pooled(cluster, 6432)) as conn:
+            assert conn.execute("SELECT 1").fetchone() == (1,)
+    finally:
+        engine.exec(holder, ["systemctl", "start", "careflow-pgbouncer@rw"])

@@ -82,6 +82,12 @@ def run(api, poolers, zero=True, to=None, route=lambda endpoint, leader: True, x
     return run_switchover(api, poolers, route, xact, to, zero, limits, lambda msg: None, clock, clock.sleep)
 
 
+def assert_every_paused_pooler_resumed(log, ps):
+    paused = sorted(n for k, n in log if k == "pause")
+    assert {"lb1:6432", "lb2:6432"} <= set(paused), "the writers' poolers were never paused"
+    assert sorted(n for k, n in log if k == "resume") == paused and not any(p.paused() for p in ps)
+
+
 def poolers(log, **kw):
     return [FakePooler(n, log=log, **kw) for n in ("lb1:6432", "lb1:6433", "lb2:6432", "lb2:6433")]
 
@@ -176,7 +182,7 @@ def test_a_pause_that_does_not_drain_resumes_every_pooler_and_exits_4_without_sw
         run(api, ps)
     assert err.value.exit_code == 4
     assert api.switched == []
-    assert [k for k, _ in log].count("resume") == 4 and not any(p.paused() for p in ps)
+    assert_every_paused_pooler_resumed(log, ps)
 
 
 @pytest.mark.parametrize(
@@ -194,7 +200,7 @@ def test_every_failure_after_the_pause_resumes_every_pooler(case):
         api, route, exc = FakeApi(snap(), snap(leader="pg2", sync="pg1")), (lambda endpoint, leader: False), NotReady
     with pytest.raises(exc):
         run(api, ps, route=route or (lambda endpoint, leader: True))
-    assert [k for k, _ in log].count("resume") == 4 and not any(p.paused() for p in ps)
+    assert_every_paused_pooler_resumed(log, ps)
 
 
 def test_one_pooler_failing_to_resume_does_not_keep_the_others_paused():
@@ -249,7 +255,7 @@ def test_sigterm_during_the_switchover_resumes_every_pooler():
     before = signal.getsignal(signal.SIGTERM)
     with pytest.raises(Interrupted, match="SIGTERM"):
         run(SlowApi(snap()), ps)
-    assert [k for k, _ in log].count("resume") == 4 and not any(p.paused() for p in ps)
+    assert_every_paused_pooler_resumed(log, ps)
     assert signal.getsignal(signal.SIGTERM) is before  # the handler is put back
 
 
@@ -285,3 +291,32 @@ def test_reads_avoid_the_new_leader_only_once_haproxy_marked_it_down_there():
     assert not reads_avoid(ro, "pg2")
     assert reads_avoid([ro[1], Backend("replicas", "pg2", "DOWN", "L7STS")], "pg2")
     assert reads_avoid([Backend("primary", "pg2", "UP", "L7OK")], "pg2")  # the primary proxy is not read
+
+
+def test_readers_are_paused_only_once_the_old_primary_steps_down():
+    """Pausing the readers from the start would stall them through the whole switchover; they need holding
+    only from the old primary's step down (the candidate's promotion comes next) until HAProxy drops it."""
+    log = []
+    stepping_down = ClusterSnapshot(0.0, (Member("pg1", "replica", "stopped", 1), Member("pg2", "sync_standby",
+                                          "streaming", 1, 0), Member("pg3", "replica", "streaming", 1, 0)))
+
+    class SteppingApi(FakeApi):
+        def __init__(self):
+            super().__init__(snap())
+            self.after_post = [snap(), stepping_down, stepping_down, snap(leader="pg2", sync="pg1")]
+
+        def cluster(self, timeout=None):
+            if not self.switched:
+                return self.before
+            return self.after_post.pop(0) if len(self.after_post) > 1 else self.after_post[0]
+
+        def switchover(self, leader, candidate, timeout=60.0):
+            log.append(("post", leader))
+            return super().switchover(leader, candidate, timeout)
+
+    report = run(SteppingApi(), poolers(log))
+    kinds = [(k, n) for k, n in log if k in ("pause", "post")]
+    assert [n for k, n in kinds if k == "pause"][:2] == ["lb1:6432", "lb2:6432"]
+    post_at = kinds.index(("post", "pg1"))
+    assert {n for k, n in kinds[post_at + 1:]} == {"lb1:6433", "lb2:6433"}  # readers: after the POST only
+    assert report.held_by_endpoint_s["ro"] < report.held_by_endpoint_s["rw"]

@@ -143,3 +143,14 @@ def test_leader_check_fails_when_patroni_does_not_answer():
         free.bind(("127.0.0.1", 0))
         port = free.getsockname()[1]
     assert subprocess.run(["sh", "-c", script.replace(":8008/", f":{port}/")], timeout=10).returncode != 0
+
+
+def test_the_balancer_check_requires_the_poolers_listening_too():
+    """A balancer whose PgBouncer died keeps HAProxy up: the VIP must move anyway, or 6432 is gone."""
+    inv = load_inventory(LAB_INVENTORY, {k: "x" * 24 for k in SECRET_KEYS})
+    script = inv.render_template("keepalived", "careflow-check-haproxy.sh.j2", "lb1")
+    hv = inv.hostvars["lb1"]
+    ports = [hv[k] for k in ("careflow_haproxy_rw_port", "careflow_haproxy_ro_port",
+                             "careflow_pgbouncer_rw_port", "careflow_pgbouncer_ro_port")]
+    for port in ports:
+        assert f"ss -Htln 'sport = :{port}' | grep -q . || exit 1" in script, port
