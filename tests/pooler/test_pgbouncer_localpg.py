@@ -246,7 +246,7 @@ def test_pgbench_runs_through_the_pooler_as_the_bench_role_in_its_schema(bouncer
 
     paths = [BenchPath("direct", f"host=127.0.0.1 port={local_pg.port}"),
              BenchPath("pgbouncer", f"host=127.0.0.1 port={bouncer.port}")]
-    results = run_pgbench_paths(_loopback_settings(local_pg, tmp_path), paths, lambda _m: None, seconds=5,
+    results = run_pgbench_paths(_loopback_settings(local_pg, tmp_path), paths, lambda _m: None, seconds=1,
                                 clients=2, scale=1, rounds=1)
     assert sorted((r.mode, r.path) for r in results) == [("select-only", "direct"), ("select-only", "pgbouncer"),
                                                          ("tpcb-like", "direct"), ("tpcb-like", "pgbouncer")]

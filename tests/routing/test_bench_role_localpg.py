@@ -104,7 +104,7 @@ def test_run_pgbench_paths_measures_every_path_as_the_bench_role_and_cleans_up(l
     where = f"host=127.0.0.1 port={local_pg.port}"
     seen: list[str] = []
     results = run_pgbench_paths(settings, [BenchPath("direct", where), BenchPath("again", where)], seen.append,
-                                seconds=5, clients=2, scale=1, rounds=1)
+                                seconds=1, clients=2, scale=1, rounds=1)
     assert [(r.mode, r.path) for r in results] == [("select-only", "direct"), ("select-only", "again"),
                                                    ("tpcb-like", "direct"), ("tpcb-like", "again")]
     assert all(r.tps > 0 and r.latency_ms > 0 for r in results)

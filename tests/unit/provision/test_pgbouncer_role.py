@@ -15,7 +15,7 @@ from careflow_ha.provision.pgauth import pg_md5, scram_sha256
 from careflow_ha.pyinfra_deploys import _data
 from careflow_ha.pyinfra_deploys.deploy import DEPLOYS, plays_from_site
 from careflow_ha.pyinfra_deploys.pgbouncer import pgbouncer
-from tests.unit.provision.test_inventory import SECRETS, _ansible_render
+from tests.unit.provision.test_inventory import SECRETS, _ansible_render_many
 
 #: Every template the pgbouncer role writes to a balancer.
 TEMPLATES = ("careflow-users.txt.j2", "careflow-pgbouncer@.service.j2", "careflow-pgbouncer-validate.py.j2",
@@ -36,12 +36,29 @@ def test_two_instances_one_per_port_each_in_front_of_its_haproxy_port(lab):
         ("rw", 6432, 5000), ("ro", 6433, 5001)]
 
 
-@pytest.mark.parametrize("host", ["lb1", "lb2"])
+HOSTS = ("lb1", "lb2")
+
+
+@pytest.fixture(scope="module")
+def ansible_rendered(lab, tmp_path_factory) -> dict[tuple[str, str, int], str]:
+    """Ansible's renderings (one run): each balancer's two instance configs and its auth file."""
+    keys, cases = [], []
+    for host in HOSTS:
+        for index, item in enumerate(_instances(lab, host)):
+            keys.append((host, "pgbouncer.ini.j2", index))
+            cases.append((host, "pgbouncer", "pgbouncer.ini.j2", dict(item)))
+        keys.append((host, "careflow-users.txt.j2", 0))
+        cases.append((host, "pgbouncer", "careflow-users.txt.j2", None))
+    texts = _ansible_render_many(cases, tmp_path_factory.mktemp("pgbouncer"))
+    return {key: texts[i] for i, key in enumerate(keys)}
+
+
+@pytest.mark.parametrize("host", HOSTS)
 @pytest.mark.parametrize("index", [0, 1])
-def test_each_instance_config_is_rendered_exactly_as_ansible_does(lab, tmp_path, host, index):
+def test_each_instance_config_is_rendered_exactly_as_ansible_does(lab, ansible_rendered, host, index):
     item = dict(_instances(lab, host)[index])
-    ansible = _ansible_render(host, "pgbouncer", "pgbouncer.ini.j2", tmp_path / "rendered", item=item)
-    assert lab.render_template("pgbouncer", "pgbouncer.ini.j2", host, item) == ansible
+    assert lab.render_template("pgbouncer", "pgbouncer.ini.j2", host, item) == ansible_rendered[
+        (host, "pgbouncer.ini.j2", index)]
 
 
 @pytest.mark.parametrize("index,port,upstream", [(0, "6432", "port=5000"), (1, "6433", "port=5001")])
@@ -72,11 +89,11 @@ def test_auth_file_holds_only_the_two_verifiers(lab):
     ]
 
 
-@pytest.mark.parametrize("host", ["lb1", "lb2"])
-def test_no_secret_in_plaintext_in_any_file_the_role_writes(lab, tmp_path, host):
+@pytest.mark.parametrize("host", HOSTS)
+def test_no_secret_in_plaintext_in_any_file_the_role_writes(lab, ansible_rendered, host):
     # pyinfra's renders; the tests above and test_inventory prove Ansible writes the same bytes
     # (the auth file, the one that carries anything derived from a secret, is checked with both here).
-    rendered = [_ansible_render(host, "pgbouncer", "careflow-users.txt.j2", tmp_path / "users.txt")]
+    rendered = [ansible_rendered[(host, "careflow-users.txt.j2", 0)]]
     for name in TEMPLATES:
         for item in _instances(lab, host) if name == "pgbouncer.ini.j2" else [None]:
             rendered.append(lab.render_template("pgbouncer", name, host, item))
