@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from careflow_ha.routing.haproxy_ab import CONTROL, VARIANTS
-from careflow_ha.routing.storm import MAX_CONNECTIONS, WHY_POOLER_ABSORBS
+from careflow_ha.routing.storm import WHY_POOLER_ABSORBS
 from careflow_ha.settings import WAYS_IN
 
 #: Issue 13's throughput target, per (mode, path): the ratio to direct in the same run must reach it.
@@ -64,7 +64,7 @@ def storm_lines(storms: Sequence[Mapping[str, Any]]) -> list[str]:
             f"- Connection storm via {s['target']}: {s['attempted']} clients, **{errors} connection errors**"
             f"{f' ({kinds})' if kinds else ''}, peak {s['peak_open_clients']} open at once, PostgreSQL saw "
             f"{'-' if s['pg_backends_max'] is None else s['pg_backends_max']} backends at most "
-            f"(max_connections {MAX_CONNECTIONS})"
+            f"(max_connections {s.get('max_connections') or '-'})"
             + (" (target: 0 errors: " + ("pass" if s["errors_target_met"] else "miss") + ")"
                if s["target"] == "pgbouncer" else "") + ".")
     return lines

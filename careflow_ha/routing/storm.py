@@ -26,8 +26,6 @@ import psycopg
 
 #: Target of issue 13: 1,000 concurrent client connections served with 0 connection errors.
 STORM_TARGET_ERRORS = 0
-#: PostgreSQL's max_connections on the cluster (roles/patroni): what the server must stay under.
-MAX_CONNECTIONS = 200
 #: The HAProxy control opens at most this many: enough to show "too many clients" past max_connections,
 #: not enough to hammer the primary.
 CONTROL_CAP = 300
@@ -70,6 +68,8 @@ class StormResult:
     pg_backends_max: int | None
     elapsed_s: float
     timed_out: bool
+    #: The primary's own max_connections, read before the storm (what it must stay under).
+    max_connections: int | None = None
 
 
 def short_error(exc: BaseException | str, width: int = 100) -> str:
@@ -121,7 +121,9 @@ def summarise_storm(result: StormResult) -> dict[str, Any]:
         "peak_open_clients": result.peak_open,
         "pg_backends_at_peak": result.pg_backends_at_peak,
         "pg_backends_max": result.pg_backends_max,
-        "under_max_connections": None if result.pg_backends_max is None else result.pg_backends_max < MAX_CONNECTIONS,
+        "max_connections": result.max_connections,
+        "under_max_connections": (None if result.pg_backends_max is None or result.max_connections is None
+                                  else result.pg_backends_max < result.max_connections),
         "elapsed_s": round(result.elapsed_s, 2),
         "timed_out": result.timed_out,
         "errors_target_met": n_conn_errors <= STORM_TARGET_ERRORS and not result.timed_out,
@@ -136,6 +138,7 @@ class _Open:
         self.peak = 0
         self.peak_backends: int | None = None
         self.max_backends: int | None = None
+        self.max_connections: int | None = None
 
     def up(self) -> None:
         self.now += 1
@@ -183,6 +186,8 @@ async def _watch_backends(monitor_dsn: str, opened: _Open, stop: asyncio.Event) 
     """Count PostgreSQL's backends every 0.2 s on one superuser connection made before the storm (its
     reserved slots keep it working when the clients have taken every other); keep the count at the peak."""
     async with await psycopg.AsyncConnection.connect(monitor_dsn, autocommit=True) as conn:
+        row = await (await conn.execute("SELECT current_setting('max_connections')::int")).fetchone()
+        opened.max_connections = int(row[0]) if row else None
         while not stop.is_set():
             now = opened.now
             row = await (await conn.execute(
@@ -215,7 +220,7 @@ async def run_storm_async(target: str, dsn: str, kwargs: Mapping[str, Any], cfg:
     outcomes = [t.result() if t in done and not t.cancelled() else ClientOutcome(query_error="storm deadline")
                 for t in tasks]
     return StormResult(target, cfg, outcomes, opened.peak, opened.peak_backends, opened.max_backends, elapsed,
-                       bool(pending))
+                       bool(pending), opened.max_connections)
 
 
 def raise_fd_limit(clients: int) -> None:

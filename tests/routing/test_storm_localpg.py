@@ -45,6 +45,7 @@ def test_a_storm_past_max_connections_counts_every_refused_login(small_pg):
     assert row["query_errors"] == 0 and row["errors_target_met"] is False
     assert row["peak_open_clients"] == row["connected"]  # every connected client held its connection 1 s
     assert row["pg_backends_max"] <= MAX_CONNECTIONS
+    assert row["max_connections"] == MAX_CONNECTIONS  # read from the server, not assumed
 
 
 def test_a_storm_within_max_connections_has_no_errors_and_counts_its_backends(small_pg):

@@ -42,7 +42,7 @@ def test_errors_are_shortened_to_the_same_gist_for_every_client(error, expected)
 
 def _result(clients: list[ClientOutcome], **kw) -> StormResult:
     defaults = {"peak_open": 3, "pg_backends_at_peak": 41, "pg_backends_max": 52, "elapsed_s": 4.321,
-                "timed_out": False}
+                "timed_out": False, "max_connections": 200}
     return StormResult("pgbouncer", StormConfig(clients=len(clients)), clients, **{**defaults, **kw})
 
 
@@ -62,7 +62,8 @@ def test_summary_counts_errors_by_message_and_latencies_in_ms():
         "query_errors": 1, "query_error_messages": {"timeout": 1},
         "connect_ms_p50": 20.0, "connect_ms_p95": 30.0, "connect_ms_max": 30.0,
         "txn_ms_p50": 4.0, "txn_ms_p95": 8.0, "txn_ms_max": 8.0,
-        "peak_open_clients": 3, "pg_backends_at_peak": 41, "pg_backends_max": 52, "under_max_connections": True,
+        "peak_open_clients": 3, "pg_backends_at_peak": 41, "pg_backends_max": 52, "max_connections": 200,
+        "under_max_connections": True,
         "elapsed_s": 4.32, "timed_out": False, "errors_target_met": False,
     }  # fmt: skip
 
