@@ -17,6 +17,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from careflow_ha.data.stats import percentile
+
 #: Error kinds that mean the server or the route was gone (not a bad query).
 OUTAGE_KINDS = frozenset({"connect", "lost"})
 
@@ -86,15 +88,6 @@ def read_requests(run_dir: Path) -> list[Request]:
                     continue  # a line cut short when a process was killed
     rows.sort(key=lambda q: q.ts)
     return rows
-
-
-def percentile(values: Sequence[float], q: float) -> float | None:
-    """Nearest-rank percentile (no interpolation: a reported p99 is a latency someone saw)."""
-    if not values:
-        return None
-    ordered = sorted(values)
-    rank = max(1, math.ceil(q / 100.0 * len(ordered)))
-    return ordered[rank - 1]
 
 
 def per_operation(rows: Iterable[Request], seconds: float) -> list[dict]:

@@ -14,15 +14,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import math
 import resource
 import time
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import psycopg
+
+from careflow_ha.data.stats import percentile
 
 #: Target of issue 13: 1,000 concurrent client connections served with 0 connection errors.
 STORM_TARGET_ERRORS = 0
@@ -82,15 +83,6 @@ def short_error(exc: BaseException | str, width: int = 100) -> str:
             text = text.rsplit(marker, 1)[1]
     text = " ".join(text.split())
     return text if len(text) <= width else text[: width - 3] + "..."
-
-
-def percentile(values: Sequence[float], q: float) -> float | None:
-    """The nearest-rank ``q`` percentile (0 < q <= 100): a value that was measured, never an interpolation."""
-    if not values:
-        return None
-    ordered = sorted(values)
-    rank = max(1, math.ceil(q / 100 * len(ordered)))
-    return ordered[rank - 1]
 
 
 def _ms(value: float | None) -> float | None:
