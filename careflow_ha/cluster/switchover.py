@@ -68,9 +68,9 @@ class SwitchoverReport:
     new_leader: str = ""
     zero_error: bool = False
     steps: dict[str, float] = field(default_factory=dict)
-    #: From the first PAUSE to the last RESUME: the longest a client could have been held.
+    #: The longest any pooled client could have been held (the larger of ``held_by_endpoint_s``).
     held_s: float | None = None
-    #: From the first PAUSE to the RESUME of the writers' (rw) and the readers' (ro) poolers.
+    #: How long the writers' (rw) and the readers' (ro) poolers were held, each from its own PAUSE.
     held_by_endpoint_s: dict[str, float] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
@@ -262,7 +262,6 @@ def _switch(api: Patroni, poolers: Sequence[Pooler], route_ok: Callable[[str, st
                 raise NotReady(f"PAUSE did not drain within {limits.drain_s:.0f}s on {', '.join(pending)} "
                                "(transactions still running); every pooler was resumed, nothing was switched")
             report.steps["pause"] = clock() - paused_at["rw"]
-        t0 = clock()
         progress(f"switchover: {leader} -> {candidate or 'any replica'} through Patroni")
         # Patroni's POST /switchover answers only at its next once-a-second look at the DCS: while it
         # waits, the new leader is watched here, so the clients are released up to a second sooner.
