@@ -175,7 +175,8 @@ def _run_as(settings: Settings, role: BenchRole, paths: Sequence[BenchPath], pro
     progress(f"bench: pgbench -i -s {scale} via {paths[0].name} as {role.name}")
     pgbench_conninfo(settings, ["-i", "-q", "-s", str(scale)], paths[0].where, timeout=600, **login)
     # pgbench's default -M simple sends each statement as one Query message: no server-side prepared
-    # statement, so it is correct under PgBouncer's transaction pooling (-M extended/prepared would not be).
+    # statement, so it is correct under PgBouncer's transaction pooling (-M prepared would not be: 1.18
+    # cannot follow a named statement from one server connection to the next).
     common = ["-c", str(clients), "-j", "2", "-T", str(seconds), "-n"]
     for mode, extra in MODES.items():
         for round_no in range(rounds):
