@@ -6,8 +6,8 @@ through HAProxy (5000) every client is a backend, and the ones past ``max_connec
 ("sorry, too many clients already"). One asyncio loop with psycopg's AsyncConnection holds the
 clients (no thread per client); every connect and query has a timeout, and the whole storm a deadline.
 
-The statistics (:func:`summarise_storm`, :func:`percentile`, :func:`short_error`) are pure functions,
-unit-tested without a network.
+The statistics (:func:`summarise_storm`, :func:`short_error`, and the shared
+:func:`careflow_ha.data.stats.percentile`) are pure functions, unit-tested without a network.
 """
 
 from __future__ import annotations
