@@ -29,7 +29,9 @@ PG_NODES: tuple[str, ...] = ("pg1", "pg2", "pg3")
 LB_NODES: tuple[str, ...] = ("lb1", "lb2")
 #: The inventory's ``monitoring`` group: Prometheus (roles/prometheus).
 MON_NODES: tuple[str, ...] = ("mon1",)
-LAB_NODES: tuple[str, ...] = PG_NODES + LB_NODES + MON_NODES
+#: The inventory's ``backup_repository`` group: the pgBackRest repository (roles/pgbackrest).
+BACKUP_NODES: tuple[str, ...] = ("backup1",)
+LAB_NODES: tuple[str, ...] = PG_NODES + LB_NODES + MON_NODES + BACKUP_NODES
 
 #: Compose project name: also the label that marks containers as ours, so a
 #: stale lab left by an earlier run can be found and removed safely.
@@ -47,6 +49,7 @@ PORT_DEFAULTS: Mapping[str, int] = MappingProxyType(
         "CAREFLOW_PG2_SSH_PORT": 2222,
         "CAREFLOW_PG3_SSH_PORT": 2223,
         "CAREFLOW_MON1_SSH_PORT": 2225,
+        "CAREFLOW_BACKUP1_SSH_PORT": 2226,
         # Direct access to each node, used by drills to detect two primaries.
         "CAREFLOW_PG1_PG_PORT": 5441,
         "CAREFLOW_PG2_PG_PORT": 5442,

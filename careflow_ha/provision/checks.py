@@ -35,8 +35,9 @@ PORT_VARS: tuple[str, ...] = (
     "careflow_node_exporter_port",
     "careflow_postgres_exporter_port",
 )
-#: Groups whose hosts need a careflow_node_ip in the cluster network (the monitoring group is optional).
-HOST_GROUPS: tuple[str, ...] = ("etcd_cluster", "postgres_cluster", "balancers", "monitoring")
+#: Groups whose hosts need a careflow_node_ip in the cluster network (the last two are optional); the
+#: preflight role's preflight_host_groups lists the same (a unit test holds them together).
+HOST_GROUPS: tuple[str, ...] = ("etcd_cluster", "postgres_cluster", "balancers", "monitoring", "backup_repository")
 MIN_SECRET_LENGTH = 16
 #: What a timing preset must define for Patroni (HAProxy's keys are checked by its role).
 PRESET_KEYS: tuple[str, ...] = ("ttl", "loop_wait", "retry_timeout")

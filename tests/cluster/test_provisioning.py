@@ -21,7 +21,7 @@ pytestmark = pytest.mark.cluster
 def test_second_playbook_run_changes_nothing(cluster):
     result = run_playbook(cluster, lambda _m: None)
     assert result.changed == 0, f"not idempotent: {result.per_host_changed} (log: {result.log_file})"
-    assert set(result.per_host_changed) >= {"pg1", "pg2", "pg3", "lb1", "lb2", "mon1"}
+    assert set(result.per_host_changed) >= {"pg1", "pg2", "pg3", "lb1", "lb2", "mon1", "backup1"}
 
 
 def _playbook(settings, inventory: Path, **env_overrides: str) -> subprocess.CompletedProcess[str]:

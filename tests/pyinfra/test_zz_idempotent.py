@@ -13,7 +13,7 @@ from careflow_ha.provision.pyinfra import run_pyinfra
 
 pytestmark = pytest.mark.pyinfra
 
-HOSTS = {"pg1", "pg2", "pg3", "lb1", "lb2", "mon1"}
+HOSTS = {"pg1", "pg2", "pg3", "lb1", "lb2", "mon1", "backup1"}
 
 
 def test_the_cold_run_built_every_host(pyinfra_cold_run):

@@ -12,14 +12,14 @@ from tests.inventory import groups, host_vars
 
 COMPOSE = yaml.safe_load((PROJECT_DIR / "docker-compose.yml").read_text())
 VAGRANT_INV = PROJECT_DIR / "inventory" / "vagrant.yml"
-GROUPS = {"etcd_cluster", "postgres_cluster", "balancers", "monitoring"}
+GROUPS = {"etcd_cluster", "postgres_cluster", "balancers", "monitoring", "backup_repository"}
 
 
 def test_inventory_has_the_production_groups_and_the_code_s_hosts():
     g = groups()
     assert set(g) == GROUPS
     assert sorted(h for members in g.values() for h in members) == sorted(
-        ["pg1", "pg2", "pg3", "pg1", "pg2", "pg3", "lb1", "lb2", "mon1"]
+        ["pg1", "pg2", "pg3", "pg1", "pg2", "pg3", "lb1", "lb2", "mon1", "backup1"]
     )
     assert set(host_vars()) == set(LAB_NODES)
 
@@ -94,3 +94,16 @@ def test_every_lab_host_is_in_the_ssh_config_on_its_own_port(tmp_path):
     assert "Port 2299" in blocks["mon1"]
     assert {next(ln.split()[1] for ln in b.splitlines() if "Port " in ln) for b in blocks.values()} == {
         str(settings.node_port(n, "SSH")) for n in LAB_NODES}
+
+
+def test_the_backup_repository_outlives_the_database_nodes_on_its_own_volume():
+    backup1 = COMPOSE["services"]["backup1"]
+    assert "backup1-repo:/var/lib/pgbackrest" in backup1["volumes"] and "backup1-repo" in COMPOSE["volumes"]
+    repo_path = yaml.safe_load((PROJECT_DIR / "roles" / "pgbackrest" / "defaults" / "main.yml").read_text())[
+        "pgbackrest_repo_path"]
+    assert repo_path == "/var/lib/pgbackrest"
+    # The cluster-loss drill destroys the database nodes' volumes: none of them may hold the repository.
+    for name, service in COMPOSE["services"].items():
+        if name != "backup1":
+            assert not any(v.endswith(":" + repo_path) for v in service.get("volumes", [])), name
+    assert host_vars()["backup1"]["careflow_node_ip"] == "192.168.56.30"

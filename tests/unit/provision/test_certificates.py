@@ -38,7 +38,7 @@ from tests.cli import run_cli
 SECRETS = {key: f"{key.lower()}-s3cr3t-value" for key in SECRET_KEYS}
 NOW = datetime(2026, 12, 2, 3, 0, tzinfo=UTC)
 LEADER_VIP = "192.168.56.101"
-HOSTS = ("pg1", "pg2", "pg3", "lb1", "lb2", "mon1")
+HOSTS = ("pg1", "pg2", "pg3", "lb1", "lb2", "mon1", "backup1")
 VIP = "192.168.56.100"
 
 

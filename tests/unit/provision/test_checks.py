@@ -76,6 +76,14 @@ def _no_monitoring(inv: dict, gv: dict) -> None:
     del inv["all"]["children"]["monitoring"]
 
 
+def _backup_ip_duplicate(inv: dict, gv: dict) -> None:
+    _hosts(inv, "backup_repository")["backup1"]["careflow_node_ip"] = "192.168.56.40"
+
+
+def _no_backup_repository(inv: dict, gv: dict) -> None:
+    del inv["all"]["children"]["backup_repository"]
+
+
 def _exporter_port_clash(inv: dict, gv: dict) -> None:
     gv["careflow_node_exporter_port"] = gv["careflow_patroni_api_port"]
 
@@ -162,6 +170,8 @@ CASES: list[tuple[str, Edit, str | None]] = [
     ("monitoring host outside the network", _mon_ip_outside, "Host mon1 needs careflow_node_ip set to its address"),
     ("monitoring host on a balancer's address", _mon_ip_duplicate, "careflow_node_ip must be unique"),
     ("no monitoring host is fine", _no_monitoring, None),
+    ("backup host on the monitoring host's address", _backup_ip_duplicate, "careflow_node_ip must be unique"),
+    ("no backup repository host is fine", _no_backup_repository, None),
     ("exporter port clash", _exporter_port_clash, "Two services share a port"),
     ("bad timing", _bad_timing, "Patroni needs loop_wait + 2*retry_timeout <= ttl and ttl >= 20"),
     ("short ttl", _short_ttl, "ttl=15"),

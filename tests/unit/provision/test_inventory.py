@@ -37,7 +37,8 @@ def test_groups_and_hosts_come_from_the_ansible_inventory(lab):
     assert lab.group("postgres_cluster") == ("pg1", "pg2", "pg3")
     assert lab.group("balancers") == ("lb1", "lb2")
     assert lab.group("monitoring") == ("mon1",)
-    assert set(lab.hosts) == {"pg1", "pg2", "pg3", "lb1", "lb2", "mon1"}
+    assert lab.group("backup_repository") == ("backup1",)
+    assert set(lab.hosts) == {"pg1", "pg2", "pg3", "lb1", "lb2", "mon1", "backup1"}
 
 
 @pytest.mark.parametrize(
