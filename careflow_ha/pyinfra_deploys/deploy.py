@@ -28,6 +28,7 @@ from careflow_ha.pyinfra_deploys.exporters import node_exporter, postgres_export
 from careflow_ha.pyinfra_deploys.haproxy import haproxy
 from careflow_ha.pyinfra_deploys.keepalived import keepalived
 from careflow_ha.pyinfra_deploys.patroni import patroni
+from careflow_ha.pyinfra_deploys.pgbackrest import pgbackrest
 from careflow_ha.pyinfra_deploys.pgbouncer import pgbouncer
 from careflow_ha.pyinfra_deploys.postgresql import postgresql
 from careflow_ha.pyinfra_deploys.prometheus import prometheus
@@ -78,7 +79,7 @@ DEPLOYS: Mapping[str, Callable[[], None]] = MappingProxyType(
     {
         "common": common, "etcd": etcd, "postgresql": postgresql, "patroni": patroni, "haproxy": haproxy,
         "keepalived": keepalived, "pgbouncer": pgbouncer, "tls": tls, "prometheus": prometheus,
-        "node_exporter": node_exporter, "postgres_exporter": postgres_exporter,
+        "node_exporter": node_exporter, "postgres_exporter": postgres_exporter, "pgbackrest": pgbackrest,
     }
 )
 #: The play site.yml runs on localhost first; here ``check_inventory`` does its work (before any host).

@@ -124,6 +124,16 @@ def wait_until_ok(command: str, what: str, retries: int, delay: float) -> Iterat
 
 
 @operation()
+def run_unless_exists(path: str, command: str) -> Iterator[Any]:
+    """Ansible's ``command: ... creates: path``: run ``command`` once, until ``path`` exists."""
+    exists, _ = _run(f"test -e {shlex.quote(path)}")
+    if exists:
+        host.noop(f"{path} exists")
+        return
+    yield StringCommand(command)
+
+
+@operation()
 def patroni_has_leader(api_url: str, retries: int, delay: float) -> Iterator[Any]:
     """Poll Patroni's /cluster until exactly one running leader is listed (the role's until:)."""
     for _ in range(int(retries)):

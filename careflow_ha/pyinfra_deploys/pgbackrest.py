@@ -2,17 +2,25 @@
 and on the repository host the scheduled backups (systemd timers).
 
 Same inventory, same defaults, same templates as the role (rendered through ``role_template``), so both
-provisioners write byte-identical files. Not in site.yml's plays yet: the repository host (backup1) is
-added to the inventories first; until then nothing runs this deploy.
+provisioners write byte-identical files. On the repository host it then creates the stanza, checks that WAL
+arrives and takes a first full backup (the role's stanza.yml).
 """
 
 from __future__ import annotations
+
+import shlex
 
 from pyinfra.api import deploy
 from pyinfra.operations import apt, files, server, systemd
 
 from careflow_ha.pyinfra_deploys._data import role_template, var
-from careflow_ha.pyinfra_deploys.ops import apt_cache_fresh, changed_unless, put_role_file, wait_until_ok
+from careflow_ha.pyinfra_deploys.ops import (
+    apt_cache_fresh,
+    changed_unless,
+    put_role_file,
+    run_unless_exists,
+    wait_until_ok,
+)
 
 #: The repository host's scheduled backups: (role task name, template).
 BACKUP_UNITS = (
@@ -66,3 +74,18 @@ def pgbackrest() -> None:
         name="Ensure the TLS server listens", command=f"ss -Htln 'sport = :{port}' | grep -q .",
         what=f"pgBackRest's TLS server listens on {port}", retries=30, delay=1,
     )
+    if var("__pgbackrest_is_repo_host"):
+        _stanza()
+
+
+def _stanza() -> None:
+    """The role's stanza.yml: each step as the pgBackRest user (root would leave root-owned files in the
+    repository), the first and last only once."""
+    stanza_dir = f"{var('pgbackrest_repo_path')}/backup/{var('pgbackrest_stanza')}"
+    pgbr = f"runuser -u {shlex.quote(var('pgbackrest_user'))} -- pgbackrest --stanza={shlex.quote(var('pgbackrest_stanza'))}"
+    run_unless_exists(name="Ensure the stanza exists in the repository", path=f"{stanza_dir}/backup.info",
+                      command=f"{pgbr} stanza-create")
+    wait_until_ok(name="Ensure WAL from the primary reaches the repository", command=f"{pgbr} check",
+                  what="WAL from the primary reaches the repository (pgbackrest check)", retries=1, delay=0)
+    run_unless_exists(name="Ensure the cluster has a first full backup", path=f"{stanza_dir}/latest",
+                      command=f"{pgbr} backup --type=full")

@@ -92,6 +92,24 @@ def test_every_secret_in_env_is_read_by_group_vars_and_checked_by_preflight():
     assert set(required["preflight_required_secrets"]) == set(lookups.values())
 
 
+def test_the_preflight_role_checks_the_addresses_of_the_groups_python_checks():
+    from careflow_ha.provision.checks import HOST_GROUPS
+
+    defaults = yaml.safe_load((PROJECT_DIR / "roles" / "preflight" / "defaults" / "main.yml").read_text())
+    assert tuple(defaults["preflight_host_groups"]) == HOST_GROUPS
+
+
+def test_patroni_archives_with_the_command_the_backup_code_builds():
+    from careflow_ha.backup.commands import Pgbackrest
+
+    params = GV["careflow_postgresql_parameters"]
+    stanza = GV["careflow_cluster_scope"]  # careflow_pgbackrest_stanza defaults to the Patroni scope
+    assert GV["careflow_pgbackrest_stanza"] == "{{ careflow_cluster_scope }}"
+    assert params["archive_command"].replace("{{ careflow_pgbackrest_stanza }}", stanza) == Pgbackrest(
+        stanza).archive_command()
+    assert params["archive_mode"] == "on" and params["archive_timeout"] == "{{ careflow_archive_timeout }}"
+
+
 def test_the_schema_needs_what_patroni_configures():
     params = GV["careflow_postgresql_parameters"]
     for name, value in REQUIRED_GUCS.items():
@@ -105,7 +123,7 @@ def test_pyinfra_runs_site_yml_plays_in_order():
     plays = [p for p in site_plays() if p.roles != (PREFLIGHT_ROLE,)]
     assert list(plays_from_site()) == [(p.groups, tuple(DEPLOYS[r] for r in p.roles)) for p in plays]
     assert plays_from_site()[0] == (("all",), (DEPLOYS["tls"],))  # the certificates first, on every host
-    assert plays_from_site()[1] == (("postgres_cluster", "etcd_cluster"), (DEPLOYS["common"],))
+    assert plays_from_site()[1] == (("postgres_cluster", "etcd_cluster", "backup_repository"), (DEPLOYS["common"],))
 
 
 def test_every_role_of_site_yml_has_a_deploy():

@@ -1,8 +1,8 @@
-"""The lab inventory plus a repository host, for rendering the pgbackrest role before backup1 joins the lab.
+"""The lab inventory with or without its repository host, for rendering the pgbackrest role.
 
-The lab's own inventory gets backup1 when the lead adds the host to compose, the inventories and the
-Vagrantfile; until then the role is rendered from a copy of inventory/lab.yml with the host added here
-(group_vars are the real ones, through a symlink), so the tests read the same defaults and templates.
+A copy of inventory/lab.yml (group_vars are the real ones, through a symlink), so the tests read the same
+defaults and templates; without ``repository_host`` the backup_repository group is dropped, which is the
+single-server form (a local repository on each node).
 """
 
 from __future__ import annotations
@@ -16,8 +16,9 @@ from careflow_ha.provision.inventory import ROLES, ClusterInventory, load_invent
 from careflow_ha.settings import SECRET_KEYS
 
 SECRETS = {key: f"{key.lower()}-s3cr3t-value" for key in SECRET_KEYS}
-#: The roles whose defaults a pgbackrest render needs: site.yml's (postgresql's data dir) and its own.
-ROLES_WITH_PGBACKREST = (*ROLES, "pgbackrest")
+#: The roles whose defaults a pgbackrest render needs: site.yml's, which include postgresql (its data dir)
+#: and pgbackrest itself.
+ROLES_WITH_PGBACKREST = ROLES
 REPO_GROUP = "backup_repository"
 BACKUP1_IP = "192.168.56.30"
 
@@ -25,8 +26,9 @@ BACKUP1_IP = "192.168.56.30"
 def inventory_file(directory: Path, repository_host: bool = True, extra_vars: dict | None = None) -> Path:
     """``directory``/inventory.yml: the lab's hosts (and backup1 unless not ``repository_host``)."""
     data = yaml.safe_load(LAB_INVENTORY.read_text())
-    if repository_host:
-        data["all"]["children"][REPO_GROUP] = {"hosts": {"backup1": {"careflow_node_ip": BACKUP1_IP}}}
+    assert data["all"]["children"][REPO_GROUP]["hosts"]["backup1"]["careflow_node_ip"] == BACKUP1_IP
+    if not repository_host:
+        del data["all"]["children"][REPO_GROUP]
     data["all"]["vars"].update(extra_vars or {})
     (directory / "group_vars").symlink_to(LAB_INVENTORY.parent / "group_vars")
     path = directory / "inventory.yml"
