@@ -140,21 +140,21 @@ class LocalRunner:
                 f"{argv[0]} not found; install pgbackrest (apt-get install pgbackrest, or ./careflow-ha)"
             ) from None
         except subprocess.TimeoutExpired:
-            raise NotReady(f"pgbackrest {_command(argv)} did not finish within {timeout:.0f}s") from None
+            raise NotReady(f"pgbackrest {command_word(argv)} did not finish within {timeout:.0f}s") from None
         if proc.returncode == 127:
             raise EnvironmentProblem(f"{argv[0]} not found; install pgbackrest (apt-get install pgbackrest)")
         result = Result(tuple(argv), proc.returncode, proc.stdout, proc.stderr)
         if check and proc.returncode != 0:
-            raise CommandFailed(f"pgbackrest {_command(argv)} failed ({proc.returncode}): {_last_error(result)}")
+            raise CommandFailed(f"pgbackrest {command_word(argv)} failed ({proc.returncode}): {last_error(result)}")
         return result
 
 
-def _command(argv: Sequence[str]) -> str:
+def command_word(argv: Sequence[str]) -> str:
     """The pgBackRest command word (``backup``, ``restore``...) of an argv, for messages."""
     return next((a for a in argv[1:] if a in _COMMANDS), "?")
 
 
-def _last_error(result: Result) -> str:
+def last_error(result: Result) -> str:
     lines = [ln.strip() for ln in result.output.splitlines() if ln.strip()]
     errors = [ln for ln in lines if "ERROR:" in ln]
     return (errors or lines or ["no output"])[-1]

@@ -1,7 +1,7 @@
 """The repository read through pgBackRest: its stanza, the restorable range, verification.
 
-Each function takes a runner (``LocalRunner`` here; an SSH runner on backup1 later) and the
-``Pgbackrest`` command builder, so the same code serves the CLI, the drills and the tests.
+Each function takes a runner (``LocalRunner`` for the loopback tests, ``remote.SshRunner`` on backup1) and
+the ``Pgbackrest`` command builder, so the same code serves the CLI, the drills and the tests.
 """
 
 from __future__ import annotations
@@ -41,41 +41,53 @@ def read_stanza(run: Runner, pgbr: Pgbackrest) -> Stanza:
     return parse_info(run(pgbr.info()).stdout, pgbr.stanza)
 
 
-def newest_archived_commit(run: Runner, pgbr: Pgbackrest, stanza: Stanza, scratch: Path,
-                           pg_bin: Path = PG_BIN) -> datetime | None:
-    """The last commit time in the archived WAL: fetch the newest segments, read them with pg_waldump.
+#: Reads one archived WAL segment: ``pg_waldump --rmgr=Transaction`` output (TZ=UTC), or None when the
+#: segment is not in the archive. Local (a tmp directory here) or on a database node (backup/remote.py).
+WalReader = Callable[[str], "str | None"]
 
-    ``scratch`` must be writable by the runner's user; the segments are deleted afterwards.
-    """
-    if stanza.wal_max is None:
-        return None
-    candidates = previous_segments(stanza.wal_max, SEGMENTS_SCANNED)
-    with tempfile.TemporaryDirectory(dir=scratch, prefix="wal-") as tmp:
-        os.chmod(tmp, 0o777)  # the runner's user (postgres) writes here; the directory is ours and short-lived
-        for segment in candidates:
+
+def local_wal_reader(run: Runner, pgbr: Pgbackrest, scratch: Path, pg_bin: Path = PG_BIN) -> WalReader:
+    """Fetch a segment with ``archive-get`` into ``scratch`` (writable by the runner's user) and read it here."""
+
+    def read(segment: str) -> str | None:
+        with tempfile.TemporaryDirectory(dir=scratch, prefix="wal-") as tmp:
+            os.chmod(tmp, 0o777)  # the runner's user (postgres) writes here; the directory is ours and short-lived
             got = run(pgbr.archive_get(segment, Path(tmp) / segment), check=False)
             if got.returncode != 0:
-                continue  # not in the archive (the timeline switched, or expired): try the one before
+                return None
             dump = subprocess.run(
                 [str(pg_bin / "pg_waldump"), "--rmgr=Transaction", f"--path={tmp}", segment],
                 capture_output=True, text=True, timeout=120, env={**os.environ, "TZ": "UTC"}, check=False,
             )
             # pg_waldump exits 1 at the end of the segment's valid records; what it printed is still right.
-            found = last_commit(dump.stdout)
-            if found is not None:
-                return found
+            return dump.stdout
+
+    return read
+
+
+def newest_archived_commit(stanza: Stanza, read_wal: WalReader) -> datetime | None:
+    """The last commit time in the archived WAL: the newest segments that hold one, read newest first."""
+    if stanza.wal_max is None:
+        return None
+    for segment in previous_segments(stanza.wal_max, SEGMENTS_SCANNED):
+        dump = read_wal(segment)
+        if dump is None:
+            continue  # not in the archive (the timeline switched, or expired): try the one before
+        found = last_commit(dump)
+        if found is not None:
+            return found
     return None
 
 
-def repository_range(run: Runner, pgbr: Pgbackrest, scratch: Path, pg_bin: Path = PG_BIN) -> RestorableRange:
+def repository_range(run: Runner, pgbr: Pgbackrest, read_wal: WalReader) -> RestorableRange:
     """The restorable range of the repository right now (see repository.py for its two ends)."""
     stanza = read_stanza(run, pgbr)
-    return restorable_range(stanza, newest_archived_commit(run, pgbr, stanza, scratch, pg_bin))
+    return restorable_range(stanza, newest_archived_commit(stanza, read_wal))
 
 
-def check_target(run: Runner, pgbr: Pgbackrest, target: RestoreTarget, scratch: Path) -> RestorableRange:
+def check_target(run: Runner, pgbr: Pgbackrest, target: RestoreTarget, read_wal: WalReader) -> RestorableRange:
     """Refuse (exit 2, the range printed) a time target outside what the repository can restore."""
-    span = repository_range(run, pgbr, scratch)
+    span = repository_range(run, pgbr, read_wal)
     span.check(target)
     return span
 

@@ -27,6 +27,11 @@ from tests.plugins.timeouts import scaled
 pytestmark = pytest.mark.localpg
 
 
+def _wal(rig):
+    """Read archived WAL the way the CLI does on the lab, but here: archive-get into the rig's directory."""
+    return operations.local_wal_reader(rig.run, rig.pgbr, rig.base)
+
+
 class Story:
     """What happened on the original, as the client saw it."""
 
@@ -95,7 +100,7 @@ def _restore(rig: LocalRepository, name: str, target: RestoreTarget) -> set[int]
 
 
 def test_the_restorable_range_holds_t_and_ends_at_the_delete(rig, story, tmp_path_factory):
-    span = operations.repository_range(rig.run, rig.pgbr, rig.base)
+    span = operations.repository_range(rig.run, rig.pgbr, _wal(rig))
     assert span.earliest <= story.t <= span.latest
     assert span.latest >= story.t  # the newest archived commit (the DELETE) is after T
     assert span.latest - story.t < timedelta(minutes=5)
@@ -103,7 +108,7 @@ def test_the_restorable_range_holds_t_and_ends_at_the_delete(rig, story, tmp_pat
 
 def test_a_restore_to_t_brings_back_every_row_acknowledged_before_t_and_nothing_after(rig, story):
     target = parse_target(to=story.t.isoformat())
-    operations.check_target(rig.run, rig.pgbr, target, rig.base)  # inside the range: no refusal
+    operations.check_target(rig.run, rig.pgbr, target, _wal(rig))  # inside the range: no refusal
     rows = _restore(rig, "at-t", target)
     assert story.before - rows == set(), "acknowledged before T but lost"
     assert rows & story.after == set(), "written after T but resurrected"
@@ -116,10 +121,10 @@ def test_a_restore_to_just_before_the_delete_xid_keeps_both_batches(rig, story):
 
 
 def test_a_time_outside_the_range_is_refused_naming_it(rig, story):
-    span = operations.repository_range(rig.run, rig.pgbr, rig.base)
+    span = operations.repository_range(rig.run, rig.pgbr, _wal(rig))
     for outside in (span.earliest - timedelta(seconds=1), span.latest + timedelta(hours=1)):
         with pytest.raises(UsageError) as err:
-            operations.check_target(rig.run, rig.pgbr, RestoreTarget("time", time=outside), rig.base)
+            operations.check_target(rig.run, rig.pgbr, RestoreTarget("time", time=outside), _wal(rig))
         assert err.value.exit_code == 2 and f"{shown(span.earliest)} .. {shown(span.latest)}" in str(err.value)
 
 
