@@ -55,12 +55,12 @@ def port_is_free(host: str, port: int) -> bool:
     return True
 
 
-def require_free_ports(settings: Settings, held_by_lab: bool = False) -> None:
-    """Every published port must be free, unless our own running lab holds it."""
-    if held_by_lab:
-        return
+def require_free_ports(settings: Settings, held_by_lab: Iterable[str] = ()) -> None:
+    """Every published port must be free, except those ``held_by_lab`` (port keys of our own running hosts:
+    a lab that gains a host, such as backup1 after a pull, keeps its running hosts and their ports)."""
+    held = set(held_by_lab)
     for key, port in settings.ports.items():
-        if not port_is_free(settings.host, port):
+        if key not in held and not port_is_free(settings.host, port):
             how = f"set {key}=<free port> in .env"
             if key in PORT_FLAGS:
                 how += f" or pass {PORT_FLAGS[key]} <free port>"

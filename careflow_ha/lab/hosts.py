@@ -7,18 +7,21 @@ on the same machine) before starting its own.
 
 from __future__ import annotations
 
+import re
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
+
+import yaml
 
 from careflow_ha.errors import NotReady
 from careflow_ha.lab import host_checks
 from careflow_ha.lab.engine import Engine, container_name
 from careflow_ha.lab.image import ensure_node_image
 from careflow_ha.lab.ssh import ensure_keypair, ssh_argv, write_ssh_config
-from careflow_ha.settings import COMPOSE_PROJECT, LAB_NODES, Settings
+from careflow_ha.settings import COMPOSE_PROJECT, LAB_NODES, PROJECT_DIR, Settings
 
 Progress = Callable[[str], None]
 
@@ -66,8 +69,18 @@ def purge(engine: Engine, progress: Progress) -> None:
     OWNER_FILE.unlink(missing_ok=True)
 
 
-def _all_running(engine: Engine) -> bool:
-    return all(engine.state(n) == "running" for n in LAB_NODES)
+def _running(engine: Engine) -> list[str]:
+    return [n for n in LAB_NODES if engine.state(n) == "running"]
+
+
+def published_port_keys(nodes: Iterable[str]) -> set[str]:
+    """The port variables (CAREFLOW_*_PORT) that compose publishes for ``nodes``, read from docker-compose.yml."""
+    services = yaml.safe_load((PROJECT_DIR / "docker-compose.yml").read_text())["services"]
+    keys: set[str] = set()
+    for node in nodes:
+        for mapping in services.get(node, {}).get("ports", []):
+            keys.update(re.findall(r"\$\{(CAREFLOW_\w+):-", mapping))
+    return keys
 
 
 def lab_up(settings: Settings, engine: Engine, progress: Progress, timeout_s: float = 300) -> list[NodeStatus]:
@@ -78,8 +91,9 @@ def lab_up(settings: Settings, engine: Engine, progress: Progress, timeout_s: fl
         owner = OWNER_FILE.read_text().strip() if OWNER_FILE.exists() else "an unknown checkout"
         progress(f"lab: found a stale lab from {owner}; removing it (and its data) first")
         purge(engine, progress)
-    running = _all_running(engine)
-    host_checks.require_free_ports(settings, held_by_lab=running)
+    up = _running(engine)
+    running = set(up) == set(LAB_NODES)
+    host_checks.require_free_ports(settings, held_by_lab=published_port_keys(up))
     ensure_keypair(settings)
     write_ssh_config(settings)
     ensure_node_image(engine, progress)
