@@ -12,13 +12,13 @@ from pathlib import Path
 import yaml
 
 from careflow_ha.provision import LAB_INVENTORY
-from careflow_ha.provision.inventory import ROLES, ClusterInventory, load_inventory
+from careflow_ha.provision.inventory import ClusterInventory, load_inventory
 from careflow_ha.settings import SECRET_KEYS
 
 SECRETS = {key: f"{key.lower()}-s3cr3t-value" for key in SECRET_KEYS}
-#: The roles whose defaults a pgbackrest render needs: site.yml's, which include postgresql (its data dir)
-#: and pgbackrest itself.
-ROLES_WITH_PGBACKREST = ROLES
+#: The defaults a pgbackrest render sees: its own only, as in its site.yml play (Ansible scopes role defaults
+#: to the play; a variable of another role's defaults is undefined there).
+ROLES_WITH_PGBACKREST = ("pgbackrest",)
 REPO_GROUP = "backup_repository"
 BACKUP1_IP = "192.168.56.30"
 
