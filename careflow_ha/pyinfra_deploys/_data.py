@@ -23,6 +23,11 @@ def var(name: str) -> Any:
     return value
 
 
+def hostvar(other: str, name: str) -> Any:
+    """Another host's value of an inventory variable (Ansible's ``hostvars[other][name]``)."""
+    return _inventory().hostvars[other][name]
+
+
 def template(role: str, name: str, item: Any = None) -> str:
     """``roles/<role>/templates/<name>`` rendered for this host (the role's own template; ``item``: a loop's)."""
     return _inventory().render_template(role, name, host.name, item)

@@ -13,7 +13,7 @@ import shlex
 from pyinfra.api import deploy
 from pyinfra.operations import apt, files, server, systemd
 
-from careflow_ha.pyinfra_deploys._data import role_template, var
+from careflow_ha.pyinfra_deploys._data import hostvar, role_template, var
 from careflow_ha.pyinfra_deploys.ops import (
     apt_cache_fresh,
     changed_unless,
@@ -48,6 +48,13 @@ def pgbackrest() -> None:
         files.directory(
             name=f"Ensure {d['path']} exists with its owner", path=d["path"], user=d["owner"],
             group=var("pgbackrest_group"), mode=d["mode"].lstrip("0"),
+        )
+    for peer in var("__pgbackrest_peers"):
+        ip = hostvar(peer, "careflow_node_ip")
+        wait_until_ok(
+            name="Ensure every pgBackRest peer's name resolves to its cluster address",
+            command=f"getent ahostsv4 {shlex.quote(peer)} | awk '{{print $1}}' | grep -qxF {shlex.quote(str(ip))}",
+            what=f"{peer} resolves to {ip}", retries=1, delay=0,
         )
     put_role_file(
         "Ensure the pgBackRest config validator is in place",

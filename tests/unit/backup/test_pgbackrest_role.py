@@ -51,8 +51,9 @@ def test_the_repository_host_holds_the_repository_and_reaches_every_member(lab):
     assert (g["compress-type"], g["process-max"], g["start-fast"]) == ("zst", "2", "y")
     assert "archive-async" not in g  # nothing is archived from here
     assert g["tls-server-address"] == BACKUP1_IP and g["tls-server-auth"] == "pg1,pg2,pg3=careflow"
-    for n, ip in enumerate(("192.168.56.11", "192.168.56.12", "192.168.56.13"), start=1):
-        assert (s[f"pg{n}-host"], s[f"pg{n}-host-type"], s[f"pg{n}-path"]) == (ip, "tls", "/var/lib/postgresql/15/main")
+    for n, name in enumerate(("pg1", "pg2", "pg3"), start=1):
+        # By name: pgBackRest 2.45 checks a server certificate's DNS names, never its IP addresses.
+        assert (s[f"pg{n}-host"], s[f"pg{n}-host-type"], s[f"pg{n}-path"]) == (name, "tls", "/var/lib/postgresql/15/main")
         assert s[f"pg{n}-host-cert-file"] == "/etc/careflow/tls/backup1.crt"  # the tls role's files
         assert s[f"pg{n}-host-key-file"] == "/etc/careflow/tls/postgres/backup1.key"  # postgres's own key copy
     assert s["backup-standby"] == "y"
@@ -61,7 +62,7 @@ def test_the_repository_host_holds_the_repository_and_reaches_every_member(lab):
 def test_a_database_node_pushes_wal_asynchronously_to_the_repository_host(lab):
     conf = ini(lab.render_template("pgbackrest", "pgbackrest.conf.j2", "pg2"))
     g, s = conf["global"], conf["careflow"]
-    assert (g["repo1-host"], g["repo1-host-type"], g["repo1-host-port"]) == (BACKUP1_IP, "tls", "8432")
+    assert (g["repo1-host"], g["repo1-host-type"], g["repo1-host-port"]) == ("backup1", "tls", "8432")
     assert g["repo1-host-cert-file"] == "/etc/careflow/tls/pg2.crt"
     assert (g["repo1-host-ca-file"], g["repo1-host-key-file"]) == ("/etc/careflow/tls/ca.crt",
                                                                   "/etc/careflow/tls/postgres/pg2.key")
@@ -259,3 +260,9 @@ def test_the_backup_units_are_valid_systemd_units_with_valid_calendars(lab, tmp_
 def test_a_bad_calendar_is_caught(bad):
     got = subprocess.run(["systemd-analyze", "calendar", bad], capture_output=True, text=True, timeout=30)
     assert got.returncode != 0
+
+
+def test_each_host_checks_that_the_peers_it_dials_resolve(lab, lab_without_repository):
+    peers = {h: lab.render_value("{{ __pgbackrest_peers }}", h) for h in ("backup1", "pg2")}
+    assert list(peers["backup1"]) == ["pg1", "pg2", "pg3"] and list(peers["pg2"]) == ["backup1"]
+    assert list(lab_without_repository.render_value("{{ __pgbackrest_peers }}", "pg1")) == []  # nobody to dial
