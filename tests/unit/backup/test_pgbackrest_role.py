@@ -38,9 +38,24 @@ def lab_without_repository(tmp_path_factory):
     return with_repository(tmp_path_factory.mktemp("inv"), repository_host=False)
 
 
+#: Options pgBackRest reads as a list, one line each (every other key twice is an error).
+REPEATABLE = ("tls-server-auth",)
+
+
 def ini(text: str) -> configparser.ConfigParser:
-    parser = configparser.ConfigParser(interpolation=None, strict=True)  # strict: a key twice is an error
-    parser.read_string(text)
+    """The file as sections; a repeatable option's lines are joined with " " (strict for every other key)."""
+    repeated: dict[str, list[str]] = {}
+    kept = []
+    for line in text.splitlines():
+        key, sep, value = line.partition("=")
+        if sep and key in REPEATABLE:
+            repeated.setdefault(key, []).append(value)
+            continue
+        kept.append(line)
+    parser = configparser.ConfigParser(interpolation=None, strict=True)
+    parser.read_string("\n".join(kept))
+    for key, values in repeated.items():
+        parser["global"][key] = " ".join(values)
     return parser
 
 
@@ -50,7 +65,7 @@ def test_the_repository_host_holds_the_repository_and_reaches_every_member(lab):
     assert (g["repo1-path"], g["repo1-retention-full"], g["repo1-retention-diff"]) == ("/var/lib/pgbackrest", "2", "7")
     assert (g["compress-type"], g["process-max"], g["start-fast"]) == ("zst", "2", "y")
     assert "archive-async" not in g  # nothing is archived from here
-    assert g["tls-server-address"] == BACKUP1_IP and g["tls-server-auth"] == "pg1,pg2,pg3=careflow"
+    assert g["tls-server-address"] == BACKUP1_IP and g["tls-server-auth"] == "pg1=careflow pg2=careflow pg3=careflow"
     for n, name in enumerate(("pg1", "pg2", "pg3"), start=1):
         # By name: pgBackRest 2.45 checks a server certificate's DNS names, never its IP addresses.
         assert (s[f"pg{n}-host"], s[f"pg{n}-host-type"], s[f"pg{n}-path"]) == (name, "tls", "/var/lib/postgresql/15/main")
