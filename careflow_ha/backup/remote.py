@@ -95,7 +95,8 @@ def remote_wal_reader(runner: SshRunner, stanza: str, pg_bin: str = str(PG_BIN))
             'd=$(mktemp -d) && trap \'rm -rf "$d"\' EXIT && '
             f"pgbackrest --stanza={shlex.quote(stanza)} archive-get --no-archive-async {shlex.quote(segment)} "
             f'"$d/{segment}" >/dev/null 2>&1 || exit 3; '
-            f'TZ=UTC {shlex.quote(pg_bin)}/pg_waldump --rmgr=Transaction --path="$d" {shlex.quote(segment)} 2>/dev/null; '
+            f'TZ=UTC {shlex.quote(pg_bin)}/pg_waldump --rmgr=Transaction --path="$d" {shlex.quote(segment)} '
+            "2>/dev/null; "
             "exit 0"
         )
         got = runner(["sh", "-c", script], timeout=120, check=False)

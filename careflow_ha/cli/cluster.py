@@ -64,6 +64,8 @@ def _render_status(data: dict) -> str:
         lines.append(table(data["vips"], ["vip", "kind", "on", "ok"]))
     if data.get("poolers"):
         lines.append(table(data["poolers"], ["pooler", "state"]))
+    if data.get("archiving"):
+        lines.append(table([data["archiving"]], list(data["archiving"])))
     lines.append("healthy" if data["healthy"] else "NOT healthy: " + "; ".join(data["problems"]))
     return "\n".join(lines)
 
@@ -159,6 +161,13 @@ def pooler_rows(settings: Settings) -> list[dict]:
     return [{"pooler": s.name, "state": s.state} for s in pooler_states(lab_poolers(settings))]
 
 
+def archiving_rows(settings: Settings) -> tuple[dict, list[str]]:
+    """WAL archiving to the repository host: pg_stat_archiver, the pg_wal backlog, pgbackrest check."""
+    from careflow_ha.backup.lab import LabRepository, archiving_status
+
+    return archiving_status(LabRepository(settings))
+
+
 def pooler_problems(rows: list[dict]) -> list[str]:
     """A paused pooler is never silent: it holds every client until resumed."""
     out = []
@@ -184,6 +193,8 @@ def status_cmd(fmt: str) -> None:
     data["poolers"] = pooler_rows(settings)
     bad = [f"VIP {r['vip']} ({r['kind']}) is on {r['on']}" for r in data["vips"] if r["ok"] != "yes"]
     bad += pooler_problems(data["poolers"])
+    data["archiving"], archive_problems = archiving_rows(settings)
+    bad += archive_problems
     if bad:
         data["healthy"], data["problems"] = False, [*data["problems"], *bad]
     emit(data, fmt, _render_status)

@@ -89,7 +89,8 @@ def _stanza() -> None:
     """The role's stanza.yml: each step as the pgBackRest user (root would leave root-owned files in the
     repository), the first and last only once."""
     stanza_dir = f"{var('pgbackrest_repo_path')}/backup/{var('pgbackrest_stanza')}"
-    pgbr = f"runuser -u {shlex.quote(var('pgbackrest_user'))} -- pgbackrest --stanza={shlex.quote(var('pgbackrest_stanza'))}"
+    as_user = f"runuser -u {shlex.quote(var('pgbackrest_user'))} --"
+    pgbr = f"{as_user} pgbackrest --stanza={shlex.quote(var('pgbackrest_stanza'))}"
     run_unless_exists(name="Ensure the stanza exists in the repository", path=f"{stanza_dir}/backup.info",
                       command=f"{pgbr} stanza-create")
     wait_until_ok(name="Ensure WAL from the primary reaches the repository", command=f"{pgbr} check",

@@ -68,7 +68,8 @@ def test_the_repository_host_holds_the_repository_and_reaches_every_member(lab):
     assert g["tls-server-address"] == BACKUP1_IP and g["tls-server-auth"] == "pg1=careflow pg2=careflow pg3=careflow"
     for n, name in enumerate(("pg1", "pg2", "pg3"), start=1):
         # By name: pgBackRest 2.45 checks a server certificate's DNS names, never its IP addresses.
-        assert (s[f"pg{n}-host"], s[f"pg{n}-host-type"], s[f"pg{n}-path"]) == (name, "tls", "/var/lib/postgresql/15/main")
+        got = (s[f"pg{n}-host"], s[f"pg{n}-host-type"], s[f"pg{n}-path"])
+        assert got == (name, "tls", "/var/lib/postgresql/15/main")
         assert s[f"pg{n}-host-cert-file"] == "/etc/careflow/tls/backup1.crt"  # the tls role's files
         assert s[f"pg{n}-host-key-file"] == "/etc/careflow/tls/postgres/backup1.key"  # postgres's own key copy
     assert s["backup-standby"] == "y"
