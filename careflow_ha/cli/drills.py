@@ -16,6 +16,7 @@ from typing import Any
 
 import click
 
+from careflow_ha.backup.drills import BACKUP_DRILLS
 from careflow_ha.cli.common import (
     confirm_or_force,
     emit,
@@ -153,6 +154,10 @@ def list_cmd(fmt: str) -> None:
         }
         for f in FAULTS.values()
     ]
+    rows += [
+        {"name": d.name, "breaks": d.title, "failover": "restore", "ci": "yes" if d.ci else "", "how": d.description}
+        for d in BACKUP_DRILLS.values()
+    ]
     emit(rows, fmt, lambda r: table(r, ["name", "breaks", "failover", "ci"]))  # "how" is in --format json
 
 
@@ -171,7 +176,12 @@ def run_cmd(
     engine_name: str | None, force: bool, fmt: str,
 ) -> None:
     """Run drill NAME (see 'drill list') and write its report."""
-    fault = get_fault(name)  # an unknown name fails before anything is touched
+    if name in BACKUP_DRILLS:
+        _run_backup_drill(name, repeat, preset, asynchronous, under_load, via, force, fmt)
+        return
+    if name not in FAULTS:  # an unknown name fails before anything is touched
+        raise UsageError(f"unknown drill {name!r}; valid drills: {', '.join([*FAULTS, *BACKUP_DRILLS])}")
+    fault = get_fault(name)
     get_settings().with_via(via)  # so does an unknown or unprovisioned way in
     if asynchronous and fault.name == "sync-standby-loss":
         raise UsageError("drill 'sync-standby-loss' needs synchronous_mode on; run it without --async")
@@ -183,6 +193,35 @@ def run_cmd(
             progress(f"repetition {i + 1} of {repeat}")
         runs.append(one(fault.name, preset, asynchronous))
     _finish(runs, fmt)
+
+
+def _run_backup_drill(name: str, repeat: int, preset: str, asynchronous: bool, under_load: bool, via: str | None,
+                      force: bool, fmt: str) -> None:
+    """The restore drills (careflow_ha.backup.drills): they restore the whole cluster, so the fault drills'
+    knobs (preset, --async, --under-load, --via) do not apply and are refused rather than ignored."""
+    from careflow_ha.backup.drills import run_backup_drill
+
+    given = [flag for flag, on in (("--preset", preset != "fast"), ("--async", asynchronous),
+                                   ("--under-load", under_load), ("--via", via is not None)) if on]
+    if given:
+        raise UsageError(f"drill {name!r} restores the cluster from the repository; {', '.join(given)} "
+                         "does not apply to it: run it without")
+    drill = BACKUP_DRILLS[name]
+    confirm_or_force(f"Drill '{name}' breaks the lab cluster on purpose ({drill.title}) and restores it. Continue?",
+                     force)
+    settings = get_settings()
+    rows = []
+    for i in range(repeat):
+        if repeat > 1:
+            progress(f"repetition {i + 1} of {repeat}")
+        report, folder = run_backup_drill(name, settings, progress)
+        rows.append({"drill": name, **{k: v for k, v in report.figures.items() if not isinstance(v, str)},
+                     "result": "PASS" if report.passed else "MISS",
+                     "report": str(folder.relative_to(settings.project_dir))})
+    emit(rows, fmt, lambda r: table(r, ["drill", "result", "report"]))
+    missed = [r for r in rows if r["result"] != "PASS"]
+    if missed:
+        raise CheckFailed(f"{len(missed)} of {len(rows)} run(s) missed a target; see the reports")
 
 
 @drill_group.command("all")

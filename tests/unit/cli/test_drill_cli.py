@@ -9,6 +9,7 @@ from types import MappingProxyType
 import pytest
 
 import careflow_ha.cli.drills as drills_cli
+from careflow_ha.backup.drills import BACKUP_DRILLS
 from careflow_ha.cli import main
 from careflow_ha.drills.faults import FAULTS
 from careflow_ha.drills.targets import verdicts
@@ -54,7 +55,7 @@ def test_list_names_every_drill(capsys):
     code, out, _ = invoke(capsys, "drill", "list", "--format", "json")
     assert code == 0
     rows = json.loads(out)
-    assert [r["name"] for r in rows] == list(FAULTS)
+    assert [r["name"] for r in rows] == [*FAULTS, *BACKUP_DRILLS]  # the fault drills, then the restore drills
     assert all(r["how"] for r in rows)
 
 
