@@ -88,10 +88,11 @@ def report_backup(settings: Settings, run: BackupRun, started: float) -> Path:
     report = BackupReport(
         kind="backup", title=f"pgBackRest {b.type} backup {b.label}", started_at=started, finished_at=time.time(),
         summary=(f"A {b.type} backup of stanza careflow, copied from a standby by the repository host. It holds "
-                 f"{b.size / 1e6:.1f} MB of database and takes {b.repo_size / 1e6:.1f} MB in the repository "
-                 "(zstd)."),
+                 f"{b.size / 1e6:.1f} MB of database; it copied {(b.delta or b.size) / 1e6:.1f} MB and added "
+                 f"{b.stored / 1e6:.2f} MB to the repository (zstd)."),
         figures={"label": b.label, "type": b.type, "seconds": round(run.seconds, 2), "database_MB": b.size / 1e6,
-                 "stored_MB": b.repo_size / 1e6, "MB_per_s": round(run.mb_per_s, 2),
+                 "copied_MB": (b.delta or b.size) / 1e6, "stored_MB": b.stored / 1e6,
+                 "MB_per_s": round(run.mb_per_s, 2),
                  "wal_start": b.wal_start, "wal_stop": b.wal_stop, "stop (Asia/Seoul)": shown(b.stop)},
         steps=[Step(f"pgbackrest backup --type={b.type}", started, started + run.seconds)],
     )

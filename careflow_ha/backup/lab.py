@@ -52,7 +52,9 @@ class BackupRun:
 
     @property
     def mb_per_s(self) -> float:
-        return self.backup.size / 1e6 / self.seconds if self.seconds > 0 else 0.0
+        """Bytes copied (a diff or incr copies only changed files) per second of the whole command."""
+        copied = self.backup.delta if self.backup.delta is not None else self.backup.size
+        return copied / 1e6 / self.seconds if self.seconds > 0 else 0.0
 
 
 @dataclass(frozen=True)

@@ -46,6 +46,14 @@ class Backup:
     repo_size: int  # bytes it takes in the repository (compressed)
     error: bool  # pgBackRest found a page checksum error while copying
     prior: str | None
+    #: What this backup itself copied and stored (a diff or incr holds only the files changed since its prior).
+    delta: int | None = None
+    repo_delta: int | None = None
+
+    @property
+    def stored(self) -> int:
+        """Bytes this backup added to the repository."""
+        return self.repo_delta if self.repo_delta is not None else self.repo_size
 
 
 @dataclass(frozen=True)
@@ -76,6 +84,10 @@ def _seg_key(segment: str) -> tuple[int, int]:
     return int(segment[8:16], 16), int(segment[16:24], 16)
 
 
+def _int_or_none(value: object) -> int | None:
+    return int(value) if isinstance(value, int) else None
+
+
 def _epoch(value: object, what: str) -> datetime:
     if not isinstance(value, int):
         raise CommandFailed(f"pgbackrest info: {what} is not a number of seconds; is this pgBackRest 2.x?")
@@ -101,6 +113,8 @@ def parse_info(text: str, stanza: str) -> Stanza:
                 wal_start=b["archive"]["start"], wal_stop=b["archive"]["stop"],
                 size=int(b["info"]["size"]), repo_size=int(b["info"]["repository"]["size"]),
                 error=bool(b.get("error", False)), prior=b.get("prior"),
+                delta=_int_or_none(b["info"].get("delta")),
+                repo_delta=_int_or_none(b["info"]["repository"].get("delta")),
             )
             for b in entry.get("backup", [])
         )

@@ -43,8 +43,9 @@ def backup_run_cmd(type_: str, fmt: str) -> None:
 
 
 def _backup_row(b) -> dict:  # noqa: ANN001 - a repository.Backup
-    return {"label": b.label, "type": b.type, "stop (Asia/Seoul)": shown(b.stop), "size_MB": round(b.size / 1e6, 1),
-            "stored_MB": round(b.repo_size / 1e6, 1), "wal": f"{b.wal_start}..{b.wal_stop}"}
+    return {"label": b.label, "type": b.type, "stop (Asia/Seoul)": shown(b.stop), "database_MB": round(b.size / 1e6, 1),
+            "copied_MB": round((b.delta if b.delta is not None else b.size) / 1e6, 1),
+            "stored_MB": round(b.stored / 1e6, 2), "wal": f"{b.wal_start}..{b.wal_stop}"}
 
 
 @backup_group.command("list")

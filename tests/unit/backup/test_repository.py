@@ -58,6 +58,7 @@ def test_info_is_read_into_backups_oldest_first():
     full = stanza.backups[0]
     assert (full.type, full.start, full.stop, full.size, full.repo_size) == ("full", at(T0), at(T0 + 6), 22992565,
                                                                               2811764)
+    assert (full.delta, full.stored) == (22992565, 2811764)  # what it copied, what it added to the repository
     assert (stanza.wal_min, stanza.wal_max, stanza.status_code) == ("000000010000000000000002",
                                                                      "000000010000000000000009", 0)
 
