@@ -28,6 +28,7 @@ import re
 import shlex
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from careflow_ha.backup.lab import PG_BIN, PGDATA, BackupRun, LabRepository
@@ -106,18 +107,24 @@ class _Steps:
         self.log(f"restore: {name}: done in {step.seconds:.1f}s" + (f" ({step.note})" if step.note else ""))
 
 
-def current_leader(api: PatroniApi) -> str | None:
+def current_leader(api: PatroniApi) -> tuple[str | None, bool]:
+    """The member Patroni calls leader, and whether its PostgreSQL runs (a leader key outlives a killed primary)."""
     try:
-        return api.cluster(timeout=3).leader
+        snap = api.cluster(timeout=3)
     except (CareflowError, OSError):
-        return None
+        return None, False
+    member = snap.member(snap.leader) if snap.leader else None
+    return snap.leader, member is not None and member.state == "running"
 
 
-def preflight(lab: LabRepository, target: RestoreTarget, leader: str | None, log: Progress) -> RestorableRange | None:
+def preflight(lab: LabRepository, target: RestoreTarget, primary_runs: bool, log: Progress) -> RestorableRange | None:
     """Step 1: nothing is touched yet. Returns the range (None for --latest, which needs none)."""
-    if leader is not None:
+    if primary_runs:
         log("restore: archiving the primary's current WAL segment (pgbackrest check)")
-        lab.archive_check()
+        try:
+            lab.archive_check()
+        except CareflowError as exc:  # the range below then ends at what the repository already has
+            log(f"restore: could not archive the current segment ({exc}); restoring from what is archived")
     span = None
     if target.kind == "time":
         span = lab.check_target(target)
@@ -132,19 +139,24 @@ def restore_cluster(settings: Settings, target: RestoreTarget, confirm: Confirm,
     """Restore the lab cluster to ``target`` (see the module's docstring for the order)."""
     lab = LabRepository(settings)
     api = PatroniApi(settings, nodes)
-    leader = current_leader(api)
+    leader, primary_runs = current_leader(api)
     member = leader or nodes[0]
     result = RestoreResult(target, member, time.time())
-    result.span = preflight(lab, target, leader, log)
+    result.span = preflight(lab, target, primary_runs, log)
     confirm(f"Restore stops Patroni on {', '.join(nodes)}, removes the cluster from etcd and replaces every "
             f"node's data with {target.describe()} (restored on {member}). Continue?")
     steps = _Steps(result, log)
     root = {n: lab.node(n, "root") for n in nodes}
     replicas = [n for n in nodes if n != member]
 
+    def stop(n: str) -> None:
+        root[n](["systemctl", "stop", "patroni"], timeout=timeouts.stop_s, check=False)
+
     def stop_all() -> str:
-        for n in [*replicas, member]:  # replicas first: none may be promoted while the leader stops
-            root[n](["systemctl", "stop", "patroni"], timeout=timeouts.stop_s, check=False)
+        # The replicas first (together), so none can be promoted while the leader stops; then the leader.
+        with ThreadPoolExecutor(max_workers=len(replicas) or 1) as pool:
+            list(pool.map(stop, replicas))
+        stop(member)
         running = [n for n in nodes if _postgres_runs(root[n])]
         if running:
             raise NotReady(f"PostgreSQL still runs on {', '.join(running)} after stopping Patroni")
@@ -235,7 +247,7 @@ def parse_recovery_log(text: str) -> tuple[str | None, str | None]:
 def _wait_leader(api: PatroniApi, member: str, timeout_s: float) -> None:
     deadline = time.monotonic() + timeout_s
     for _ in range(int(timeout_s) + 2):
-        if current_leader(api) == member:
+        if current_leader(api) == (member, True):
             return
         if time.monotonic() > deadline:
             break
