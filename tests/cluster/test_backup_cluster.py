@@ -6,28 +6,14 @@ from __future__ import annotations
 import json
 
 import pytest
-import testinfra
 
 from careflow_ha.backup.lab import REPO_HOST
-from careflow_ha.lab.ssh import ssh_config_path
 from careflow_ha.settings import PG_NODES
 from tests.cli import run_cli
 
 pytestmark = pytest.mark.cluster
 
 HOSTS = (*PG_NODES, REPO_HOST)
-
-
-@pytest.fixture(scope="module")
-def host_of(cluster):
-    cache: dict[str, testinfra.host.Host] = {}
-
-    def get(name: str) -> testinfra.host.Host:
-        if name not in cache:
-            cache[name] = testinfra.get_host(f"ssh://{name}", ssh_config=str(ssh_config_path(cluster)))
-        return cache[name]
-
-    return get
 
 
 @pytest.mark.parametrize("name", HOSTS)

@@ -13,12 +13,10 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-import testinfra
 from cryptography import x509
 
 from careflow_ha.cluster.patroni import PatroniApi
 from careflow_ha.lab.ca import issued_by, subject_alt_names
-from careflow_ha.lab.ssh import ssh_config_path
 from careflow_ha.provision import LAB_INVENTORY
 from careflow_ha.provision.inventory import load_inventory
 from careflow_ha.routing.haproxy_ab import VARIANTS, variant_config
@@ -26,18 +24,6 @@ from tests.inventory import host_vars, hosts
 from tests.plugins.timeouts import wait_until
 
 pytestmark = pytest.mark.cluster
-
-
-@pytest.fixture(scope="module")
-def host_of(cluster):
-    cache: dict[str, testinfra.host.Host] = {}
-
-    def get(name: str) -> testinfra.host.Host:
-        if name not in cache:
-            cache[name] = testinfra.get_host(f"ssh://{name}", ssh_config=str(ssh_config_path(cluster)))
-        return cache[name]
-
-    return get
 
 
 @pytest.mark.parametrize("name", hosts("postgres_cluster"))

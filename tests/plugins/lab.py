@@ -20,6 +20,7 @@ import pytest
 
 from careflow_ha.lab import hosts
 from careflow_ha.lab.engine import Engine, detect_engine
+from careflow_ha.lab.ssh import ssh_config_path
 from careflow_ha.settings import LAB_NODES, Settings, load_settings
 
 _RANK = {"localpg": 1, "lab": 2, "cluster": 3, "pyinfra": 4, "drill": 5, "teardown": 9}
@@ -80,6 +81,21 @@ def cluster(lab_hosts: Settings, engine: Engine) -> Settings:
     bring_up(lab_hosts, engine, progress)
     _SESSION.cluster_ready = True
     return lab_hosts
+
+
+@pytest.fixture(scope="module")
+def host_of(cluster: Settings):
+    """testinfra hosts over the lab's SSH, one per name (the host checks of every provisioner share it)."""
+    import testinfra
+
+    cache: dict[str, testinfra.host.Host] = {}
+
+    def get(name: str) -> testinfra.host.Host:
+        if name not in cache:
+            cache[name] = testinfra.get_host(f"ssh://{name}", ssh_config=str(ssh_config_path(cluster)))
+        return cache[name]
+
+    return get
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:

@@ -80,17 +80,17 @@ def test_prometheus_scrapes_itself_under_its_host_name(lab):
 def test_a_host_added_to_the_inventory_is_scraped_with_no_other_edit(tmp_path):
     def add(children):
         children["postgres_cluster"]["hosts"]["pg4"] = {"careflow_node_ip": "192.168.56.14"}
-        children["balancers"]["hosts"]["lb3"] = {"careflow_node_ip": "192.168.56.30"}
+        children["balancers"]["hosts"]["lb3"] = {"careflow_node_ip": "192.168.56.31"}
 
     inv = load_inventory(_inventory_copy(tmp_path, add), SECRETS)
     config = _config(inv)
     assert _targets(config, "postgres")["pg4"] == "192.168.56.14:9187"
     assert _targets(config, "patroni")["pg4"] == "192.168.56.14:8008"
     assert _targets(config, "node")["pg4"] == "192.168.56.14:9100"
-    assert _targets(config, "haproxy")["lb3"] == "192.168.56.30:8405"
-    assert _targets(config, "node")["lb3"] == "192.168.56.30:9100"
+    assert _targets(config, "haproxy")["lb3"] == "192.168.56.31:8405"
+    assert _targets(config, "node")["lb3"] == "192.168.56.31:9100"
     assert "pg4" not in _targets(config, "etcd")  # not an etcd member: etcd's job does not guess
-    assert len(_targets(config, "node")) == len(inv.hosts) == 8
+    assert len(_targets(config, "node")) == len(inv.hosts) == 9  # backup1 is scraped too
 
 
 def test_the_rendered_config_and_the_shipped_rules_pass_promtool(lab, tmp_path):
