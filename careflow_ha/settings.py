@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import secrets
 import stat
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import MappingProxyType
@@ -19,7 +19,7 @@ from urllib.parse import quote
 import yaml
 from dotenv import dotenv_values
 
-from careflow_ha.errors import UsageError
+from careflow_ha.errors import CheckFailed, UsageError
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
 
@@ -118,6 +118,15 @@ class Vip:
 
     address: str
     ports: Mapping[str, int]
+
+
+def check_no_secrets(texts: Iterable[str], secrets: Mapping[str, str]) -> None:
+    """Refuse to write a report that contains any secret value (a last line of defence)."""
+    values = [v for v in secrets.values() if v and len(v) >= 6]
+    for text in texts:
+        for value in values:
+            if value in text:
+                raise CheckFailed("a report would contain a secret; refusing to write it (this is a bug)")
 
 
 def inventory_vars(inventory: Path) -> dict[str, Any]:

@@ -32,7 +32,7 @@ from careflow_ha.backup.restore import RestoreResult, restore_cluster
 from careflow_ha.backup.target import RestoreTarget, shown
 from careflow_ha.cluster.health import wait_healthy
 from careflow_ha.cluster.patroni import PatroniApi
-from careflow_ha.drills.probes import ProbeWriter, ensure_probe_table, fetch_seqs
+from careflow_ha.cluster.probes import ProbeWriter, ensure_probe_table, fetch_seqs
 from careflow_ha.errors import CheckFailed, NotReady
 from careflow_ha.settings import ROLE_NAMES, Settings
 

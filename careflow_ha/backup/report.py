@@ -20,7 +20,7 @@ import matplotlib
 matplotlib.use("Agg")  # headless: reports are written on CI machines without a display
 import matplotlib.pyplot as plt  # noqa: E402 - must follow the backend choice
 
-from careflow_ha.drills.report import check_no_secrets  # noqa: E402
+from careflow_ha.settings import check_no_secrets  # noqa: E402
 
 RESULT_NAME = "result.json"
 INDEX_NAME = "index.md"

@@ -2,8 +2,8 @@
 
 One job per module:
 
-- ``model``: the immutable records a drill collects (acks, samples, cluster snapshots, results).
-- ``probes``: bounded background clients (writer via 5000, reader via 5001, per-node sampler and writer).
+- the probes and their records live one layer down, in ``cluster/probes.py`` and ``cluster/records.py``:
+  the restore drills (``backup/drills.py``) write through the same probe writer.
 - ``patroni``: a tiny client for Patroni's REST API (GET /cluster, /history, /config; PATCH, POST).
 - ``control``: the ``ClusterControl`` interface a drill needs from the cluster, and its REST implementation.
 - ``events``: a bounded poller of ``GET /cluster`` and the role changes derived from it.

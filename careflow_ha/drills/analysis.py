@@ -11,8 +11,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from careflow_ha.cluster.model import ClusterSnapshot, HistoryEntry, TimelineEvent
+from careflow_ha.cluster.records import Ack, NodeSample, Recording
 from careflow_ha.drills.checker import SetCheck, attempts_of, check_set
-from careflow_ha.drills.model import Ack, NodeSample, Recording
 from careflow_ha.drills.splitbrain import WriteSplitBrain, judge_node_writes, sampling_coverage
 
 #: A gap between acknowledgements counts as an outage when it is longer than

@@ -31,7 +31,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Literal
 
-from careflow_ha.drills.model import DEFINITE_FAILURE_KINDS, Recording
+from careflow_ha.cluster.records import DEFINITE_FAILURE_KINDS, Recording
 
 WriteOutcome = Literal["acked", "refused", "ambiguous"]
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +24,7 @@ from careflow_ha.drills.checker import ANOMALY_CLASSES, SetCheck  # noqa: E402
 from careflow_ha.drills.runner import DrillRun  # noqa: E402
 from careflow_ha.drills.splitbrain import ForeignLeaderWrite, WriteSplitBrain  # noqa: E402
 from careflow_ha.drills.targets import Verdict  # noqa: E402
-from careflow_ha.errors import CheckFailed  # noqa: E402
+from careflow_ha.settings import check_no_secrets  # noqa: E402
 
 INDEX_NAME = "index.md"
 #: Seq lists in result.json stop here: a count says how bad, the first thousand say which.
@@ -425,15 +425,6 @@ def timeline_png(run: DrillRun, path: Path) -> None:
         fig.savefig(path)
     finally:
         plt.close(fig)
-
-
-def check_no_secrets(texts: Iterable[str], secrets: Mapping[str, str]) -> None:
-    """Refuse to write a report that contains any secret value (a last line of defence)."""
-    values = [v for v in secrets.values() if v and len(v) >= 6]
-    for text in texts:
-        for value in values:
-            if value in text:
-                raise CheckFailed("a drill report would contain a secret; refusing to write it (this is a bug)")
 
 
 def write_report(run: DrillRun, reports_dir: Path, secrets: Mapping[str, str]) -> Path:

@@ -24,15 +24,7 @@ from dataclasses import dataclass, field
 
 from careflow_ha.cluster.model import ClusterSnapshot, HistoryEntry, TimelineEvent
 from careflow_ha.cluster.nodes import node_addresses
-from careflow_ha.cluster.switchover import lab_limits, lab_switchover
-from careflow_ha.cluster.timing import Timing, timing_preset
-from careflow_ha.cluster.watch import BoundedLoop, ClusterPoller, role_change_events
-from careflow_ha.drills.analysis import Analysis, analyse, rejoined_at
-from careflow_ha.drills.checker import describe_set_check
-from careflow_ha.drills.control import ClusterControl
-from careflow_ha.drills.faults import PGDATA, Fault, FaultContext, NodeEngine, PooledSwitchover
-from careflow_ha.drills.model import Recording
-from careflow_ha.drills.probes import (
+from careflow_ha.cluster.probes import (
     NodeSampler,
     NodeWriter,
     ProbeReader,
@@ -41,6 +33,14 @@ from careflow_ha.drills.probes import (
     ensure_probe_table,
     fetch_seqs,
 )
+from careflow_ha.cluster.records import Recording
+from careflow_ha.cluster.switchover import lab_limits, lab_switchover
+from careflow_ha.cluster.timing import Timing, timing_preset
+from careflow_ha.cluster.watch import BoundedLoop, ClusterPoller, role_change_events
+from careflow_ha.drills.analysis import Analysis, analyse, rejoined_at
+from careflow_ha.drills.checker import describe_set_check
+from careflow_ha.drills.control import ClusterControl
+from careflow_ha.drills.faults import PGDATA, Fault, FaultContext, NodeEngine, PooledSwitchover
 from careflow_ha.drills.targets import POOLED_WAY, REJOIN_TARGET_S, Observation, Verdict, verdicts
 from careflow_ha.errors import CareflowError, CheckFailed, NotReady
 from careflow_ha.settings import DB_NAME, ROLE_NAMES, Settings

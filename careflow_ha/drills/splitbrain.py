@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from types import MappingProxyType
 
 from careflow_ha.cluster.model import ClusterSnapshot
-from careflow_ha.drills.model import NodeSample, NodeWrite
+from careflow_ha.cluster.records import NodeSample, NodeWrite
 
 #: Two consecutive leader-key snapshots this far apart or closer, naming the same leader, are taken to
 #: cover the time between them. Wider gaps (the poller could not reach any API) prove nothing.

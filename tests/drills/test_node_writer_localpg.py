@@ -17,9 +17,7 @@ import psycopg
 import pytest
 
 from careflow_ha.cluster.model import ClusterSnapshot, Member
-from careflow_ha.drills.checker import attempts_of, check_set
-from careflow_ha.drills.model import Recording
-from careflow_ha.drills.probes import (
+from careflow_ha.cluster.probes import (
     NODE_PROBE_TABLE,
     NodeWriter,
     ProbeWriter,
@@ -27,6 +25,8 @@ from careflow_ha.drills.probes import (
     ensure_probe_table,
     fetch_seqs,
 )
+from careflow_ha.cluster.records import Recording
+from careflow_ha.drills.checker import attempts_of, check_set
 from careflow_ha.drills.splitbrain import judge_node_writes
 from tests.plugins.timeouts import scaled, wait_until
 

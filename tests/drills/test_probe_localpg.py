@@ -10,11 +10,7 @@ import time
 import psycopg
 import pytest
 
-from careflow_ha.drills.analysis import measure_outage
-from careflow_ha.drills.checker import attempts_of, check_set
-from careflow_ha.drills.faults import PGDATA
-from careflow_ha.drills.model import Recording
-from careflow_ha.drills.probes import (
+from careflow_ha.cluster.probes import (
     NodeSampler,
     ProbeReader,
     ProbeWriter,
@@ -23,6 +19,10 @@ from careflow_ha.drills.probes import (
     ensure_probe_table,
     fetch_seqs,
 )
+from careflow_ha.cluster.records import Recording
+from careflow_ha.drills.analysis import measure_outage
+from careflow_ha.drills.checker import attempts_of, check_set
+from careflow_ha.drills.faults import PGDATA
 from careflow_ha.drills.runner import exec_writable_check
 from tests.plugins.timeouts import scaled, wait_until
 

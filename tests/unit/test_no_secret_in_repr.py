@@ -16,9 +16,9 @@ from careflow_ha.archive.bench import WriteLoad
 from careflow_ha.archive.store import LocalStore
 from careflow_ha.backup.commands import LocalRunner, Pgbackrest
 from careflow_ha.backup.local import LocalRepository
+from careflow_ha.cluster.probes import NodeSampler, ProbeReader, ProbeWriter
 from careflow_ha.data.importer import ImportSummary
 from careflow_ha.data.localserver import LocalPostgres
-from careflow_ha.drills.probes import NodeSampler, ProbeReader, ProbeWriter
 from careflow_ha.load.client import PgSession
 from careflow_ha.load.runner import LoadConfig
 from careflow_ha.settings import SECRET_KEYS, load_settings

@@ -10,6 +10,7 @@ from dataclasses import replace
 import pytest
 
 from careflow_ha.cluster.model import ClusterSnapshot, HistoryEntry, Member
+from careflow_ha.cluster.records import Ack, NodeSample, Recording
 from careflow_ha.drills.analysis import (
     Phase,
     analyse,
@@ -19,7 +20,6 @@ from careflow_ha.drills.analysis import (
     rejoined_at,
     split_brain_intervals,
 )
-from careflow_ha.drills.model import Ack, NodeSample, Recording
 
 STEP = 0.05  # the writer's nominal interval (20/s)
 
@@ -259,7 +259,7 @@ def pooled_switchover_recording(stall_s: float, failed_writes: int = 0, failed_r
                                 read_stall_s: float = 0.5) -> Recording:
     """Writes every 50 ms; one is held ``stall_s`` at a paused pooler from t=10, a read ``read_stall_s``;
     some may fail."""
-    from careflow_ha.drills.model import ProbeError
+    from careflow_ha.cluster.records import ProbeError
 
     before = [Ack(i, t - 0.01, t, "pg1") for i, t in enumerate(ticks(0, 10.0))]
     held = [Ack(500, 10.0, 10.0 + stall_s, "pg2")]

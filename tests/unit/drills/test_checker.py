@@ -19,6 +19,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from careflow_ha.cluster.records import Ack, ProbeError, Recording
 from careflow_ha.drills.checker import (
     CLASSES,
     InconsistentAttempts,
@@ -28,7 +29,6 @@ from careflow_ha.drills.checker import (
     check_set,
     describe_set_check,
 )
-from careflow_ha.drills.model import Ack, ProbeError, Recording
 from tests.plugins.timeouts import scaled
 
 BOUNDED = settings(max_examples=300, deadline=timedelta(seconds=scaled(2)), database=None)

@@ -7,9 +7,9 @@ import json
 import pytest
 
 from careflow_ha.cluster.model import ClusterSnapshot, HistoryEntry, Member
+from careflow_ha.cluster.records import Ack, NodeSample, NodeWrite, ProbeError, Recording
 from careflow_ha.cluster.timing import TIMING_PRESETS
 from careflow_ha.drills.analysis import analyse
-from careflow_ha.drills.model import Ack, NodeSample, NodeWrite, ProbeError, Recording
 from careflow_ha.drills.report import write_index, write_report
 from careflow_ha.drills.runner import DrillRun
 from careflow_ha.drills.targets import compare_verdict, verdicts

@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from careflow_ha.cluster.model import ClusterSnapshot, Member
-from careflow_ha.drills.model import NodeSample, NodeWrite
+from careflow_ha.cluster.records import NodeSample, NodeWrite
 from careflow_ha.drills.splitbrain import (
     Tenure,
     judge_node_writes,

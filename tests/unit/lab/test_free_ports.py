@@ -22,11 +22,15 @@ def taken_port():
 
 
 def _settings_with_rw_port(tmp_path, port: int):
-    free = {}
-    for key in PORT_DEFAULTS:  # every other port: one nobody holds
-        with socket.socket() as s:
+    """Every other port one nobody holds: all bound at once while picking, so no two keys get the same one."""
+    held = [socket.socket() for _ in PORT_DEFAULTS]
+    try:
+        for s in held:
             s.bind(("127.0.0.1", 0))
-            free[key] = str(s.getsockname()[1])
+        free = {key: str(s.getsockname()[1]) for key, s in zip(PORT_DEFAULTS, held, strict=True)}
+    finally:
+        for s in held:
+            s.close()
     return load_settings(tmp_path, environ={**free, "CAREFLOW_RW_PORT": str(port)})
 
 

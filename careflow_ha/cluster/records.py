@@ -1,4 +1,4 @@
-"""Immutable records collected during a drill.
+"""Immutable records the probes collect (cluster/probes.py), for the failover and restore drills alike.
 
 Every timestamp is wall-clock seconds since the epoch (``time.time()``), so
 client observations, Patroni's own timestamps (``/history``) and the fault

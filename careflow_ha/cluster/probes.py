@@ -25,8 +25,8 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
+from careflow_ha.cluster.records import Ack, NodeSample, NodeWrite, NodeWriteOutcome, ProbeError
 from careflow_ha.cluster.watch import BoundedLoop
-from careflow_ha.drills.model import Ack, NodeSample, NodeWrite, NodeWriteOutcome, ProbeError
 from careflow_ha.dsn import pooler_safe
 
 PROBE_TABLE = "drill_probe"
