@@ -83,7 +83,7 @@ def test_a_database_node_pushes_wal_asynchronously_to_the_repository_host(lab):
     assert (g["repo1-host-ca-file"], g["repo1-host-key-file"]) == ("/etc/careflow/tls/ca.crt",
                                                                   "/etc/careflow/tls/postgres/pg2.key")
     assert "repo1-path" not in g and "repo1-retention-full" not in g  # retention is the repository's business
-    assert (g["archive-async"], g["spool-path"]) == ("y", "/var/spool/pgbackrest")
+    assert (g["archive-async"], g["spool-path"]) == ("n", "/var/spool/pgbackrest")  # sync: see the defaults
     assert g["tls-server-address"] == "192.168.56.12" and g["tls-server-auth"] == "backup1=careflow"
     assert (s["pg1-path"], s["pg1-port"], s["pg1-user"]) == ("/var/lib/postgresql/15/main", "5432", "postgres")
     assert "backup-standby" not in s
@@ -94,7 +94,7 @@ def test_without_a_repository_host_each_node_keeps_a_local_repository(lab_withou
     g = conf["global"]
     assert g["repo1-path"] == "/var/lib/pgbackrest" and "repo1-host" not in g
     assert not any(k.startswith("tls-server") for k in g)  # no peer, no server
-    assert g["archive-async"] == "y"
+    assert g["archive-async"] == "n"
 
 
 def test_ssh_mode_renders_without_tls_files(tmp_path):
