@@ -314,6 +314,7 @@ def replica_rebuild(settings: Settings, log: Progress) -> tuple[BackupReport, Pa
             timings["basebackup"] = time.time() - t0
     finally:
         writer.stop()
+    wait_healthy(settings, log)  # the rebuilt member is the sync standby's alternate: let Patroni settle
     methods = _replica_methods(root, started)
     restored = probe.restored_seqs()
     lost = {a.seq for a in writer.acks} - restored

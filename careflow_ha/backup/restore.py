@@ -35,6 +35,7 @@ from careflow_ha.backup.lab import PG_BIN, PGDATA, BackupRun, LabRepository
 from careflow_ha.backup.report import Step
 from careflow_ha.backup.repository import RestorableRange
 from careflow_ha.backup.target import RestoreTarget
+from careflow_ha.cluster.health import wait_healthy
 from careflow_ha.cluster.model import ClusterSnapshot
 from careflow_ha.cluster.patroni import PatroniApi
 from careflow_ha.errors import CareflowError, NotReady
@@ -191,7 +192,9 @@ def restore_cluster(settings: Settings, target: RestoreTarget, confirm: Confirm,
         for n in replicas:
             root[n](["sh", "-c", f"find {PGDATA} -mindepth 1 -delete"], timeout=300)
             root[n](["systemctl", "start", "patroni"], timeout=60)
-        result.healthy = _wait_all_streaming(api, nodes, timeouts.healthy_s)
+        _wait_all_streaming(api, nodes, timeouts.healthy_s)
+        # Full health as status sees it: a sync standby chosen, HAProxy routing to the new roles.
+        result.healthy = wait_healthy(settings, log, timeouts.healthy_s).snapshot
         return f"{', '.join(replicas)} streaming from {member}"
 
     steps.run("stop Patroni on every member", stop_all)

@@ -108,6 +108,8 @@ def lab(monkeypatch):
     monkeypatch.setattr(restore_mod, "LabRepository", lambda settings: state["lab"])
     monkeypatch.setattr(restore_mod, "PatroniApi", lambda settings, nodes: state["api"])
     monkeypatch.setattr(restore_mod.time, "sleep", lambda s: None)
+    monkeypatch.setattr(restore_mod, "wait_healthy", lambda settings, log, timeout: type(
+        "Status", (), {"snapshot": state["api"].cluster()})())
     return rec, state
 
 
