@@ -192,8 +192,8 @@ def restore_cluster(settings: Settings, target: RestoreTarget, confirm: Confirm,
         for n in replicas:
             root[n](["sh", "-c", f"find {PGDATA} -mindepth 1 -delete"], timeout=300)
             root[n](["systemctl", "start", "patroni"], timeout=60)
-        _wait_all_streaming(api, nodes, timeouts.healthy_s)
-        # Full health as status sees it: a sync standby chosen, HAProxy routing to the new roles.
+        # Full health as status sees it: every replica streaming, a sync standby chosen, HAProxy routing to the
+        # new roles (cluster/health.py; bounded by the timeout).
         result.healthy = wait_healthy(settings, log, timeouts.healthy_s).snapshot
         return f"{', '.join(replicas)} streaming from {member}"
 
@@ -257,24 +257,3 @@ def _wait_leader(api: PatroniApi, member: str, timeout_s: float) -> None:
         time.sleep(1)
     raise NotReady(f"{member} did not become the leader within {timeout_s:.0f}s; "
                    f"look at 'journalctl -u patroni' on {member}")
-
-
-def _wait_all_streaming(api: PatroniApi, nodes: Sequence[str], timeout_s: float) -> ClusterSnapshot:
-    deadline = time.monotonic() + timeout_s
-    last = "no answer yet"
-    for _ in range(int(timeout_s / 2) + 2):
-        try:
-            snap = api.cluster(timeout=3)
-            waiting = [n for n in nodes if n != snap.leader and not (
-                (m := snap.member(n)) is not None and m.is_streaming_replica)]
-            if snap.leader and not waiting:
-                return snap
-            last = f"waiting for {', '.join(waiting) or 'a leader'}"
-        except (CareflowError, OSError) as exc:
-            last = str(exc)
-        if time.monotonic() > deadline:
-            break
-        time.sleep(2)
-    raise NotReady(f"the replicas did not stream within {timeout_s:.0f}s ({last}); "
-                   "look at 'journalctl -u patroni' on them")
-
