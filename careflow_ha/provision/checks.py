@@ -183,9 +183,9 @@ def check_inventory(inv: ClusterInventory, check_wheelhouse: bool = True, lookup
     _check_secrets(inv, first, lookups_checked_later)
 
     if check_wheelhouse:
-        wheelhouse = Path(_var(inv, first, "careflow_wheelhouse_dir"))
-        if not wheelhouse.is_dir():
-            raise UsageError(f"No wheelhouse at {wheelhouse}; run `careflow-ha provision` (it builds it first).")
+        archive = Path(_var(inv, first, "careflow_wheelhouse_archive"))
+        if not archive.is_file():
+            raise UsageError(f"No wheelhouse at {archive}; run `careflow-ha provision` (it builds it first).")
 
 
 def check_inventory_file(

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
+from pathlib import Path
+
 from pyinfra.api import deploy
 from pyinfra.operations import files, pip, postgres, systemd
 
@@ -17,6 +20,7 @@ from careflow_ha.pyinfra_deploys.ops import (
     pip_requirements,
     put_role_file,
     role_membership,
+    run_unless_exists,
     sql_versioned,
 )
 
@@ -31,10 +35,18 @@ def patroni() -> None:
     api = f"http://{var('careflow_node_ip')}:{var('careflow_patroni_api_port')}"
 
     # --- install (offline, from the wheelhouse built on the control host)
-    files.sync(
-        name="Ensure the wheelhouse is on the node",
-        src=str(var("careflow_wheelhouse_dir")) + "/", dest=wheelhouse + "/",
-        user="root", group="root", mode="644", dir_mode="755",
+    archive = str(var("careflow_wheelhouse_archive"))
+    files.put(
+        name="Ensure the wheelhouse archive is on the node",
+        src=archive, dest=f"{wheelhouse}.tar", user="root", group="root", mode="644",
+    )
+    # The role's marker: the archive's sha1, as Ansible's copy reports it.
+    marker = f"{wheelhouse}/.unpacked-{hashlib.sha1(Path(archive).read_bytes()).hexdigest()[:12]}"
+    run_unless_exists(
+        name="Ensure the wheelhouse is unpacked from that archive",
+        path=marker,
+        command=f"rm -rf {wheelhouse} && mkdir -m 0755 {wheelhouse} && tar -xf {wheelhouse}.tar -C {wheelhouse}"
+        f" && touch {marker}",
     )
     pip.venv(name="Ensure Patroni's virtualenv exists", path=venv, python="/usr/bin/python3")
     pip_requirements(

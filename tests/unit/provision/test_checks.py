@@ -245,7 +245,7 @@ def test_each_missing_secret_is_named_never_printed(key):
 
 def test_missing_wheelhouse_is_named(tmp_path):
     inv = load_inventory(LAB_INVENTORY, SECRETS, {"careflow_wheelhouse_dir": str(tmp_path / "none")})
-    with pytest.raises(UsageError, match="No wheelhouse at .*none; run `careflow-ha provision`"):
+    with pytest.raises(UsageError, match="No wheelhouse at .*none/wheels.tar; run `careflow-ha provision`"):
         check_inventory(inv)
 
 

@@ -17,6 +17,7 @@ import pytest
 import yaml
 
 from careflow_ha.errors import UsageError
+from careflow_ha.lab.wheelhouse import ARCHIVE_NAME
 from careflow_ha.provision import LAB_INVENTORY
 from careflow_ha.provision.inventory import ROLES, load_inventory
 from careflow_ha.pyinfra_deploys import _data
@@ -53,6 +54,8 @@ def test_groups_and_hosts_come_from_the_ansible_inventory(lab):
         ("pg1", "__etcd_peer_url", "http://192.168.56.11:2380"),
         ("pg2", "__etcd_peer_url", "http://192.168.56.12:2380"),  # per host, not per group
         ("lb1", "careflow_wheelhouse_dir", str(PROJECT_DIR / ".lab" / "wheelhouse")),  # playbook_dir
+        # the file careflow_ha/lab/wheelhouse.py writes
+        ("pg1", "careflow_wheelhouse_archive", str(PROJECT_DIR / ".lab" / "wheelhouse" / ARCHIVE_NAME)),
         ("pg1", "careflow_app_password", SECRETS["CAREFLOW_APP_PASSWORD"]),  # lookup('env') -> Settings.secrets
         ("pg1", "ansible_user", "root"),  # all.vars
     ],
