@@ -30,19 +30,19 @@ POSTGRES = {"_sudo": True, "_sudo_user": "postgres"}
 @deploy("Patroni")
 def patroni() -> None:
     venv = var("patroni_venv")
-    wheelhouse = f"{venv}-wheelhouse"
     config_file = var("patroni_config_file")
     api = f"http://{var('careflow_node_ip')}:{var('careflow_patroni_api_port')}"
 
     # --- install (offline, from the wheelhouse built on the control host)
-    archive = str(var("careflow_wheelhouse_archive"))
+    wheelhouse = var("__patroni_wheelhouse")  # the role's, one source for where pip finds the wheels
+    archive = Path(var("careflow_wheelhouse_archive"))
     files.put(
         name="Ensure the wheelhouse archive is on the node",
-        src=archive, dest=f"{wheelhouse}.tar", user="root", group="root", mode="644",
+        src=str(archive), dest=f"{wheelhouse}.tar", user="root", group="root", mode="644",
     )
     # The role's marker: the archive's sha1, as Ansible's copy reports it.
     # (Planned without a wheelhouse, as the unit tests do, the marker is a placeholder: nothing runs then.)
-    digest = hashlib.sha1(Path(archive).read_bytes()).hexdigest()[:12] if Path(archive).is_file() else "none"
+    digest = hashlib.sha1(archive.read_bytes()).hexdigest()[:12] if archive.is_file() else "none"
     marker = f"{wheelhouse}/.unpacked-{digest}"
     run_unless_exists(
         name="Ensure the wheelhouse is unpacked from that archive",

@@ -10,15 +10,15 @@ from careflow_ha.lab.wheelhouse import ARCHIVE_NAME, write_archive
 
 
 def _wheels(directory, names):
-    for i, name in enumerate(names):
-        (directory / name).write_bytes(f"wheel {i}".encode() * 100)
+    for name in names:
+        (directory / name).write_bytes(name.encode() * 100)
 
 
 def test_the_same_wheels_give_a_byte_identical_archive_whatever_their_order_and_times(tmp_path):
     first, second = tmp_path / "a", tmp_path / "b"
     first.mkdir(), second.mkdir()
     _wheels(first, ["a-1-py3-none-any.whl", "b-2-py3-none-any.whl"])
-    _wheels(second, ["a-1-py3-none-any.whl", "b-2-py3-none-any.whl"])
+    _wheels(second, ["b-2-py3-none-any.whl", "a-1-py3-none-any.whl"])  # created in the other order
     os.utime(second / "a-1-py3-none-any.whl", (1, 1))
     (second / ".complete-abc").touch()  # the build stamp is not a wheel
     assert write_archive(first).read_bytes() == write_archive(second).read_bytes()
