@@ -111,6 +111,10 @@ class Fault:
     nemesis: str = ""
     #: The hosts it breaks: a soak never overlaps two faults of one layer (see drills/nemesis.py).
     layer: str = "database"
+    #: Alert rules (roles/monitoring/files/careflow-alerts.yml) that must fire about a target during the run.
+    alerts: tuple[str, ...] = ()
+    #: Planned maintenance: no critical alert may fire (it must not page anyone).
+    planned: bool = False
 
 
 # -- target selection --------------------------------------------------------------------------------------------------
@@ -340,6 +344,7 @@ _FAULTS: tuple[Fault, ...] = (
         ci=True,
         observe=observe_pooled_switchover,
         nemesis="planned",
+        planned=True,
     ),
     Fault(
         "postgres-crash",
@@ -377,6 +382,8 @@ _FAULTS: tuple[Fault, ...] = (
         expects_failover=True,
         ci=True,
         nemesis="kill",
+        # Its Patroni is gone for the whole lease wait (fast: 20 s) and the restart: longer than the rule's 15 s.
+        alerts=("CareflowPatroniMemberDown",),
     ),
     Fault(
         "primary-node-freeze",
@@ -450,6 +457,7 @@ _FAULTS: tuple[Fault, ...] = (
         Hold(min_s=30.0, max_s=30.0),
         expects_failover=None,
         nemesis="kill",
+        alerts=("CareflowEtcdMemberDown",),
     ),
     _at_vip_holder(
         "balancer-loss",

@@ -19,6 +19,7 @@ import matplotlib
 matplotlib.use("Agg")  # headless: reports are written on CI machines without a display
 import matplotlib.pyplot as plt  # noqa: E402 - must follow the backend choice
 
+from careflow_ha.cluster import server_view  # noqa: E402
 from careflow_ha.drills.analysis import Analysis  # noqa: E402
 from careflow_ha.drills.checker import ANOMALY_CLASSES, SetCheck  # noqa: E402
 from careflow_ha.drills.runner import DrillRun  # noqa: E402
@@ -137,6 +138,7 @@ def result_json(run: DrillRun) -> dict[str, Any]:
         },
         "phases": [{"name": p.name, "seconds": p.seconds} for p in a.phases],
         "figures": dict(run.figures),
+        "server": server_view.to_json(run.server, origin),
         "verdicts": [{"target": v.target, "ok": v.ok, "detail": v.detail} for v in run.verdicts],
         "events": [{"at": e.at, "kind": e.kind, "detail": e.detail} for e in a.events],
         "history": [
@@ -348,7 +350,8 @@ def markdown(run: DrillRun, png_name: str) -> str:
         lines += ["## Synchronous vs asynchronous: the trade-off", "", ASYNC_TRADE_OFF, ""]
     if run.recovery_problem:
         lines += ["## Recovery problem", "", run.recovery_problem, ""]
-    lines += ["Raw data (every ack, error, sample and Patroni event): `result.json`.", ""]
+    lines += server_view.markdown(run.server, origin, "the fault")
+    lines += ["Raw data (every ack, error, sample, Patroni event and server series): `result.json`.", ""]
     return "\n".join(lines)
 
 
@@ -357,7 +360,11 @@ def timeline_png(run: DrillRun, path: Path) -> None:
     rec, a, origin = run.recording, run.analysis, run.fault_at
     nodes = sorted({s.node for s in rec.node_samples} | {w.node for w in rec.node_writes})
     lanes = ["writes 5000", "reads 5001", *[f"{n} writable" for n in nodes]]
-    fig, ax = plt.subplots(figsize=(11, 1.2 + 0.55 * len(lanes)), dpi=110)
+    # The server's panels under the client's lanes, on the same x axis (seconds from the fault).
+    heights = [1.2 + 0.55 * len(lanes), *[server_view.PANEL_HEIGHT_IN] * server_view.panel_rows(run.server)]
+    fig, axes = plt.subplots(len(heights), 1, figsize=(11, sum(heights)), dpi=110, sharex=True,
+                             gridspec_kw={"height_ratios": heights})
+    ax = axes[0]
     try:
         servers = sorted({w.server or "?" for w in rec.writes} | {r.server or "?" for r in rec.reads})
         colours = {s: f"C{i % 10}" for i, s in enumerate(servers)}
@@ -416,7 +423,9 @@ def timeline_png(run: DrillRun, path: Path) -> None:
             ax.axvspan(sb.start - origin, max(sb.end - origin, sb.start - origin + 0.05), color="magenta", alpha=0.3)
         ax.set_yticks(range(len(lanes)), lanes)
         ax.set_ylim(-0.7, len(lanes) - 0.3)
-        ax.set_xlabel("seconds from the fault")
+        server_view.draw(axes[1:], run.server, origin,
+                         marks=[(0.0, "red"), *([] if run.heal_at is None else [(run.heal_at - origin, "green")])])
+        axes[-1].set_xlabel("seconds from the fault")
         ax.set_title(f"{run.title} · preset {run.preset} · synchronous_mode {'on' if run.synchronous else 'off'}")
         ax.grid(axis="x", alpha=0.3)
         if servers or errs:

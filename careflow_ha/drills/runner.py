@@ -33,7 +33,9 @@ from careflow_ha.cluster.probes import (
     ensure_probe_table,
     fetch_seqs,
 )
+from careflow_ha.cluster.prometheus import for_settings
 from careflow_ha.cluster.records import Recording
+from careflow_ha.cluster.server_view import LEAD_S, ServerView, collect
 from careflow_ha.cluster.switchover import lab_limits, lab_switchover
 from careflow_ha.cluster.timing import Timing, timing_preset
 from careflow_ha.cluster.watch import BoundedLoop, ClusterPoller, role_change_events
@@ -41,7 +43,7 @@ from careflow_ha.drills.analysis import Analysis, analyse, rejoined_at
 from careflow_ha.drills.checker import describe_set_check
 from careflow_ha.drills.control import ClusterControl
 from careflow_ha.drills.faults import PGDATA, Fault, FaultContext, NodeEngine, PooledSwitchover
-from careflow_ha.drills.targets import POOLED_WAY, REJOIN_TARGET_S, Observation, Verdict, verdicts
+from careflow_ha.drills.targets import POOLED_WAY, REJOIN_TARGET_S, Observation, Verdict, alert_verdicts, verdicts
 from careflow_ha.errors import CareflowError, CheckFailed, NotReady
 from careflow_ha.settings import DB_NAME, ROLE_NAMES, Settings
 
@@ -103,6 +105,8 @@ class DrillRun:
     figures: Mapping[str, float | str | None] = field(default_factory=dict)  # the fault's own (e.g. VRRP)
     #: The way in the probes used (settings.WAYS_IN): where "write outage" was seen from.
     via: str = "haproxy-vip"
+    #: What Prometheus saw over the run (panels, alerts); None when it was not asked.
+    server: ServerView | None = None
 
     @property
     def passed(self) -> bool:
@@ -317,6 +321,9 @@ def _probe_and_break(
         probes_until=probes_until,
     )
     analysis = analyse(recording, fault_at=fault_at, heal_at=heal_at, old_primary=healthy.leader, present_seqs=present)
+    server = collect(for_settings(settings), probes_from - LEAD_S, time.time())
+    say("server view: " + (server.note or ", ".join(f"{a.alertname} on {a.target} fired +{a.firing_at - fault_at:.0f}s"
+                                                    for a in server.firing() if a.firing_at) or "no alert fired"))
     run = DrillRun(
         name=fault.name,
         title=fault.title,
@@ -340,9 +347,11 @@ def _probe_and_break(
         recording=recording,
         analysis=analysis,
         verdicts=verdicts(fault.name, options.preset, options.synchronous, analysis, recovered, settings.via)
-        + observation.verdicts,
+        + observation.verdicts
+        + alert_verdicts(fault.alerts, fault.planned, targets, server, fault_at),
         figures=dict(observation.figures),
         via=settings.via,
+        server=server,
     )
     wo = analysis.write_outage
     check = analysis.set_check

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 
 from careflow_ha.cluster.model import TimelineEvent
+from careflow_ha.cluster.server_view import EVALUATION_INTERVAL_S, ServerView
 from careflow_ha.drills.analysis import Analysis
 
 #: Client-observed write outage targets (seconds), tuned preset.
@@ -133,3 +134,32 @@ def compare_verdict(default_s: float | None, fast_s: float | None) -> Verdict:
         return Verdict(f"fast <= {NODE_LOSS_RATIO_TARGET}x default", None, "not measurable")
     ratio = fast_s / default_s
     return Verdict(f"fast <= {NODE_LOSS_RATIO_TARGET}x default", ratio <= NODE_LOSS_RATIO_TARGET, f"ratio {ratio:.2f}")
+
+
+def alert_verdicts(expected: tuple[str, ...], planned: bool, targets: tuple[str, ...], server: ServerView | None,
+                   fault_at: float) -> tuple[Verdict, ...]:
+    """The monitoring targets: each expected rule fired about a target; a planned operation paged nobody.
+
+    Not measurable (never a failure) when Prometheus could not answer: the
+    monitoring host is an observer, and its absence must not fail a drill.
+    """
+    out: list[Verdict] = []
+    unmeasured = server.note if server is not None and not server.available else "server metrics not collected"
+    measured = server is not None and server.available
+    for name in expected:
+        span = server.fired(name, targets) if measured and server is not None else None
+        out.append(Verdict(
+            f"alert {name} fired about {', '.join(targets)}",
+            None if not measured else span is not None,
+            unmeasured if not measured else "not fired while observed" if span is None or span.firing_at is None
+            else f"fired {span.firing_at - fault_at:+.0f} s from the fault (±{EVALUATION_INTERVAL_S:g} s)",
+        ))
+    if planned:
+        paged = server.firing("critical") if measured and server is not None else ()
+        out.append(Verdict(
+            "no critical alert fired (planned maintenance pages nobody)",
+            None if not measured else not paged,
+            unmeasured if not measured else "none fired" if not paged
+            else ", ".join(f"{a.alertname} on {a.target}" for a in paged),
+        ))
+    return tuple(out)

@@ -18,6 +18,8 @@ import matplotlib
 matplotlib.use("Agg")  # headless: reports are written on CI machines without a display
 import matplotlib.pyplot as plt  # noqa: E402 - must follow the backend choice
 
+from careflow_ha.cluster import server_view  # noqa: E402
+from careflow_ha.cluster.server_view import ServerView  # noqa: E402
 from careflow_ha.errors import CheckFailed  # noqa: E402
 from careflow_ha.load.analysis import Request, series, summarize  # noqa: E402
 
@@ -152,7 +154,7 @@ def build_report(rows: Sequence[Request], meta: dict, events: Sequence[Mapping[s
     }
 
 
-def render_markdown(rep: dict, charts: list[str]) -> str:
+def render_markdown(rep: dict, charts: list[str], server_lines: Sequence[str] = ()) -> str:
     m, s, r = rep["meta"], rep["summary"], rep["routing"]
     lines = [
         f"# Load run {m['run_id']}",
@@ -208,7 +210,7 @@ def render_markdown(rep: dict, charts: list[str]) -> str:
         lines += [f"- t={e['t_s']} s: {e['detail']}" for e in rep["role_changes"]]
     else:
         lines.append(m.get("events_note") or "None seen.")
-    lines += ["", "## Charts", ""]
+    lines += ["", *server_lines, "## Charts", ""]
     lines += [f"![{c}]({c})" for c in charts]
     lines += ["", "## Files", "", "- `report.json`: everything above, plus the time series",
               "- `locust.html`, `locust_stats.csv`, `locust_stats_history.csv`, `locust_failures.csv`: Locust's own",
@@ -245,12 +247,31 @@ def users_over_time(folder: Path) -> list[tuple[float, int]]:
     return out
 
 
+def server_png(folder: Path, view: ServerView | None, events: Sequence[Mapping[str, Any]], t0: float) -> str:
+    """The server's panels (alerts, TPS, lag, connections, WAL, lock waits) on the charts' time axis."""
+    rows = server_view.panel_rows(view)
+    fig, axes = plt.subplots(rows, 1, figsize=(10, 0.6 + server_view.PANEL_HEIGHT_IN * rows), sharex=True,
+                             squeeze=False)
+    try:
+        server_view.draw(axes[:, 0], view, t0)
+        for ax in axes[1:, 0]:
+            _mark_events(ax, events, t0, label=False)
+        axes[-1, 0].set_xlabel("seconds since start")
+        fig.suptitle("Server view (Prometheus on mon1)", fontsize=9)
+        fig.tight_layout()
+        fig.savefig(folder / "server.png", dpi=110)
+    finally:
+        plt.close(fig)
+    return "server.png"
+
+
 def write_report(folder: Path, rows: Sequence[Request], meta: dict, events: Sequence[Mapping[str, Any]],
-                 t0: float, t1: float, secrets: Iterable[str] = ()) -> dict:
+                 t0: float, t1: float, secrets: Iterable[str] = (), server: ServerView | None = None) -> dict:
     """Write report.json, report.md and the charts into ``folder``; return the JSON report."""
     rep = build_report(rows, meta, events, t0, t1, users_over_time(folder))
-    charts = _charts(folder, rep["series"], rep["summary"], events, t0)
+    rep["server"] = server_view.to_json(server, t0)
+    charts = [*_charts(folder, rep["series"], rep["summary"], events, t0), server_png(folder, server, events, t0)]
     (folder / "report.json").write_text(json.dumps(rep, indent=1, default=str))
-    (folder / "report.md").write_text(render_markdown(rep, charts))
+    (folder / "report.md").write_text(render_markdown(rep, charts, server_view.markdown(server, t0, "the start")))
     check_no_secrets(folder, secrets)
     return rep

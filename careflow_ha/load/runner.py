@@ -25,6 +25,8 @@ from types import MappingProxyType
 import psycopg
 from psycopg.conninfo import conninfo_to_dict
 
+from careflow_ha.cluster.prometheus import for_settings
+from careflow_ha.cluster.server_view import LEAD_S, ServerView, collect
 from careflow_ha.dsn import redact
 from careflow_ha.errors import CommandFailed, EnvironmentProblem, UsageError
 from careflow_ha.load import emr
@@ -348,8 +350,12 @@ class LoadRun:
         }
         t0 = self.started
         t1 = max([finished, *[r.done for r in rows]]) if rows else finished
+        server = (collect(for_settings(cfg.cluster), t0 - LEAD_S, t1) if cfg.cluster is not None
+                  else ServerView(t0, t1, 1.0, unavailable="the targets were given as DSNs, not the lab cluster"))
+        if server.note:
+            self.say(f"load: {server.note}")
         rep = write_report(self.folder, rows, meta, events, t0, t1,
-                           secrets=passwords(cfg.dsn_rw, cfg.dsn_ro) + _lab_secrets(cfg.cluster))
+                           secrets=passwords(cfg.dsn_rw, cfg.dsn_ro) + _lab_secrets(cfg.cluster), server=server)
         self.say(f"load: report {self.folder / 'report.md'}")
         return LoadResult(self.folder, rep, code)
 

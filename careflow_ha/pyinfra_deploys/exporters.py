@@ -4,6 +4,8 @@ connection) rendered from the roles' templates."""
 
 from __future__ import annotations
 
+import posixpath
+
 from pyinfra.api import deploy
 from pyinfra.api.operation import OperationMeta
 from pyinfra.operations import apt, files, systemd
@@ -52,9 +54,16 @@ def postgres_exporter() -> None:
         role_copy("postgres_exporter", "install.yml", PG_DROP_IN),
     )
     systemd.daemon_reload(name="Ensure systemd has read the PostgreSQL exporter's drop-in", _if=drop_in.did_change)
+    queries = role_template("postgres_exporter", "configure.yml", "careflow-queries.yml.j2")
+    files.directory(
+        name="Ensure the PostgreSQL exporter's query directory exists", path=posixpath.dirname(queries.dest),
+        user="root", group="root", mode="755",
+    )
+    extra = put_role_file("Ensure the PostgreSQL exporter's extra queries are rendered (lock waits)", queries)
     _exporter("postgres_exporter", "the PostgreSQL exporter", "prometheus-postgres-exporter",
               "prometheus-postgres-exporter.default.j2",
-              "Ensure the PostgreSQL exporter's connection and command line are rendered", unit_changes=(drop_in,))
+              "Ensure the PostgreSQL exporter's connection and command line are rendered",
+              unit_changes=(drop_in, extra))
     url = f"http://{var('careflow_node_ip')}:{int(var('careflow_postgres_exporter_port'))}/metrics"
     # pg_up 1: it logged in as the monitoring role over the socket (pg_hba peer map and the role both work).
     wait_until_ok(

@@ -149,7 +149,7 @@ def test_prometheus_scrapes_every_exporter_of_the_inventory_and_each_is_up(clust
 
 
 def test_the_postgres_exporter_reads_postgres_as_the_monitoring_role(host_of):
-    """pg_up 1 on every node: the peer-mapped, passwordless login works, and its file holds no password."""
+    """pg_up 1 and the lock-wait query on every node: the passwordless peer login works; no password in its file."""
     for name in hosts("postgres_cluster"):
         h = host_of(name)
         env = h.file("/etc/default/prometheus-postgres-exporter")
@@ -157,6 +157,9 @@ def test_the_postgres_exporter_reads_postgres_as_the_monitoring_role(host_of):
         assert not re.search(r"password\s*=|://[^@/\s]*:[^@/\s]*@", env.content_string), "a password in the DSN"
         metrics = h.run(f"curl -fsS -m 5 http://{host_vars()[name]['careflow_node_ip']}:9187/metrics").stdout
         assert "\npg_up 1\n" in metrics, f"the exporter on {name} does not reach PostgreSQL"
+        # The extra query (roles/postgres_exporter/templates/careflow-queries.yml.j2) ran: a number, no error.
+        assert re.search(r"^careflow_lock_waits_sessions(\{[^}]*\})? \d+$", metrics, re.M), (
+            f"the exporter on {name} does not publish the lock-wait count (--extend.query-path)")
 
 
 @pytest.mark.parametrize("name", hosts("postgres_cluster"))

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import pytest
+from PIL import Image
 
 from careflow_ha.cluster.model import ClusterSnapshot, HistoryEntry, Member
+from careflow_ha.cluster.prometheus import RangeResult, Series
 from careflow_ha.cluster.records import Ack, NodeSample, NodeWrite, ProbeError, Recording
+from careflow_ha.cluster.server_view import PANELS, AlertSpan, ServerView
 from careflow_ha.cluster.timing import TIMING_PRESETS
 from careflow_ha.drills.analysis import analyse
 from careflow_ha.drills.report import write_index, write_report
@@ -251,3 +255,36 @@ def test_reports_never_contain_secrets_or_dsns(tmp_path):
 )
 def test_compare_ratio_target(default_s, fast_s, ok):
     assert compare_verdict(default_s, fast_s).ok is ok
+
+
+def _server_view(available: bool = True):
+    start, end = T0, T0 + 50.0
+    if not available:
+        return ServerView(start, end, 1.0, unavailable="cannot reach Prometheus at http://127.0.0.1:9090 (refused)")
+    panels = tuple((p, RangeResult(p.query, (Series({p.legend: "pg2"}, tuple((T0 + t, float(t)) for t in range(50))),)))
+                   for p in PANELS)
+    down = AlertSpan("CareflowPatroniMemberDown", "pg1", "warning", T0 + 15, T0 + 30, T0 + 40, since_start=False)
+    return ServerView(start, end, 1.0, panels, (down,))
+
+
+def test_the_report_carries_the_server_view_its_alerts_and_panels(tmp_path):
+    out = write_report(replace(make_run(), server=_server_view()), tmp_path, SECRETS)
+    data = json.loads((out / "result.json").read_text())
+    assert data["server"]["available"] is True
+    assert data["server"]["alerts"][0] == {"alert": "CareflowPatroniMemberDown", "on": "pg1", "severity": "warning",
+                                           "pending_s": 5.0, "firing_s": 20.0, "last_seen_s": 30.0,
+                                           "since_start": False}  # seconds from the fault at +10 s
+    assert set(data["server"]["panels"]) == {"tps", "lag", "connections", "wal", "lock_waits"}
+    md = (out / "report.md").read_text()
+    assert "## Server view (Prometheus on mon1)" in md
+    assert "| CareflowPatroniMemberDown | pg1 | warning | +5 s | +20 s | +30 s |" in md
+    with Image.open(out / "timeline.png") as png:  # the timeline plus an alert lane and five panels
+        assert png.height > 110 * (1.2 + 0.55 * 4 + 5 * 1.3)
+
+
+def test_a_report_without_prometheus_says_server_metrics_unavailable(tmp_path):
+    out = write_report(replace(make_run(), server=_server_view(available=False)), tmp_path, SECRETS)
+    md = (out / "report.md").read_text()
+    assert "server metrics unavailable: cannot reach Prometheus" in md
+    assert json.loads((out / "result.json").read_text())["server"]["available"] is False
+    assert json.loads((out / "result.json").read_text())["passed"] is True  # an observer never fails a drill

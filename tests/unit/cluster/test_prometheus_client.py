@@ -17,7 +17,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from careflow_ha.monitoring.prometheus import MAX_POINTS, UNAVAILABLE, PrometheusClient, for_settings
+from careflow_ha.cluster.prometheus import MAX_POINTS, UNAVAILABLE, PrometheusClient, for_settings
 
 MATRIX = {
     "status": "success",
