@@ -7,7 +7,7 @@ from typing import Any
 
 import click
 
-from careflow_ha.cli.common import dsn_option, emit, format_option, resolve_dsn, table
+from careflow_ha.cli.common import dsn_option, emit, format_option, get_settings, resolve_dsn, table
 from careflow_ha.errors import UsageError
 
 
@@ -78,7 +78,8 @@ def top_cmd(by: str, limit: int, with_plans: bool, dsn: str | None, fmt: str) ->
 
 @queries_group.command("report")
 @click.option("--log", "logs", multiple=True, type=click.Path(dir_okay=False, path_type=Path),
-              help="A PostgreSQL log file written with the log_line_prefix of docs/monitoring (repeatable).")
+              help="A PostgreSQL log file written with the cluster's log_line_prefix (repeatable). Default: "
+                   "every database node's logs, fetched over the lab's SSH.")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Parent directory of the report. Default: reports/queries/ in the repository.")
 @click.option("--limit", type=click.IntRange(1, 200), default=10, show_default=True,
@@ -86,9 +87,18 @@ def top_cmd(by: str, limit: int, with_plans: bool, dsn: str | None, fmt: str) ->
 @format_option
 def report_cmd(logs: tuple[Path, ...], out_dir: Path | None, limit: int, fmt: str) -> None:
     """pgbadger over PostgreSQL logs: its HTML plus a Markdown and JSON summary of the slowest statements."""
-    from careflow_ha.monitoring.pgbadger import FileLogs, write_report
+    from careflow_ha.monitoring.pgbadger import FileLogs, LogSource, NodeLogs, write_report
 
-    folder, report = write_report(FileLogs(tuple(logs)), out_dir, limit=limit, log=_log)
+    source: LogSource
+    if logs:
+        source = FileLogs(tuple(logs))
+    else:
+        from careflow_ha.settings import PG_NODES, inventory_vars
+
+        settings = get_settings()
+        port = int(inventory_vars(settings.project_dir / "inventory" / "lab.yml")["careflow_pg_port"])
+        source = NodeLogs(settings, PG_NODES, pg_port=port, log=_log)
+    folder, report = write_report(source, out_dir, limit=limit, log=_log)
     _log(f"report: {folder}")
     slowest = report["summary"]["slowest"]
     emit({"report_dir": str(folder), "queries_logged": report["summary"]["queries_logged"], "slowest": slowest},

@@ -64,7 +64,7 @@ def prepare_database(
 
     Creates ``dbname`` owned by ``app_role`` if missing (time zone Asia/Seoul:
     monthly partitions follow the clinics' calendar), pg_partman in schema
-    ``partman`` and pg_cron, and grants ``app_role`` what partman maintenance
+    ``partman``, pg_cron and pg_stat_statements, and grants ``app_role`` what partman maintenance
     and cron scheduling need, and ``ro_role`` read access to every table the
     app role creates (default privileges). Both roles must already exist.
     Returns the list of things it changed (empty on a second run).
@@ -89,6 +89,8 @@ def prepare_database(
         conn.execute("CREATE SCHEMA IF NOT EXISTS partman")
         conn.execute("CREATE EXTENSION IF NOT EXISTS pg_partman SCHEMA partman")
         conn.execute("CREATE EXTENSION IF NOT EXISTS pg_cron")
+        # Its views (`careflow-ha queries top`); the statistics themselves need it preloaded, as the cluster is.
+        conn.execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
         after = {r[0] for r in conn.execute("SELECT extname FROM pg_extension")}
         changed += [f"created extension {name}" for name in sorted(after - before)]
         app, ro, db = sql.Identifier(app_role), sql.Identifier(ro_role), sql.Identifier(dbname)

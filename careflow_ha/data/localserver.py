@@ -117,7 +117,7 @@ class LocalPostgres:
             "listen_addresses": "'127.0.0.1'",
             "port": str(self.port),
             "unix_socket_directories": f"'{self.base_dir}'",
-            # pg_stat_statements and auto_explain as on the cluster (docs/monitoring/postgresql-parameters.yml)
+            # pg_stat_statements and auto_explain as on the cluster (inventory/group_vars/all.yml)
             "shared_preload_libraries": "'pg_cron,pg_stat_statements,auto_explain'",
             "pg_stat_statements.track": "all",
             "cron.database_name": f"'{DB_NAME}'",

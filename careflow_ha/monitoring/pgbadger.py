@@ -3,16 +3,20 @@
 pgbadger (Debian's package) writes the full HTML report; its JSON output is
 read back for the summary of the slowest statements, so the Markdown never
 disagrees with the HTML. Logs come from a :class:`LogSource`: files given on
-the command line today, the cluster nodes' logs (over SSH) once the
-monitoring host exists. That is the seam: add a source, keep the report.
+the command line (``--log``), or every database node's log files, fetched
+over the lab's SSH into a temporary directory (raw logs can hold literals
+such as a password in an ALTER ROLE: they never land in the report folder).
 """
 
 from __future__ import annotations
 
+import io
 import json
 import re
+import shlex
 import shutil
 import subprocess
+import tarfile
 import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -21,11 +25,14 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from careflow_ha.errors import CommandFailed, EnvironmentProblem, UsageError
+from careflow_ha.lab.ssh import ssh_argv
 from careflow_ha.monitoring import report_folder
+from careflow_ha.settings import Settings
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent.parent
 REPORTS_DIR = PROJECT_DIR / "reports" / "queries"
-#: The server's log_line_prefix (docs/monitoring/postgresql-parameters.yml); pgbadger is told it exactly.
+#: The server's log_line_prefix (careflow_postgresql_parameters in inventory/group_vars/all.yml); pgbadger is
+#: told it exactly.
 LOG_LINE_PREFIX = "%m [%p]: user=%u,db=%d,app=%a,client=%h "
 
 
@@ -50,8 +57,7 @@ class FileLogs:
 
     def collect(self, work_dir: Path) -> list[Path]:
         if not self.paths:
-            raise UsageError("queries report needs --log FILE (repeatable); fetching the nodes' logs comes with "
-                             "the monitoring host")
+            raise UsageError("give at least one --log FILE, or none to read every database node's logs")
         for path in self.paths:
             if not path.is_file():
                 raise UsageError(f"--log {path}: no such file; give a PostgreSQL log file")
@@ -68,6 +74,63 @@ def anonymise(query: str) -> str:
     summary does this itself and the raw JSON never lands in the report folder.
     """
     return _LITERAL.sub("?", query)
+
+
+#: Where the server writes its log files: log_directory, relative to the data directory unless absolute.
+_LOG_DIR_SQL = ("SELECT CASE WHEN left(current_setting('log_directory'), 1) = '/' "
+                "THEN current_setting('log_directory') "
+                "ELSE current_setting('data_directory') || '/' || current_setting('log_directory') END")
+
+
+@dataclass(frozen=True)
+class NodeLogs:
+    """Every listed node's PostgreSQL log files (log_filename ``postgresql-%a.log``), over the lab's SSH.
+
+    The server says where its logs are (so a changed data or log directory is
+    followed); one ``tar`` per node brings them all. A node that cannot be
+    read is skipped with a line on ``log``; none readable is an error.
+    """
+
+    settings: Settings
+    nodes: tuple[str, ...]
+    pg_port: int = 5432
+    log: Callable[[str], None] = lambda _: None
+    timeout_s: float = 120.0
+
+    def describe(self) -> str:
+        return f"the PostgreSQL logs of {', '.join(self.nodes)} (over SSH)"
+
+    def remote_script(self) -> str:
+        psql = ["runuser", "-u", "postgres", "--", "psql", "-XAtq", "-h", "/var/run/postgresql", "-p",
+                str(self.pg_port), "-d", "postgres", "-c", _LOG_DIR_SQL]
+        return f'set -e; cd "$({shlex.join(psql)})"; tar -cf - postgresql-*.log'
+
+    def collect(self, work_dir: Path) -> list[Path]:
+        found: list[Path] = []
+        for node in self.nodes:
+            try:
+                proc = subprocess.run(ssh_argv(self.settings, node, self.remote_script()), capture_output=True,
+                                      timeout=self.timeout_s, check=False, stdin=subprocess.DEVNULL)
+            except subprocess.TimeoutExpired:
+                self.log(f"queries: {node} skipped: its logs did not arrive within {self.timeout_s:.0f}s")
+                continue
+            if proc.returncode != 0:
+                why = (proc.stderr.decode(errors="replace").strip().splitlines() or ["no output"])[-1]
+                self.log(f"queries: {node} skipped: {why}")
+                continue
+            target = work_dir / node
+            target.mkdir(parents=True, exist_ok=True)
+            try:
+                with tarfile.open(fileobj=io.BytesIO(proc.stdout)) as tar:
+                    tar.extractall(target, filter="data")  # plain files only, nothing outside target
+            except tarfile.TarError as exc:
+                self.log(f"queries: {node} skipped: its log archive is unreadable ({exc})")
+                continue
+            found += sorted(p for p in target.glob("postgresql-*.log") if p.is_file())
+        if not found:
+            raise EnvironmentProblem(f"no PostgreSQL log could be read from {', '.join(self.nodes)}; is the lab up "
+                                     "(careflow-ha status)? Or give files with --log FILE")
+        return found
 
 
 def run_pgbadger(logs: Sequence[Path], html: Path, js: Path, *, prefix: str = LOG_LINE_PREFIX,
@@ -155,7 +218,8 @@ def render_markdown(report: dict[str, Any]) -> str:
         lines += [f"| {e['duration_ms']} | {e['at']} | {e['database'] or ''} | {e['user'] or ''} | "
                   f"`{_cell(e['query'])}` |" for e in s["slowest"]]
     else:
-        lines.append("None logged: set log_min_duration_statement (see docs/monitoring/postgresql-parameters.yml).")
+        lines.append("None logged: set log_min_duration_statement (careflow_postgresql_parameters in "
+                     "inventory/group_vars/all.yml).")
     lines += ["", "## Most time in total (normalised)", ""]
     if s["by_total_time"]:
         lines += ["| total ms | count | mean ms | max ms | statement |", "|---:|---:|---:|---:|---|"]
@@ -172,18 +236,19 @@ def render_markdown(report: dict[str, Any]) -> str:
 def write_report(source: LogSource, out_dir: Path | None = None, *, limit: int = 10,
                  log: Callable[[str], None] = lambda _: None) -> tuple[Path, dict[str, Any]]:
     """Collect logs, run pgbadger, write report.md + report.json next to its HTML; return (folder, report)."""
-    folder = report_folder(out_dir or REPORTS_DIR)
-    logs = source.collect(folder)
-    log(f"queries: pgbadger over {len(logs)} log file(s)")
     with tempfile.TemporaryDirectory(prefix="careflow-pgbadger-") as tmp:
+        logs = source.collect(Path(tmp) / "logs")  # bad input fails before the report folder exists
+        folder = report_folder(out_dir or REPORTS_DIR)
+        log(f"queries: pgbadger over {len(logs)} log file(s)")
         js = Path(tmp) / "pgbadger.json"
         run_pgbadger(logs, folder / "pgbadger.html", js)
         try:
             badger = json.loads(js.read_text(errors="replace"))
         except ValueError as exc:
             raise CommandFailed(f"pgbadger wrote unreadable JSON ({exc})") from None
+        names = [str(p.relative_to(tmp)) if p.is_relative_to(tmp) else str(p) for p in logs]
     report = {"generated_at": datetime.now(UTC).isoformat(timespec="seconds"), "source": source.describe(),
-              "logs": [str(p) for p in logs], "summary": summarise(badger, limit)}
+              "logs": names, "summary": summarise(badger, limit)}
     (folder / "report.json").write_text(json.dumps(report, indent=2, default=str) + "\n")
     (folder / "report.md").write_text(render_markdown(report))
     return folder, report

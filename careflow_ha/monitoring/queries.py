@@ -64,7 +64,7 @@ class Statement:
 
 
 _NOT_PRELOADED = ("pg_stat_statements is not preloaded (shared_preload_libraries={preload}); add it next to "
-                  "pg_cron (docs/monitoring/postgresql-parameters.yml) and restart the server "
+                  "pg_cron (careflow_postgresql_parameters in inventory/group_vars/all.yml) and restart the server "
                   "(patronictl restart careflow)")
 
 

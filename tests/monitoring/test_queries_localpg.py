@@ -17,7 +17,8 @@ from tests.monitoring.conftest import reset_statements
 
 pytestmark = pytest.mark.localpg
 
-FRAGMENT = yaml.safe_load((PROJECT_DIR / "docs" / "monitoring" / "postgresql-parameters.yml").read_text())[
+#: The cluster's parameters (Patroni's DCS config), as the inventory sets them.
+FRAGMENT = yaml.safe_load((PROJECT_DIR / "inventory" / "group_vars" / "all.yml").read_text())[
     "careflow_postgresql_parameters"]
 
 
@@ -25,7 +26,7 @@ def _password(dsn: str) -> str:
     return psycopg.conninfo.conninfo_to_dict(dsn)["password"]
 
 
-def test_local_server_runs_the_documented_logging_and_preload(local_pg) -> None:
+def test_local_server_runs_the_clusters_logging_and_preload(local_pg) -> None:
     with psycopg.connect(local_pg.superuser_dsn) as conn:
         prefix = conn.execute("SHOW log_line_prefix").fetchone()[0]
         preload = conn.execute("SHOW shared_preload_libraries").fetchone()[0]
@@ -132,7 +133,6 @@ def test_report_names_the_slow_query_from_the_server_log(local_pg, tmp_path: Pat
 
 
 @pytest.mark.parametrize(("args", "needle"), [
-    ((), "needs --log FILE"),
     (("--log", "/nonexistent/postgresql.log"), "no such file"),
 ])
 def test_report_bad_input_is_one_line_exit_2(tmp_path: Path, args: tuple[str, ...], needle: str) -> None:

@@ -1,14 +1,22 @@
-"""Pure logic of the query tools: readiness checks (driver faked), plan summaries, pgbadger summaries."""
+"""Pure logic of the query tools: readiness checks (driver faked), plan summaries, pgbadger summaries, and
+fetching the nodes' logs (ssh faked)."""
 
 from __future__ import annotations
 
+import io
+import shlex
+import subprocess
+import tarfile
+from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
 
 from careflow_ha.errors import EnvironmentProblem, UsageError
+from careflow_ha.monitoring import pgbadger
 from careflow_ha.monitoring.explain import parameter_count, summarise
-from careflow_ha.monitoring.pgbadger import anonymise
+from careflow_ha.monitoring.pgbadger import NodeLogs, anonymise
 from careflow_ha.monitoring.pgbadger import summarise as badger_summary
 from careflow_ha.monitoring.queries import check_ready, top_statements
 
@@ -120,3 +128,77 @@ def test_badger_summary_reads_pgbadger12_nesting_and_sorts() -> None:
 def test_badger_summary_of_an_empty_log() -> None:
     assert badger_summary({}) == {"queries_logged": 0, "queries_total_ms": 0.0, "first_log": None,
                                   "last_log": None, "slowest": [], "by_total_time": []}
+
+
+# -- the nodes' logs over SSH (subprocess faked: the ssh boundary) --------------------------------------------
+
+
+def _tar(files: dict[str, bytes]) -> bytes:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        for name, data in files.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return buf.getvalue()
+
+
+class FakeSsh:
+    """Answers each node's ssh with (rc, stdout, stderr) from ``answers``; records the far command."""
+
+    def __init__(self, answers: dict[str, tuple[int, bytes, bytes]]) -> None:
+        self.answers, self.asked = answers, []
+
+    def __call__(self, argv, **kwargs):
+        node, far = argv[-2], argv[-1]
+        self.asked.append((node, far))
+        rc, out, err = self.answers[node]
+        return subprocess.CompletedProcess(argv, rc, out, err)
+
+
+def _node_logs(tmp_path: Path, monkeypatch, answers, lines: list[str]) -> NodeLogs:
+    monkeypatch.setattr(pgbadger.subprocess, "run", FakeSsh(answers))
+    settings = SimpleNamespace(state_dir=tmp_path)  # ssh_argv reads the ssh_config path from it
+    return NodeLogs(settings, ("pg1", "pg2", "pg3"), log=lines.append)  # type: ignore[arg-type]
+
+
+def test_node_logs_bring_each_reachable_nodes_files_and_name_the_skipped(tmp_path: Path, monkeypatch) -> None:
+    lines: list[str] = []
+    source = _node_logs(tmp_path, monkeypatch, {
+        "pg1": (0, _tar({"postgresql-Thu.log": b"a\n", "postgresql-Wed.log": b"b\n"}), b""),
+        "pg2": (255, b"", b"ssh: connect to host 127.0.0.1 port 2222: Connection refused\n"),
+        "pg3": (2, b"", b"tar: postgresql-*.log: Cannot stat: No such file or directory\n"),
+    }, lines)
+    found = source.collect(tmp_path / "logs")
+    assert [p.relative_to(tmp_path / "logs").as_posix() for p in found] == ["pg1/postgresql-Thu.log",
+                                                                             "pg1/postgresql-Wed.log"]
+    assert found[0].read_bytes() == b"a\n"
+    assert lines == ["queries: pg2 skipped: ssh: connect to host 127.0.0.1 port 2222: Connection refused",
+                     "queries: pg3 skipped: tar: postgresql-*.log: Cannot stat: No such file or directory"]
+
+
+def test_node_logs_refuse_an_archive_that_writes_outside_its_folder(tmp_path: Path, monkeypatch) -> None:
+    lines: list[str] = []
+    source = _node_logs(tmp_path, monkeypatch, {
+        "pg1": (0, _tar({"../../escaped.log": b"x"}), b""),
+        "pg2": (0, _tar({"postgresql-Thu.log": b"ok\n"}), b""),
+        "pg3": (0, b"not a tar archive", b""),
+    }, lines)
+    found = source.collect(tmp_path / "logs")
+    assert [p.parent.name for p in found] == ["pg2"]
+    assert not (tmp_path / "escaped.log").exists()
+    assert [line.split(":")[1].strip() for line in lines] == ["pg1 skipped", "pg3 skipped"]
+
+
+def test_node_logs_with_no_node_readable_is_one_error_naming_the_way_out(tmp_path: Path, monkeypatch) -> None:
+    source = _node_logs(tmp_path, monkeypatch, {n: (255, b"", b"refused\n") for n in ("pg1", "pg2", "pg3")}, [])
+    with pytest.raises(EnvironmentProblem, match=r"no PostgreSQL log could be read from pg1, pg2, pg3.*--log FILE"):
+        source.collect(tmp_path / "logs")
+
+
+def test_the_remote_script_asks_the_server_where_its_logs_are(tmp_path: Path) -> None:
+    script = NodeLogs(SimpleNamespace(state_dir=tmp_path), ("pg1",), pg_port=5433).remote_script()  # type: ignore[arg-type]
+    assert subprocess.run(["sh", "-n", "-c", script], check=False).returncode == 0  # valid shell
+    words = shlex.split(script.split('"$(')[1].split(')"')[0])
+    assert words[:4] == ["runuser", "-u", "postgres", "--"] and words[words.index("-p") + 1] == "5433"
+    assert "current_setting('data_directory')" in words[-1] and script.endswith("tar -cf - postgresql-*.log")
