@@ -135,8 +135,13 @@ def capacity_cmd(years: float, rows_per_day: float | None, load_report: Path | N
         capacity.read_load_report(load_report)
     target = resolve_dsn(dsn)
     _echo_target(target)
+    from careflow_ha.settings import inventory_vars
+
+    values = inventory_vars(get_settings().project_dir / "inventory" / "lab.yml")
+    retention = (int(values["careflow_backup_retention_full"]), int(values["careflow_backup_retention_diff"]))
     fig = capacity.measure(target, rows_per_day=rows_per_day, load_report=load_report,
-                           archive_dir=archive_dir or capacity.DEFAULT_ARCHIVE_DIR, log=_log)
+                           archive_dir=archive_dir or capacity.DEFAULT_ARCHIVE_DIR, backup_retention=retention,
+                           log=_log)
     months = capacity.project(fig, years, retain_months=retain_months, disk_gb=disk_gb)
     report = capacity.build_report(fig, months, years=years, retain_months=retain_months, disk_gb=disk_gb,
                                    target=redact(target))

@@ -13,6 +13,10 @@ Measured on the target database, never assumed:
   files: this module does not import the archive feature), else
   ``DEFAULT_PARQUET_RATIO``.
 
+- the pgBackRest repository's stored / database ratio, from the newest full
+  backup's report (``reports/backup/backup-*/result.json``, read as a file:
+  this module does not import the backup feature either).
+
 Growth comes from ``--rows-per-day``, from a load report (the rate at which
 the run posted lab panels, sustained all day: an upper bound), or by default
 from the rows collected in the database's last 30 days.
@@ -47,6 +51,9 @@ DEFAULT_PARQUET_RATIO = 11.0
 #: Months kept in the hot database before `archive run --older-than 24months` moves them out.
 DEFAULT_RETAIN_MONTHS = 24
 DAYS_PER_MONTH = 365.25 / 12
+DEFAULT_BACKUP_REPORTS = PROJECT_DIR / "reports" / "backup"
+#: The schedule roles/pgbackrest installs: a full backup weekly, a differential on the other days.
+DAYS_BETWEEN_FULLS = 7
 _MONTH_NAME = re.compile(r"_p(\d{4})_(\d{2})$")
 
 
@@ -81,6 +88,10 @@ class Figures:
     wal_reserve_bytes: int  # pg_wal headroom per node: max_wal_size + wal_keep_size
     rows_per_day: float
     sources: dict[str, str] = field(default_factory=dict)
+    #: stored / database bytes of the newest full backup; None: no full backup report to measure it from.
+    backup_ratio: float | None = None
+    backup_retention_full: int = 2  # careflow_backup_retention_full
+    backup_retention_diff: int = 7  # careflow_backup_retention_diff
 
     @property
     def lab_rows(self) -> int:
@@ -111,6 +122,7 @@ class MonthProjection:
     leaves: int
     wal_bytes: int  # WAL written that month by lab_results inserts
     disk_full: bool
+    backup_bytes: int | None = None  # the pgBackRest repository (None: no ratio measured)
 
 
 def _add_months(month: str, n: int) -> str:
@@ -186,8 +198,47 @@ def project(fig: Figures, years: float, *, retain_months: int = DEFAULT_RETAIN_M
             archive_bytes=round(sum(v[2] for v in archived.values()) / fig.parquet_ratio) if fig.parquet_ratio
             else 0, hot_months=hot_months, partitions=partitions, leaves=round(partitions * fig.leaves_per_month),
             wal_bytes=round(rows_per_month * fig.wal_bytes_per_1000_rows / 1000),
-            disk_full=disk is not None and node > disk))
+            disk_full=disk is not None and node > disk,
+            backup_bytes=repository_bytes(fig, hot_lab + rest, per_row)))
     return out
+
+
+def repository_bytes(fig: Figures, database_bytes: float, per_row: float) -> int | None:
+    """The pgBackRest repository when the database is ``database_bytes``: fulls, the diffs of one cycle, WAL.
+
+    - ``backup_retention_full`` full backups, each as big as the database now
+      (an upper bound: older fulls were smaller) at the measured stored ratio;
+    - the differentials of one weekly cycle: the one taken d days after the
+      full holds the rows of those d days, so n of them hold 1 + ... + n days;
+    - the WAL archive back to the oldest retained full (pgBackRest expires the
+      rest), from the measured WAL per row, at the same stored ratio: an
+      estimate, since WAL and table files compress differently.
+    """
+    if fig.backup_ratio is None:
+        return None
+    ratio = fig.backup_ratio
+    diffs = min(fig.backup_retention_diff, DAYS_BETWEEN_FULLS - 1)
+    diff_bytes = diffs * (diffs + 1) / 2 * fig.rows_per_day * per_row
+    wal_days = fig.backup_retention_full * DAYS_BETWEEN_FULLS
+    wal_bytes = wal_days * fig.rows_per_day * fig.wal_bytes_per_1000_rows / 1000
+    return round((fig.backup_retention_full * database_bytes + diff_bytes + wal_bytes) * ratio)
+
+
+def backup_ratio_from_reports(backup_dir: Path) -> tuple[float | None, str]:
+    """stored / database bytes of the newest full backup's report, or None (and what to run) when none exists."""
+    for path in sorted(backup_dir.glob("backup-*/result.json"), reverse=True):  # folder names sort by UTC time
+        try:
+            figures = json.loads(path.read_text())["figures"]
+            if figures.get("type") != "full":
+                continue
+            database, stored = float(figures["database_MB"]), float(figures["stored_MB"])
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+        if database > 0:
+            return stored / database, (f"full backup {figures.get('label', path.parent.name)}: {stored:.1f} MB stored "
+                                       f"for {database:.1f} MB of database")
+    return None, (f"no full backup report in {backup_dir}: backups are not projected (run careflow-ha backup run "
+                  "--type full, then capacity again)")
 
 
 def runs_out(months: list[MonthProjection]) -> str | None:
@@ -313,7 +364,8 @@ def parquet_ratio_from_manifests(archive_dir: Path) -> tuple[float, str]:
 
 
 def measure(dsn: str, *, rows_per_day: float | None = None, load_report: Path | None = None,
-            archive_dir: Path = DEFAULT_ARCHIVE_DIR, wal_sample_rows: int = 1000,
+            archive_dir: Path = DEFAULT_ARCHIVE_DIR, backup_dir: Path = DEFAULT_BACKUP_REPORTS,
+            backup_retention: tuple[int, int] = (2, 7), wal_sample_rows: int = 1000,
             at: datetime | None = None, log: Callable[[str], None] = lambda _: None) -> Figures:
     """Measure every figure on ``dsn`` (read-only apart from the rolled-back WAL batch)."""
     if rows_per_day is not None and load_report is not None:
@@ -341,6 +393,7 @@ def measure(dsn: str, *, rows_per_day: float | None = None, load_report: Path | 
         else:
             sources["rows_per_day"] = "--rows-per-day"
     ratio, sources["parquet_ratio"] = parquet_ratio_from_manifests(archive_dir)
+    backup_ratio, sources["backup_ratio"] = backup_ratio_from_reports(backup_dir)
     with_data = [m for m in months if m.leaves]
     leaves = sum(m.leaves for m in with_data) / len(with_data) if with_data else 0.0
     future = sum(1 for m in months if m.month > now_month)
@@ -351,7 +404,8 @@ def measure(dsn: str, *, rows_per_day: float | None = None, load_report: Path | 
     return Figures(now_month=now_month, months=tuple(months), rest_bytes=max(0, db_size - lab_total),
                    wal_bytes_per_1000_rows=wal, parquet_ratio=ratio, leaves_per_month=leaves,
                    future_partitions=future, wal_reserve_bytes=int(max_wal) + int(keep),
-                   rows_per_day=float(rows_per_day), sources=sources)
+                   rows_per_day=float(rows_per_day), sources=sources, backup_ratio=backup_ratio,
+                   backup_retention_full=backup_retention[0], backup_retention_diff=backup_retention[1])
 
 
 # -- report ----------------------------------------------------------------------------
@@ -387,6 +441,7 @@ def verdict(report: dict[str, Any]) -> str:
 def render_markdown(report: dict[str, Any]) -> str:
     f = report["figures"]
     bpr = f["bytes_per_row"]
+    backup_ratio = "-" if f["backup_ratio"] is None else f"{f['backup_ratio']:.3f}"
     lines = [f"# Capacity projection ({report['generated_at']})", "", f"Target: `{report['target']}`", "",
              f"**{verdict(report)}.**", "", "## Measured figures", "",
              "| figure | value | from |", "|---|---:|---|",
@@ -402,7 +457,10 @@ def render_markdown(report: dict[str, Any]) -> str:
              "the premade spare) |",
              f"| growth | {f['rows_per_day']:.0f} rows/day | {f['sources'].get('rows_per_day', '')} |",
              f"| pg_wal reserve per node | {_gb(f['wal_reserve_bytes'])} GB | "
-             f"{f['sources'].get('wal_reserve_bytes', '')} |", "",
+             f"{f['sources'].get('wal_reserve_bytes', '')} |",
+             f"| backup stored ratio | {backup_ratio} | "
+             f"{f['sources'].get('backup_ratio', '')}; retention {f['backup_retention_full']} full, "
+             f"{f['backup_retention_diff']} diff |", "",
              "## Month partitions now", "", "| month | rows | leaves | heap MB | indexes MB | TOAST MB | bytes/row |",
              "|---|---:|---:|---:|---:|---:|---:|"]
     lines += [f"| {m['month']} | {m['rows']} | {m['leaves']} | {m['heap'] / 1e6:.2f} | {m['indexes'] / 1e6:.2f} | "
@@ -410,14 +468,18 @@ def render_markdown(report: dict[str, Any]) -> str:
               for m in f["months"]]
     lines += ["", f"## Projection (hot database keeps {report['retain_months']} months; older ones are archived)",
               "", "| month | one node GB | hot lab_results GB | rest GB | archive GB | hot months | partitions | "
-              "leaves | WAL GB/month | disk |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
+              "leaves | WAL GB/month | backup repository GB | disk |",
+              "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
     lines += [f"| {p['month']} | {_gb(p['node_bytes'])} | {_gb(p['hot_lab_bytes'])} | {_gb(p['rest_bytes'])} | "
               f"{_gb(p['archive_bytes'])} | {p['hot_months']} | {p['partitions']} | {p['leaves']} | "
-              f"{_gb(p['wal_bytes'])} | {'FULL' if p['disk_full'] else ''} |" for p in report["projection"]]
+              f"{_gb(p['wal_bytes'])} | {'-' if p['backup_bytes'] is None else _gb(p['backup_bytes'])} | "
+              f"{'FULL' if p['disk_full'] else ''} |" for p in report["projection"]]
     lines += ["", "Assumptions: one node holds a full copy (every replica is the same size) plus its pg_wal "
               "reserve; the rest of the database grows in proportion to the lab_results rows added; WAL counts "
               "lab_results inserts only (no updates, vacuum or checkpoints' full-page images beyond what the "
-              "sample saw); GB = 10^9 bytes. Backups are not projected yet.", "", "![capacity](capacity.png)", ""]
+              "sample saw); the backup repository keeps its retention's full backups at the database's size of that "
+              "month, one weekly cycle of differentials and the WAL back to the oldest full, all at the measured "
+              "stored ratio (for WAL an estimate); GB = 10^9 bytes.", "", "![capacity](capacity.png)", ""]
     return "\n".join(lines)
 
 
@@ -433,6 +495,8 @@ def _chart(report: dict[str, Any], path: Path) -> None:
     ax.plot(labels, [p["node_bytes"] / 1e9 for p in proj], label="one database node", color="tab:blue")
     ax.plot(labels, [p["hot_lab_bytes"] / 1e9 for p in proj], label="hot lab_results", color="tab:cyan")
     ax.plot(labels, [p["archive_bytes"] / 1e9 for p in proj], label="archive (Parquet)", color="tab:green")
+    if proj and proj[0]["backup_bytes"] is not None:
+        ax.plot(labels, [p["backup_bytes"] / 1e9 for p in proj], label="backup repository", color="tab:orange")
     if report["disk_gb"]:
         ax.axhline(report["disk_gb"], color="tab:red", linestyle="--", label=f"disk {report['disk_gb']:g} GB")
     ax.set(ylabel="GB", title=f"Capacity: {verdict(report)}")

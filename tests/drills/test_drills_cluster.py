@@ -39,6 +39,7 @@ from careflow_ha.drills.report import write_report
 from careflow_ha.drills.runner import DrillOptions, DrillRun, run_drill
 from careflow_ha.drills.targets import POOLED_SWITCHOVER_STALL_S, POOLED_WAY, WRITE_OUTAGE_TARGETS_S
 from careflow_ha.lab.vip import vip_holders
+from careflow_ha.monitoring.rules import load_rules
 from careflow_ha.settings import LB_NODES, Settings
 from tests.plugins.timeouts import scaled, wait_until
 
@@ -111,6 +112,25 @@ def assert_failed_over_and_rejoined(run: DrillRun, cluster: Settings) -> None:
     wait_until(old_primary_in_recovery, 30, what=f"{a.old_primary} in recovery and streaming")
 
 
+#: An alert's latest moment after its condition starts: one scrape to see it, its `for:`, one evaluation.
+ALERT_DETECTION_S = 5.0 + 5.0
+RULE_FOR_S = {rule.name: rule.for_s for rule in load_rules()}
+
+
+def assert_server_view(run: DrillRun, fires: str | None = None, within_s: float = 0.0) -> None:
+    """Prometheus answered for the run, every panel has samples (the exporters' metric names are real), and
+    the alert ``fires`` fired about a target within ``within_s`` of the fault (its `for:` plus detection) x 1.5."""
+    view = run.server
+    assert view is not None and view.available, f"no server view: {view.note if view else 'not collected'}"
+    empty = [p.key for p, result in view.panels if not result.series]
+    assert empty == [], f"panels without samples: {empty}"
+    if fires is not None:
+        span = view.fired(fires, run.targets)
+        assert span is not None and span.firing_at is not None, f"{fires} never fired about {run.targets}"
+        took = span.firing_at - run.fault_at
+        assert took <= scaled((within_s + ALERT_DETECTION_S) * 1.5), f"{fires} fired {took:.0f} s after the fault"
+
+
 def assert_same_primary(run: DrillRun) -> None:
     assert run.analysis.new_primary is None, f"unexpected failover to {run.analysis.new_primary}"
 
@@ -136,6 +156,9 @@ def test_ci_switchover_moves_the_primary_without_losing_a_write(drill, cluster):
     assert_writes_back_within(run, WRITE_OUTAGE_TARGETS_S["switchover"] * 1.5)
     assert_failed_over_and_rejoined(run, cluster)
     assert run.analysis.new_primary == run.targets[1], "the sync standby was the candidate"
+    assert_server_view(run)
+    paging = [f"{a.alertname} on {a.target}" for a in run.server.firing("critical")]
+    assert paging == [], f"a planned switchover paged: {paging}"
 
 
 def test_ci_zero_error_switchover_through_the_pooler_fails_no_transaction(drill, cluster):
@@ -158,6 +181,8 @@ def test_ci_primary_node_loss_promotes_a_replica_and_the_old_primary_rejoins(dri
     assert_writes_back_within(run, WRITE_OUTAGE_TARGETS_S["primary-node-loss"] * 1.5)
     assert_failed_over_and_rejoined(run, cluster)
     assert run.analysis.haproxy_switch_at is not None, "no write was ever acknowledged by the new primary via 5000"
+    # Its `for:` is in roles/monitoring/files/careflow-alerts.yml (15 s); it fired +24 s on the lab (2026-12-03).
+    assert_server_view(run, fires="CareflowPatroniMemberDown", within_s=RULE_FOR_S["CareflowPatroniMemberDown"])
 
 
 def test_ci_primary_partition_never_leaves_two_writable_primaries(drill, cluster):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -12,8 +13,10 @@ from careflow_ha.monitoring.capacity import (
     DAYS_PER_MONTH,
     Figures,
     MonthSize,
+    backup_ratio_from_reports,
     project,
     read_load_report,
+    repository_bytes,
     runs_out,
     validate,
 )
@@ -151,3 +154,40 @@ def test_bad_load_reports_are_one_line_usage_errors(tmp_path: Path, content: str
 def test_missing_load_report(tmp_path: Path) -> None:
     with pytest.raises(UsageError, match="no such file"):
         read_load_report(tmp_path / "nope.json")
+
+
+# -- the backup repository -----------------------------------------------------------------------------------
+
+
+def test_the_repository_holds_its_fulls_one_cycle_of_diffs_and_the_wal_back_to_the_oldest_full() -> None:
+    # 100 bytes a row, 10 rows a day, 500 WAL bytes per 1,000 rows; stored at a ratio of 0.2; 2 fulls, 7 diffs.
+    fig = replace(_fig(10.0, (NOV, DEC), wal=500.0), backup_ratio=0.2, backup_retention_full=2,
+                  backup_retention_diff=7)
+    first = project(fig, 1 / 12)[0]
+    database = first.hot_lab_bytes + first.rest_bytes  # the database, not the node's pg_wal reserve
+    fulls, diffs, wal = 2 * database, (1 + 2 + 3 + 4 + 5 + 6) * 10 * 100, 14 * 10 * 500 / 1000
+    assert first.backup_bytes == round((fulls + diffs + wal) * 0.2)
+    assert repository_bytes(replace(fig, backup_retention_diff=2), database, 100.0) == round(
+        (fulls + (1 + 2) * 10 * 100 + wal) * 0.2)  # fewer diffs kept than a cycle has days
+
+
+def test_without_a_measured_ratio_backups_are_not_projected_and_the_report_says_what_to_run(tmp_path) -> None:
+    assert project(_fig(10.0, (NOV, DEC)), 1)[0].backup_bytes is None
+    ratio, how = backup_ratio_from_reports(tmp_path)
+    assert ratio is None and "careflow-ha backup run --type full" in how
+
+
+def _backup_report(folder: Path, name: str, kind: str, database: float, stored: float) -> None:
+    (folder / name).mkdir(parents=True)
+    (folder / name / "result.json").write_text(json.dumps(
+        {"kind": "backup", "figures": {"label": name, "type": kind, "database_MB": database, "stored_MB": stored}}))
+
+
+def test_the_ratio_comes_from_the_newest_full_backup_report(tmp_path) -> None:
+    _backup_report(tmp_path, "backup-20261201T010000Z", "full", 80.0, 16.0)
+    _backup_report(tmp_path, "backup-20261203T010000Z", "full", 78.0, 11.7)
+    _backup_report(tmp_path, "backup-20261203T020000Z", "diff", 78.0, 0.5)  # newer, but not a full
+    (tmp_path / "backup-20261204T010000Z").mkdir()
+    (tmp_path / "backup-20261204T010000Z" / "result.json").write_text("{not json")  # skipped, not fatal
+    ratio, how = backup_ratio_from_reports(tmp_path)
+    assert ratio == pytest.approx(11.7 / 78.0) and "backup-20261203T010000Z" in how

@@ -113,7 +113,11 @@ def test_patroni_archives_with_the_command_the_backup_code_builds():
 def test_the_schema_needs_what_patroni_configures():
     params = GV["careflow_postgresql_parameters"]
     for name, value in REQUIRED_GUCS.items():
-        assert str(params.get(name)) == value, f"careflow_postgresql_parameters.{name} must be {value!r}"
+        configured = str(params.get(name))
+        if name == "shared_preload_libraries":  # a list: the schema needs its library among the others
+            assert value in configured.split(","), f"careflow_postgresql_parameters.{name} must include {value!r}"
+        else:
+            assert configured == value, f"careflow_postgresql_parameters.{name} must be {value!r}"
 
 
 # --- Play order and roles: read from site.yml --------------------------------
