@@ -22,18 +22,22 @@ from careflow_ha.pyinfra_deploys.ops import (
     wait_until_ok,
 )
 
-#: The repository host's scheduled backups: (role task name, template).
+#: The repository host's scheduled backups and backup-age metrics: (role task name, template).
 BACKUP_UNITS = (
     ("Ensure the backup service is in place", "careflow-backup@.service.j2"),
     ("Ensure the weekly full backup timer is in place", "careflow-backup-full.timer.j2"),
     ("Ensure the differential backup timer is in place", "careflow-backup-diff.timer.j2"),
+    ("Ensure the backup-age service is in place", "careflow-backup-metrics.service.j2"),
+    ("Ensure the backup-age timer is in place", "careflow-backup-metrics.timer.j2"),
 )
 
 
 def _backup_timers() -> None:
+    put_role_file("Ensure the backup-age script is in place",
+                  role_template("pgbackrest", "service.yml", "careflow-backup-metrics.py.j2"))
     units = [put_role_file(name, role_template("pgbackrest", "service.yml", src)) for name, src in BACKUP_UNITS]
     systemd.daemon_reload(name="Reload systemd units", _if=lambda: any(u.did_change() for u in units))
-    for kind in ("full", "diff"):
+    for kind in ("full", "diff", "metrics"):
         systemd.service(name="Ensure the backup timers are enabled and running",
                         service=f"careflow-backup-{kind}.timer", running=True, enabled=True)
 

@@ -4,12 +4,15 @@ the timers, and the ``backup`` verbs and ``status`` as a user runs them (in-proc
 from __future__ import annotations
 
 import json
+import urllib.parse
+import urllib.request
 
 import pytest
 
 from careflow_ha.backup.lab import REPO_HOST
 from careflow_ha.settings import PG_NODES
 from tests.cli import run_cli
+from tests.plugins.timeouts import wait_until
 
 pytestmark = pytest.mark.cluster
 
@@ -39,7 +42,7 @@ def test_no_private_key_or_secret_is_readable_by_everyone(host_of, name):
 
 def test_the_repository_host_runs_the_scheduled_backups(host_of):
     host = host_of(REPO_HOST)
-    for kind in ("full", "diff"):
+    for kind in ("full", "diff", "metrics"):
         timer = host.service(f"careflow-backup-{kind}.timer")
         assert timer.is_enabled and timer.is_running, f"careflow-backup-{kind}.timer is not active"
     listed = host.check_output("systemctl list-timers careflow-backup-*.timer --all --no-pager")
@@ -73,3 +76,20 @@ def test_status_shows_archiving_from_the_primary_and_a_passing_check(cluster):
     assert archiving["check"].startswith("ok"), archiving
     assert archiving["last_archived_wal"] != "none yet" and archiving["waiting_segments"] <= 8
     assert not [p for p in data["problems"] if "archiv" in p]
+
+
+def _prometheus_backup_stops(prometheus_url: str) -> dict[str, float]:
+    query = urllib.parse.urlencode({"query": f'careflow_backup_last_stop_timestamp_seconds{{instance="{REPO_HOST}"}}'})
+    with urllib.request.urlopen(f"{prometheus_url}/api/v1/query?{query}", timeout=5) as resp:  # noqa: S310
+        return {r["metric"]["type"]: float(r["value"][1]) for r in json.load(resp)["data"]["result"]}
+
+
+def test_prometheus_knows_when_the_newest_full_backup_ended(cluster, host_of):
+    """pgbackrest info -> careflow-backup-metrics (timer, 60 s) -> node exporter's textfile -> Prometheus: the
+    value CareflowBackupTooOld reads is the repository's own newest full backup."""
+    info = json.loads(host_of(REPO_HOST).check_output(
+        "runuser -u postgres -- pgbackrest --stanza=careflow info --output=json"))
+    newest_full = max(b["timestamp"]["stop"] for b in info[0]["backup"] if b["type"] == "full")
+    # At most one timer period and one scrape behind (roles/pgbackrest: pgbackrest_metrics_interval 60s).
+    wait_until(lambda: _prometheus_backup_stops(cluster.prometheus_url).get("full") == newest_full, 70 * 1.5,
+               interval=2, what="Prometheus to have the newest full backup's end from pgbackrest info")
