@@ -26,6 +26,8 @@ PROJECT_DIR = Path(__file__).resolve().parent.parent
 #: The lab hosts, in start order. The compose file, the lab inventory and the
 #: Vagrantfile must agree with this (tests/unit/lab/test_topology.py checks it).
 PG_NODES: tuple[str, ...] = ("pg1", "pg2", "pg3")
+#: The port of Prometheus on mon1 among the ports (docker-compose.yml publishes it on 127.0.0.1).
+PROMETHEUS_PORT_KEY = "CAREFLOW_MON1_PROM_PORT"
 LB_NODES: tuple[str, ...] = ("lb1", "lb2")
 #: The inventory's ``monitoring`` group: Prometheus (roles/prometheus).
 MON_NODES: tuple[str, ...] = ("mon1",)
@@ -342,7 +344,7 @@ class Settings:
     @property
     def prometheus_url(self) -> str:
         """Prometheus on the monitoring host, as published on 127.0.0.1 (docker-compose.yml)."""
-        return f"http://{self.host}:{self.ports['CAREFLOW_MON1_PROM_PORT']}"
+        return f"http://{self.host}:{self.ports[PROMETHEUS_PORT_KEY]}"
 
     def node_port(self, node: str, kind: Literal["SSH", "PG", "API", "PROM"]) -> int:
         return self.ports[f"CAREFLOW_{node.upper()}_{kind}_PORT"]

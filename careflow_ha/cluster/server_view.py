@@ -20,6 +20,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from careflow_ha.cluster.prometheus import UNAVAILABLE, PrometheusClient, RangeResult, Series
+from careflow_ha.cluster.prometheus import for_settings as prometheus_for
+from careflow_ha.settings import PROMETHEUS_PORT_KEY, Settings
 
 #: Prometheus scrapes and evaluates every 5 s (roles/prometheus): a rate needs two samples in its window,
 #: and four make it survive one late scrape.
@@ -108,6 +110,17 @@ class ServerView:
                  and not a.since_start and (not nodes or a.about(nodes))]
         return min(spans, key=lambda a: a.firing_at or 0.0, default=None)
 
+    def raised(self, alertname: str, nodes: Sequence[str] = ()) -> AlertSpan | None:
+        """The earliest span of ``alertname`` caused within the window, pending or firing (about ``nodes``).
+
+        Pending is the rule seeing its condition; whether it then fires depends on the condition outlasting
+        the rule's ``for:``, which a fault healed within seconds of its effect (a node loss) may not.
+        """
+        spans = [a for a in self.alerts if a.alertname == alertname and not a.since_start
+                 and (not nodes or a.about(nodes))]
+        return min(spans, key=lambda a: a.pending_at if a.pending_at is not None else a.firing_at or 0.0,
+                   default=None)
+
     def firing(self, severity: str | None = None) -> tuple[AlertSpan, ...]:
         """Every alert that fired because of something in the window (of one ``severity``, if given)."""
         return tuple(a for a in self.alerts if a.firing_at is not None and not a.since_start
@@ -133,6 +146,14 @@ def collect(client: PrometheusClient, start: float, end: float, panels: Sequence
             return ServerView(start, end, step, unavailable=result.unavailable)
         got.append((panel, result))
     return ServerView(start, end, step, tuple(got), alert_spans(alerts.series, start, step))
+
+
+def collect_lab(settings: Settings, start: float, end: float) -> ServerView:
+    """:func:`collect` from the lab's Prometheus; settings that name no monitoring host (a test's local
+    server) give a view that says so, without a request."""
+    if PROMETHEUS_PORT_KEY not in settings.ports:
+        return ServerView(start, end, step_for(start, end), unavailable="these settings name no monitoring host")
+    return collect(prometheus_for(settings), start, end)
 
 
 def _target(labels: Any) -> str:

@@ -33,9 +33,8 @@ from careflow_ha.cluster.probes import (
     ensure_probe_table,
     fetch_seqs,
 )
-from careflow_ha.cluster.prometheus import for_settings
 from careflow_ha.cluster.records import Recording
-from careflow_ha.cluster.server_view import LEAD_S, ServerView, collect
+from careflow_ha.cluster.server_view import LEAD_S, ServerView, collect_lab
 from careflow_ha.cluster.switchover import lab_limits, lab_switchover
 from careflow_ha.cluster.timing import Timing, timing_preset
 from careflow_ha.cluster.watch import BoundedLoop, ClusterPoller, role_change_events
@@ -321,7 +320,7 @@ def _probe_and_break(
         probes_until=probes_until,
     )
     analysis = analyse(recording, fault_at=fault_at, heal_at=heal_at, old_primary=healthy.leader, present_seqs=present)
-    server = collect(for_settings(settings), probes_from - LEAD_S, time.time())
+    server = collect_lab(settings, probes_from - LEAD_S, time.time())
     say("server view: " + (server.note or ", ".join(f"{a.alertname} on {a.target} fired +{a.firing_at - fault_at:.0f}s"
                                                     for a in server.firing() if a.firing_at) or "no alert fired"))
     run = DrillRun(

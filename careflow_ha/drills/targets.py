@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 
 from careflow_ha.cluster.model import TimelineEvent
-from careflow_ha.cluster.server_view import EVALUATION_INTERVAL_S, ServerView
+from careflow_ha.cluster.server_view import EVALUATION_INTERVAL_S, AlertSpan, ServerView
 from careflow_ha.drills.analysis import Analysis
 
 #: Client-observed write outage targets (seconds), tuned preset.
@@ -138,7 +138,8 @@ def compare_verdict(default_s: float | None, fast_s: float | None) -> Verdict:
 
 def alert_verdicts(expected: tuple[str, ...], planned: bool, targets: tuple[str, ...], server: ServerView | None,
                    fault_at: float) -> tuple[Verdict, ...]:
-    """The monitoring targets: each expected rule fired about a target; a planned operation paged nobody.
+    """The monitoring targets: each expected rule was raised (pending or firing) about a target; a planned
+    operation paged nobody (no critical alert fired).
 
     Not measurable (never a failure) when Prometheus could not answer: the
     monitoring host is an observer, and its absence must not fail a drill.
@@ -147,12 +148,12 @@ def alert_verdicts(expected: tuple[str, ...], planned: bool, targets: tuple[str,
     unmeasured = server.note if server is not None and not server.available else "server metrics not collected"
     measured = server is not None and server.available
     for name in expected:
-        span = server.fired(name, targets) if measured and server is not None else None
+        span = server.raised(name, targets) if measured and server is not None else None
         out.append(Verdict(
-            f"alert {name} fired about {', '.join(targets)}",
+            f"alert {name} raised about {', '.join(targets)}",
             None if not measured else span is not None,
-            unmeasured if not measured else "not fired while observed" if span is None or span.firing_at is None
-            else f"fired {span.firing_at - fault_at:+.0f} s from the fault (±{EVALUATION_INTERVAL_S:g} s)",
+            unmeasured if not measured else "neither pending nor firing while observed" if span is None
+            else _moments(span, fault_at),
         ))
     if planned:
         paged = server.firing("critical") if measured and server is not None else ()
@@ -163,3 +164,10 @@ def alert_verdicts(expected: tuple[str, ...], planned: bool, targets: tuple[str,
             else ", ".join(f"{a.alertname} on {a.target}" for a in paged),
         ))
     return tuple(out)
+
+
+def _moments(span: AlertSpan, fault_at: float) -> str:
+    def at(t: float | None) -> str:
+        return "-" if t is None else f"{t - fault_at:+.0f} s"
+
+    return f"pending {at(span.pending_at)}, firing {at(span.firing_at)} from the fault (±{EVALUATION_INTERVAL_S:g} s)"

@@ -25,8 +25,7 @@ from types import MappingProxyType
 import psycopg
 from psycopg.conninfo import conninfo_to_dict
 
-from careflow_ha.cluster.prometheus import for_settings
-from careflow_ha.cluster.server_view import LEAD_S, ServerView, collect
+from careflow_ha.cluster.server_view import LEAD_S, ServerView, collect_lab
 from careflow_ha.dsn import redact
 from careflow_ha.errors import CommandFailed, EnvironmentProblem, UsageError
 from careflow_ha.load import emr
@@ -350,7 +349,7 @@ class LoadRun:
         }
         t0 = self.started
         t1 = max([finished, *[r.done for r in rows]]) if rows else finished
-        server = (collect(for_settings(cfg.cluster), t0 - LEAD_S, t1) if cfg.cluster is not None
+        server = (collect_lab(cfg.cluster, t0 - LEAD_S, t1) if cfg.cluster is not None
                   else ServerView(t0, t1, 1.0, unavailable="the targets were given as DSNs, not the lab cluster"))
         if server.note:
             self.say(f"load: {server.note}")

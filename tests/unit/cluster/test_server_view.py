@@ -100,6 +100,7 @@ def test_alert_spans_fold_pending_and_firing_and_mark_what_was_already_active():
     assert v.fired("CareflowPatroniMemberDown", ("pg2",)) is None
     assert v.fired("CareflowDiskAlmostFull") is None  # already firing before the run: not its doing
     assert v.fired("CareflowHAProxyBackendDown") is None  # pending only
+    assert v.raised("CareflowHAProxyBackendDown", ("lb1",)) == backend and v.raised("CareflowDiskAlmostFull") is None
     assert v.firing() == (down,) and v.firing("critical") == ()
     assert down.about(("pg1",)) and backend.about(("lb1",)) and not backend.about(("lb",))
 
@@ -205,14 +206,18 @@ def test_alert_spans_ignore_series_without_values():
 # -- the drill's monitoring verdicts -------------------------------------------------------------------------
 
 
-def test_an_expected_alert_that_fired_passes_with_its_delay():
+def test_an_expected_alert_that_was_raised_passes_with_its_moments():
     (v,) = alert_verdicts(("CareflowPatroniMemberDown",), False, ("pg1",), view(), T0)
-    assert v.ok is True and v.detail == "fired +20 s from the fault (±5 s)"
+    assert v.ok is True and v.detail == "pending +5 s, firing +20 s from the fault (±5 s)"
+    (pending,) = alert_verdicts(("CareflowHAProxyBackendDown",), False, ("lb1",), view(), T0)
+    assert pending.ok is True and pending.detail == "pending +2 s, firing - from the fault (±5 s)"
 
 
-def test_an_expected_alert_that_did_not_fire_fails():
+def test_an_expected_alert_never_raised_fails():
     (v,) = alert_verdicts(("CareflowPatroniMemberDown",), False, ("pg2",), view(), T0)
-    assert v.ok is False and v.detail == "not fired while observed"
+    assert v.ok is False and v.detail == "neither pending nor firing while observed"
+    (old,) = alert_verdicts(("CareflowDiskAlmostFull",), False, ("backup1",), view(), T0)
+    assert old.ok is False  # already firing when the window opened: not this fault's doing
 
 
 def test_an_unavailable_monitoring_host_never_fails_a_drill():
@@ -240,3 +245,15 @@ def test_every_panel_query_is_valid_promql(tmp_path):
     proc = promtool("check", "rules", path)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert f"SUCCESS: {len(PANELS)} rules found" in proc.stdout + proc.stderr
+
+
+def test_settings_without_a_monitoring_host_give_an_unavailable_view_without_a_request(tmp_path):
+    """A drill against a test's local server (no mon1 port in its settings) is reported, never a KeyError."""
+    from types import MappingProxyType
+
+    from careflow_ha.settings import Settings
+
+    settings = Settings(project_dir=tmp_path, ports=MappingProxyType({"CAREFLOW_RW_PORT": 5432}),
+                        secrets=MappingProxyType({}))
+    v = server_view.collect_lab(settings, T0, T0 + 30)
+    assert not v.available and v.note == f"{UNAVAILABLE}: these settings name no monitoring host"
