@@ -335,6 +335,11 @@ class Settings:
         return self.project_dir / ".lab"
 
     @property
+    def lab_inventory(self) -> Path:
+        """The lab's Ansible inventory (its group_vars hold the cluster's facts: ports, retention, ...)."""
+        return self.project_dir / "inventory" / "lab.yml"
+
+    @property
     def reports_dir(self) -> Path:
         return self.project_dir / "reports"
 

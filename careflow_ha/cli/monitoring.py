@@ -96,7 +96,7 @@ def report_cmd(logs: tuple[Path, ...], out_dir: Path | None, limit: int, fmt: st
         from careflow_ha.settings import PG_NODES, inventory_vars
 
         settings = get_settings()
-        port = int(inventory_vars(settings.project_dir / "inventory" / "lab.yml")["careflow_pg_port"])
+        port = int(inventory_vars(settings.lab_inventory)["careflow_pg_port"])
         source = NodeLogs(settings, PG_NODES, pg_port=port, log=_log)
     folder, report = write_report(source, out_dir, limit=limit, log=_log)
     _log(f"report: {folder}")
@@ -137,7 +137,7 @@ def capacity_cmd(years: float, rows_per_day: float | None, load_report: Path | N
     _echo_target(target)
     from careflow_ha.settings import inventory_vars
 
-    values = inventory_vars(get_settings().project_dir / "inventory" / "lab.yml")
+    values = inventory_vars(get_settings().lab_inventory)
     retention = (int(values["careflow_backup_retention_full"]), int(values["careflow_backup_retention_diff"]))
     fig = capacity.measure(target, rows_per_day=rows_per_day, load_report=load_report,
                            archive_dir=archive_dir or capacity.DEFAULT_ARCHIVE_DIR, backup_retention=retention,

@@ -59,7 +59,7 @@ PANELS: tuple[Panel, ...] = (
     # otherwise read as gigabytes written (measured on the lab: 14 MiB/s after a failover, not 3 KiB/s).
     Panel("wal", "WAL written per second", "bytes/s",
           f"sum by (instance) (rate((patroni_xlog_location > 0)[{RATE_WINDOW}:5s]))", "instance"),
-    # roles/postgres_exporter/files/careflow-queries.yml: sessions whose wait_event_type is Lock.
+    # roles/postgres_exporter/templates/careflow-queries.yml.j2: sessions whose wait_event_type is Lock.
     Panel("lock_waits", "sessions waiting on a lock", "sessions",
           "max by (instance) (careflow_lock_waits_sessions)", "instance"),
 )
@@ -187,11 +187,8 @@ def alert_spans(series: Sequence[Series], start: float, step_s: float) -> tuple[
 def human(value: float, unit: str) -> str:
     """``3.2 MiB``, ``12.5 MiB/s``, ``41 tx/s``: a panel's value as a DBA reads it."""
     if unit.startswith("bytes"):
-        suffix = unit[len("bytes"):]
-        for name, size in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
-            if abs(value) >= size:
-                return f"{value / size:.1f} {name}{suffix}"
-        return f"{value:.0f} B{suffix}"
+        divisor, shown = _scale(abs(value), unit)
+        return f"{value / divisor:.1f} {shown}" if divisor > 1 else f"{value:.0f} {shown}"
     return f"{value:.1f} {unit}" if abs(value) < 10 and value != int(value) else f"{value:.0f} {unit}"
 
 

@@ -355,7 +355,7 @@ def oldest_transaction_s(dsn: str) -> float:
 
 def lab_limits(settings: Settings, **bounds: float) -> Limits:
     """:class:`Limits` with the inventory's lag limit (``careflow_maximum_lag_bytes``, Patroni's too)."""
-    values = inventory_vars(settings.project_dir / "inventory" / "lab.yml")
+    values = inventory_vars(settings.lab_inventory)
     return Limits(max_lag_bytes=int(values.get("careflow_maximum_lag_bytes", Limits.max_lag_bytes)), **bounds)
 
 
