@@ -76,6 +76,7 @@ SECRET_KEYS: tuple[str, ...] = (
     "CAREFLOW_VRRP_PASSWORD",  # keepalived VRRP authentication between the balancers
     "CAREFLOW_PGBOUNCER_ADMIN_PASSWORD",  # PgBouncer's admin console (user: pgbouncer_admin; PAUSE/RESUME)
     "CAREFLOW_PGBOUNCER_AUTH_PASSWORD",  # pgbouncer_auth: PgBouncer's auth_query login (get_auth only)
+    "CAREFLOW_PGBOUNCER_STATS_PASSWORD",  # pgbouncer_stats: PgBouncer's read-only console (the metrics timer)
 )
 
 DB_NAME = "careflow"

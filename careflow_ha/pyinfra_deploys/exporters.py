@@ -1,6 +1,6 @@
 """The ``node_exporter`` and ``postgres_exporter`` roles in pyinfra: Debian's exporters, listening on the
 host's cluster-network address, their command lines (and the PostgreSQL exporter's passwordless socket
-connection) rendered from the roles' templates."""
+connection) rendered from the roles' templates, and the node exporter's certificate expiry timer."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import posixpath
 
 from pyinfra.api import deploy
 from pyinfra.api.operation import OperationMeta
-from pyinfra.operations import apt, files, systemd
+from pyinfra.operations import apt, files, server, systemd
 
 from careflow_ha.pyinfra_deploys._data import role_copy, role_template, var
 from careflow_ha.pyinfra_deploys.ops import apt_cache_fresh, changed_unless, put_role_file, wait_until_ok
@@ -39,6 +39,24 @@ def node_exporter() -> None:
         name="Ensure the node exporter listens on the cluster network",
         command=f"timeout 2 bash -c '</dev/tcp/{ip}/{port}'", what=f"{ip}:{port} answers", retries=30, delay=1,
     )
+    _certificate_timer()
+
+
+def _certificate_timer() -> None:
+    """The role's certificates.yml: the timer that publishes when this host's certificates expire."""
+    apt.packages(name="Ensure openssl is installed for the certificate timer",
+                 packages=var("node_exporter_certificate_packages"), no_recommends=True)
+    put_role_file("Ensure the certificate expiry script is in place",
+                  role_template("node_exporter", "certificates.yml", "careflow-certificate-metrics.py.j2"))
+    units = [put_role_file(name, role_template("node_exporter", "certificates.yml", src)) for name, src in (
+        ("Ensure the certificate expiry service is in place", "careflow-certificate-metrics.service.j2"),
+        ("Ensure the certificate expiry timer is in place", "careflow-certificate-metrics.timer.j2"))]
+    systemd.daemon_reload(name="Ensure systemd has read the certificate expiry units",
+                          _if=lambda: any(u.did_change() for u in units))
+    systemd.service(name="Ensure the certificate expiry timer is enabled and running",
+                    service="careflow-certificate-metrics.timer", running=True, enabled=True)
+    server.shell(name="Ensure every certificate of this host is readable",
+                 commands=[var("node_exporter_certificate_metrics_script")])
 
 
 @deploy("PostgreSQL exporter")

@@ -2,13 +2,13 @@
 
 Same inventory, defaults and templates as the role (rendered through ``role_template``), so both
 provisioners write byte-identical files: the validator, the auth file (verifiers only), the unit
-template and one validated .ini per instance.
+template, one validated .ini per instance, and the metrics timer with its script and password file.
 """
 
 from __future__ import annotations
 
 from pyinfra.api import deploy
-from pyinfra.operations import apt, systemd
+from pyinfra.operations import apt, server, systemd
 
 from careflow_ha.pyinfra_deploys._data import role_template, var
 from careflow_ha.pyinfra_deploys.ops import apt_cache_fresh, put_role_file, wait_until_ok
@@ -34,7 +34,7 @@ def pgbouncer() -> None:
         role_template("pgbouncer", "configure.yml", "careflow-pgbouncer-validate.py.j2"),
     )
     auth = put_role_file(
-        "Ensure the PgBouncer auth file holds only the auth_query login and the admin",
+        "Ensure the PgBouncer auth file holds only verifiers (auth_query login, admin, stats user)",
         role_template("pgbouncer", "configure.yml", "careflow-users.txt.j2"),
     )
     unit_file = put_role_file(
@@ -72,3 +72,24 @@ def pgbouncer() -> None:
             command=f"ss -Htln 'sport = :{port}' | grep -q .",
             what=f"PgBouncer listens on {port}", retries=30, delay=1,
         )
+    _metrics()
+
+
+def _metrics() -> None:
+    """The role's metrics.yml: the timer that writes PgBouncer's figures for node exporter."""
+    apt.packages(name="Ensure psql is installed for the metrics timer", packages=var("pgbouncer_metrics_packages"),
+                 no_recommends=True)
+    put_role_file("Ensure the stats user's password file is in place (root only)",
+                  role_template("pgbouncer", "metrics.yml", "careflow-stats.pgpass.j2"))
+    put_role_file("Ensure the PgBouncer metrics script is in place",
+                  role_template("pgbouncer", "metrics.yml", "careflow-pgbouncer-metrics.py.j2"))
+    units = [put_role_file(name, role_template("pgbouncer", "metrics.yml", src)) for name, src in (
+        ("Ensure the PgBouncer metrics service is in place", "careflow-pgbouncer-metrics.service.j2"),
+        ("Ensure the PgBouncer metrics timer is in place", "careflow-pgbouncer-metrics.timer.j2"))]
+    systemd.daemon_reload(name="Ensure systemd has read the PgBouncer metrics units",
+                          _if=lambda: any(u.did_change() for u in units))
+    systemd.service(name="Ensure the PgBouncer metrics timer is enabled and running",
+                    service="careflow-pgbouncer-metrics.timer", running=True, enabled=True)
+    # As the role: one checked run, so a stats user that cannot log in fails here, not as pgbouncer_up 0.
+    server.shell(name="Ensure every PgBouncer instance answers the stats user",
+                 commands=[var("pgbouncer_metrics_script")])

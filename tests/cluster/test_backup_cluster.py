@@ -4,8 +4,6 @@ the timers, and the ``backup`` verbs and ``status`` as a user runs them (in-proc
 from __future__ import annotations
 
 import json
-import urllib.parse
-import urllib.request
 
 import pytest
 
@@ -13,6 +11,7 @@ from careflow_ha.backup.lab import REPO_HOST
 from careflow_ha.settings import PG_NODES
 from tests.cli import run_cli
 from tests.plugins.timeouts import wait_until
+from tests.promql import instant
 
 pytestmark = pytest.mark.cluster
 
@@ -79,9 +78,8 @@ def test_status_shows_archiving_from_the_primary_and_a_passing_check(cluster):
 
 
 def _prometheus_backup_stops(prometheus_url: str) -> dict[str, float]:
-    query = urllib.parse.urlencode({"query": f'careflow_backup_last_stop_timestamp_seconds{{instance="{REPO_HOST}"}}'})
-    with urllib.request.urlopen(f"{prometheus_url}/api/v1/query?{query}", timeout=5) as resp:  # noqa: S310
-        return {r["metric"]["type"]: float(r["value"][1]) for r in json.load(resp)["data"]["result"]}
+    expr = f'careflow_backup_last_stop_timestamp_seconds{{instance="{REPO_HOST}"}}'
+    return {labels["type"]: value for labels, value in instant(prometheus_url, expr)}
 
 
 def test_prometheus_knows_when_the_newest_full_backup_ended(cluster, host_of):

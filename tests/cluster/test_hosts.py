@@ -22,6 +22,7 @@ from careflow_ha.provision.inventory import load_inventory
 from careflow_ha.routing.haproxy_ab import VARIANTS, variant_config
 from tests.inventory import host_vars, hosts
 from tests.plugins.timeouts import wait_until
+from tests.promql import instant
 
 pytestmark = pytest.mark.cluster
 
@@ -250,6 +251,21 @@ def test_every_host_has_the_ca_and_its_own_certificate_naming_its_address(host_o
     assert name in dns and str(_TLS.hostvars[name]["careflow_node_ip"]) in ips
 
 
+def test_prometheus_knows_when_every_hosts_certificates_end(cluster):
+    """The installed CA and host certificates -> careflow-certificate-metrics -> node exporter -> Prometheus:
+    the notAfter CareflowCertificateExpiresSoon reads is the control host's own file's, for every host."""
+    got = {(labels["instance"], labels["file"]): value for labels, value in
+           instant(cluster.prometheus_url, "careflow_certificate_not_after_timestamp_seconds")}
+    expected = {}
+    for h in hosts():
+        for name in ("ca.crt", f"{h}.crt"):
+            cert = x509.load_pem_x509_certificate(_control_file(name))
+            expected[(h, f"{_TLS_DIR}/{name}")] = cert.not_valid_after_utc.timestamp()
+    assert got == expected
+    unread = instant(cluster.prometheus_url, "careflow_certificate_read_success == 0")
+    assert unread == [], unread
+
+
 @pytest.mark.parametrize(
     ("name", "account"), [(h, a) for h in hosts() for a in _TLS.hostvars[h]["__tls_key_accounts"]]
 )
@@ -307,6 +323,7 @@ def test_pgbouncer_unit_raises_the_open_file_limit(host_of, name):
 @pytest.mark.parametrize(
     "name,path,mode,owner",
     [(h, "/etc/pgbouncer/careflow-users.txt", 0o600, "postgres") for h in hosts("balancers")]
+    + [(h, "/etc/pgbouncer/careflow-stats.pgpass", 0o600, "root") for h in hosts("balancers")]
     + [(h, f"/etc/pgbouncer/careflow-{i}.ini", 0o640, "root") for h in hosts("balancers") for i in PGBOUNCER_INSTANCES],
 )
 def test_pgbouncer_files_are_private(host_of, name, path, mode, owner):
@@ -323,7 +340,7 @@ def test_no_plaintext_password_in_pgbouncer_files(host_of, name, cluster):
     assert "pgbouncer_auth" in text and "SCRAM-SHA-256$" in text  # the files were read at all
     for key, secret in cluster.secrets.items():
         assert secret not in text, f"{key} in plaintext in /etc/pgbouncer on {name}"
-    # Only verifiers in the auth file: md5 for the auth_query login, SCRAM for the admin, nothing else.
+    # Only verifiers in the auth file: md5 for the auth_query login, SCRAM for the admin and the stats user.
     users = h.file("/etc/pgbouncer/careflow-users.txt").content_string.splitlines()
-    assert [line.split()[0] for line in users] == ['"pgbouncer_auth"', '"pgbouncer_admin"']
+    assert [line.split()[0] for line in users] == ['"pgbouncer_auth"', '"pgbouncer_admin"', '"pgbouncer_stats"']
     assert all(line.split()[1].startswith(('"md5', '"SCRAM-SHA-256$')) for line in users)

@@ -15,6 +15,7 @@ from careflow_ha.lab.vip import vip_holders
 from careflow_ha.settings import LB_NODES
 from tests.inventory import host_vars, hosts
 from tests.plugins.timeouts import wait_until
+from tests.promql import instant
 
 pytestmark = pytest.mark.cluster
 
@@ -90,3 +91,28 @@ def test_a_balancer_whose_pooler_died_hands_the_vip_on(cluster, engine):
             assert conn.execute("SELECT 1").fetchone() == (1,)
     finally:
         engine.exec(holder, ["systemctl", "start", "careflow-pgbouncer@rw"])
+
+
+@pytest.mark.parametrize("balancer", hosts("balancers"))
+def test_pooled_traffic_reaches_prometheus_and_the_stats_user_cannot_pause(cluster, host_of, balancer):
+    """Queries through one balancer's PgBouncer -> careflow-pgbouncer-metrics (10 s) -> node exporter ->
+    Prometheus: the figures the PgBouncer alerts read are this pooler's own, and both instances are up."""
+    def pooled_queries() -> float:
+        expr = (f'pgbouncer_stats_totals_queries_pooled_total{{instance="{balancer}",pgbouncer="rw",'
+                'database="careflow"}')
+        return sum(value for _, value in instant(cluster.prometheus_url, expr))
+
+    before = pooled_queries()
+    with _connect(_pooled(cluster, 6432, host=host_vars()[balancer]["careflow_node_ip"])) as conn:
+        for _ in range(20):
+            conn.execute("SELECT 1")
+    # One timer period (10 s) and one scrape (5 s) behind, with the 1.5 margin.
+    wait_until(lambda: pooled_queries() >= before + 20, (10 + 5) * 1.5, interval=1,
+               what=f"Prometheus to count the 20 queries pooled on {balancer}")
+    up = {labels["pgbouncer"]: value for labels, value in instant(cluster.prometheus_url,
+                                                                 f'pgbouncer_up{{instance="{balancer}"}}')}
+    assert up == {"rw": 1.0, "ro": 1.0}
+    # SHOW only: the stats user the timer logs in as cannot pause the pool (that is the admin's).
+    paused = host_of(balancer).run("PGPASSFILE=/etc/pgbouncer/careflow-stats.pgpass psql -X -h 127.0.0.1 -p 6432 "
+                                   "-U pgbouncer_stats -d pgbouncer -c 'PAUSE careflow'")
+    assert paused.rc != 0 and "admin access needed" in paused.stderr, paused.stderr

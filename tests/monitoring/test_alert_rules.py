@@ -89,6 +89,15 @@ def test_lag_limit_is_the_inventory_limit() -> None:
     assert RULES["CareflowReplicationLag"].expr.strip().endswith(f"> {limit}")
 
 
+def test_certificate_warning_is_when_the_lab_ca_reissues() -> None:
+    # The alert warns exactly when `careflow-ha provision` would re-issue the certificate, and
+    # `certs status` says WARN: one threshold, three places that must agree.
+    from careflow_ha.lab.ca import RENEW_BEFORE
+
+    days = int(RENEW_BEFORE.total_seconds() // 86400)
+    assert RULES["CareflowCertificateExpiresSoon"].expr.strip().endswith(f"< {days} * 86400")
+
+
 @pytest.mark.parametrize("preset", sorted(GROUP_VARS["careflow_timing_presets"]))
 def test_for_durations_fit_every_timing_preset(preset: str) -> None:
     t = GROUP_VARS["careflow_timing_presets"][preset]

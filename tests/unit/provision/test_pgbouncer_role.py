@@ -19,7 +19,10 @@ from tests.unit.provision.test_inventory import SECRETS, _ansible_render_many
 
 #: Every template the pgbouncer role writes to a balancer.
 TEMPLATES = ("careflow-users.txt.j2", "careflow-pgbouncer@.service.j2", "careflow-pgbouncer-validate.py.j2",
-             "pgbouncer.ini.j2")
+             "pgbouncer.ini.j2", "careflow-pgbouncer-metrics.py.j2", "careflow-pgbouncer-metrics.service.j2",
+             "careflow-pgbouncer-metrics.timer.j2")
+#: The one file that holds a plaintext password, on purpose (psql needs it): root's 0600 password file.
+PASSWORD_FILE = "careflow-stats.pgpass.j2"
 
 
 @pytest.fixture(scope="module")
@@ -81,12 +84,41 @@ def test_unit_raises_the_open_file_limit_above_the_client_limit(lab):
     assert "careflow-%i.ini" in unit
 
 
-def test_auth_file_holds_only_the_two_verifiers(lab):
+def test_auth_file_holds_only_the_three_verifiers(lab):
     lines = lab.render_template("pgbouncer", "careflow-users.txt.j2", "lb1").splitlines()
     assert lines == [
         f'"pgbouncer_auth" "{pg_md5(SECRETS["CAREFLOW_PGBOUNCER_AUTH_PASSWORD"], "pgbouncer_auth")}"',
         f'"pgbouncer_admin" "{scram_sha256(SECRETS["CAREFLOW_PGBOUNCER_ADMIN_PASSWORD"], "pgbouncer_admin")}"',
+        f'"pgbouncer_stats" "{scram_sha256(SECRETS["CAREFLOW_PGBOUNCER_STATS_PASSWORD"], "pgbouncer_stats")}"',
     ]
+
+
+def test_the_stats_user_may_show_but_not_pause(lab):
+    ini = configparser.ConfigParser()
+    ini.read_string(lab.render_template("pgbouncer", "pgbouncer.ini.j2", "lb1", _instances(lab)[0]))
+    users = lambda key: {u.strip() for u in ini["pgbouncer"][key].split(",")}  # noqa: E731
+    assert users("stats_users") == {"pgbouncer_admin", "pgbouncer_stats"}
+    assert users("admin_users") == {"pgbouncer_admin"}
+
+
+def test_the_password_file_holds_the_stats_password_only_and_is_root_only(lab):
+    text = lab.render_template("pgbouncer", PASSWORD_FILE, "lb1")
+    entries = [line for line in text.splitlines() if not line.startswith("#")]
+    assert entries == [f"127.0.0.1:*:pgbouncer:pgbouncer_stats:{SECRETS['CAREFLOW_PGBOUNCER_STATS_PASSWORD']}"]
+    assert [k for k, v in SECRETS.items() if v in text] == ["CAREFLOW_PGBOUNCER_STATS_PASSWORD"]
+    f = _data_role_file(lab, PASSWORD_FILE)
+    assert (f["owner"], f["mode"]) == ("root", "0600") and f["no_log"] is True
+
+
+def _data_role_file(lab, src):
+    """The metrics.yml task that writes ``src`` (its owner, mode, no_log), as Ansible reads it."""
+    import yaml
+
+    from careflow_ha.settings import PROJECT_DIR
+
+    tasks = yaml.safe_load((PROJECT_DIR / "roles" / "pgbouncer" / "tasks" / "metrics.yml").read_text())
+    task = next(t for t in tasks if t.get("ansible.builtin.template", {}).get("src") == src)
+    return {**task["ansible.builtin.template"], "no_log": task.get("no_log", False)}
 
 
 @pytest.mark.parametrize("host", HOSTS)
