@@ -12,6 +12,8 @@ APT_PACKAGES=(
   # control host tools: ssh client for Ansible/pyinfra, local PostgreSQL 15 for
   # data tests and benchmarks, pgbench, psql
   openssh-client postgresql-15 postgresql-client-15 postgresql-15-partman postgresql-15-cron
+  # HypoPG: the load report's index advice (hypothetical indexes) on the local test server
+  postgresql-15-hypopg
   python3 python3-venv make git ca-certificates curl
   # monitoring: promtool checks and unit-tests the alert rules; pgbadger writes query reports
   prometheus pgbadger

@@ -37,9 +37,9 @@ def data_group() -> None:
 @click.option("--admin-dsn", envvar="CAREFLOW_ADMIN_DSN", default=None,
               help="Superuser libpq URI. Default: the cluster through port 5000 as postgres (env CAREFLOW_ADMIN_DSN).")
 def prepare_cmd(admin_dsn: str | None) -> None:
-    """Create the careflow database, its extensions (pg_partman, pg_cron, pg_stat_statements) and the roles' grants.
+    """Create the careflow database, its extensions and the roles' grants.
 
-    Superuser; idempotent."""
+    Extensions: pg_partman, pg_cron, pg_stat_statements, hypopg (where installed). Superuser; idempotent."""
     from careflow_ha.data.db import prepare_database
 
     dsn = admin_dsn or get_settings().dsn(endpoint="rw", role="superuser", dbname="postgres")

@@ -3,6 +3,8 @@
 Progress goes to stderr while Locust runs; the per-operation table (or JSON)
 goes to stdout; the run folder is ``reports/load/<UTC timestamp>/``. Reads
 answered by the primary on the read-only port exit 5 after the report is written.
+After Locust ends, the ``--plans`` slowest operations are EXPLAINed and given
+index advice (load/plans.py); that never changes the exit code.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import click
 
 from careflow_ha.cli.common import emit, format_option, get_settings, progress, table, via_option
 from careflow_ha.errors import CheckFailed, UsageError
+from careflow_ha.load.plans import plan_lines
 from careflow_ha.load.profiles import PROFILES
 from careflow_ha.load.runner import LoadConfig, parse_duration, run_load
 
@@ -31,6 +34,7 @@ def _pretty(data: dict[str, Any]) -> str:
              f"p95 {s['p95_ms']} ms; longest outage rw {s['outage_s']['rw']} s, ro {s['outage_s']['ro']} s"]
     reads = ", ".join(f"{n['node']} ({n['role']}) {n['reads']}" for n in s["reads_by_node"]) or "none"
     lines.append(f"reads by node: {reads}")
+    lines += plan_lines(data["plans"])
     lines.append(f"report: {data['report']}")
     return "\n".join(lines)
 
@@ -50,10 +54,13 @@ def _pretty(data: dict[str, Any]) -> str:
               help="libpq URI for the writers (default: the lab through HAProxy 5000). For a local server.")
 @click.option("--dsn-ro", envvar="CAREFLOW_LOAD_DSN_RO", default=None,
               help="libpq URI for the readers (default: the lab through HAProxy 5001; with only --dsn-rw, the same).")
+@click.option("--plans", type=int, default=3, show_default=True,
+              help="Afterwards, EXPLAIN this many of the slowest operations and try index candidates "
+                   "(HypoPG); 0 = none.")
 @via_option
 @format_option
 def load_cmd(users: int, spawn_rate: float, duration: float, profile: str, processes: int, think_scale: float,
-             dsn_rw: str | None, dsn_ro: str | None, via: str | None, fmt: str) -> None:
+             dsn_rw: str | None, dsn_ro: str | None, plans: int, via: str | None, fmt: str) -> None:
     """Drive EMR traffic (reception, lab, vets, analysts) through HAProxy and write a load report."""
     if via and dsn_rw:
         raise UsageError("--via picks the lab's way in and --dsn-rw names a server; give only one of them")
@@ -66,16 +73,17 @@ def load_cmd(users: int, spawn_rate: float, duration: float, profile: str, proce
     if dsn_rw:
         cfg = LoadConfig(users=users, spawn_rate=spawn_rate, duration_s=duration, dsn_rw=dsn_rw,
                          dsn_ro=dsn_ro or dsn_rw, reports_dir=settings.reports_dir, profile=profile,
-                         processes=processes, think_scale=think_scale)
+                         processes=processes, think_scale=think_scale, plans=plans)
     else:
         cfg = LoadConfig(users=users, spawn_rate=spawn_rate, duration_s=duration, dsn_rw=settings.dsn("rw", "app"),
                          dsn_ro=settings.dsn("ro", "ro"), reports_dir=settings.reports_dir, profile=profile,
-                         processes=processes, think_scale=think_scale, cluster=settings)
+                         processes=processes, think_scale=think_scale, cluster=settings, plans=plans)
     result = run_load(cfg.validated(), progress)
     folder = str(result.folder.relative_to(settings.project_dir)) if result.folder.is_relative_to(
         settings.project_dir) else str(result.folder)
     data = {"summary": result.report["summary"], "routing": result.report["routing"],
-            "role_changes": result.report["role_changes"], "report": f"{folder}/report.md"}
+            "role_changes": result.report["role_changes"], "plans": result.report["plans"],
+            "report": f"{folder}/report.md"}
     emit(data, fmt, _pretty)
     routing = result.report["routing"]
     if routing["checked"] and routing["violations"]:

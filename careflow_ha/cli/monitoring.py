@@ -55,7 +55,7 @@ def _render_top(data: dict[str, Any]) -> str:
 def top_cmd(by: str, limit: int, with_plans: bool, dsn: str | None, fmt: str) -> None:
     """Top statements from pg_stat_statements: calls, total/mean ms, rows, shared blocks hit/read."""
     from careflow_ha.data.db import connect
-    from careflow_ha.monitoring.explain import explain
+    from careflow_ha.data.explain import explain
     from careflow_ha.monitoring.queries import privileged_text_missing, top_statements
 
     target = resolve_dsn(dsn)

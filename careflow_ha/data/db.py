@@ -64,8 +64,9 @@ def prepare_database(
 
     Creates ``dbname`` owned by ``app_role`` if missing (time zone Asia/Seoul:
     monthly partitions follow the clinics' calendar), pg_partman in schema
-    ``partman``, pg_cron and pg_stat_statements, and grants ``app_role`` what partman maintenance
-    and cron scheduling need, and ``ro_role`` read access to every table the
+    ``partman``, pg_cron, pg_stat_statements and hypopg (where installed), and
+    grants ``app_role`` what partman maintenance and cron scheduling need, and
+    ``ro_role`` read access to every table the
     app role creates (default privileges). Both roles must already exist.
     Returns the list of things it changed (empty on a second run).
     """
@@ -91,6 +92,11 @@ def prepare_database(
         conn.execute("CREATE EXTENSION IF NOT EXISTS pg_cron")
         # Its views (`careflow-ha queries top`); the statistics themselves need it preloaded, as the cluster is.
         conn.execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
+        # Hypothetical indexes for the load report's index advice (careflow_ha/data/index_advice.py). Only where
+        # the package is installed: a node provisioned before it was added still prepares, and the report then
+        # names the fix.
+        if conn.execute("SELECT 1 FROM pg_available_extensions WHERE name = 'hypopg'").fetchone():
+            conn.execute("CREATE EXTENSION IF NOT EXISTS hypopg")
         after = {r[0] for r in conn.execute("SELECT extname FROM pg_extension")}
         changed += [f"created extension {name}" for name in sorted(after - before)]
         app, ro, db = sql.Identifier(app_role), sql.Identifier(ro_role), sql.Identifier(dbname)

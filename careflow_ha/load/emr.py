@@ -4,6 +4,11 @@ Each operation is one function ``(conn, pool, rng) -> rows`` on an autocommit
 connection; writes that need several statements use one explicit
 transaction, so every acknowledged write is committed.
 
+An operation with one statement worth planning takes it from a builder
+``(pool, rng) -> (sql, params)``, and :data:`STATEMENTS` names each builder
+as the load report names the operation: the report EXPLAINs what the load
+ran, from the same source (load/plans.py).
+
 Rows the load creates (owners, pets, visits) get ids from LOAD_ID_MIN
 upwards: the data set's natural ids stay small, so load rows are easy to
 tell apart (and to delete) afterwards.
@@ -11,8 +16,11 @@ tell apart (and to delete) afterwards.
 
 from __future__ import annotations
 
+import contextlib
 import random
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import psycopg
 
@@ -64,9 +72,16 @@ class IdPool:
             del self.opened[:250]
 
 
-def load_ids(dsn: str, sample: int = 5000) -> IdPool:
-    """Sample ids from the data set (a few small queries, once per process)."""
-    with psycopg.connect(dsn, autocommit=True, **pooler_safe(dsn, {"connect_timeout": 10})) as conn:
+def load_ids(dsn: str, sample: int = 5000, seed: int | None = None) -> IdPool:
+    """Sample ids from the data set (a few small queries, once per process).
+
+    With ``seed``, the same data gives the same sample (the report's plans draw from it): the queries then
+    run in one transaction after ``setseed``, so through PgBouncer they share the backend that was seeded.
+    """
+    with psycopg.connect(dsn, autocommit=True, **pooler_safe(dsn, {"connect_timeout": 10})) as conn, (
+            conn.transaction() if seed is not None else contextlib.nullcontext()):
+        if seed is not None:
+            conn.execute("SELECT setseed(%s)", (random.Random(seed).uniform(-1, 1),))
         if conn.execute("SELECT to_regclass('public.visits')").fetchone()[0] is None:
             raise NoData("the EMR schema is missing; run `careflow-ha data migrate` and load data first")
         vets: dict[int, list[int]] = {}
@@ -142,9 +157,13 @@ SELECT v.clinic_id, now(), v.pet_id, v.visit_id, r.test_code, x.value,
 """
 
 
+def post_results_statement(pool: IdPool, rng: random.Random) -> tuple[str, tuple]:
+    return _POST_PANEL, (pool.visit(rng), rng.choice(PANELS))
+
+
 def post_results(conn: psycopg.Connection, pool: IdPool, rng: random.Random) -> int:
     """The analyser's batch for one visit (a CBC or chemistry panel). Returns the rows inserted."""
-    cur = conn.execute(_POST_PANEL, (pool.visit(rng), rng.choice(PANELS)))
+    cur = conn.execute(*post_results_statement(pool, rng))
     return cur.rowcount
 
 
@@ -164,23 +183,35 @@ PATIENT_HISTORY = (
     " ON true WHERE v.pet_id = %(pet)s ORDER BY v.visited_at DESC, r.test_code LIMIT 200")
 
 
+def patient_history_statement(pool: IdPool, rng: random.Random) -> tuple[str, dict]:
+    pet_id, clinic = pool.pet(rng)
+    return PATIENT_HISTORY, {"pet": pet_id, "clinic": clinic}
+
+
 def patient_history(conn: psycopg.Connection, pool: IdPool, rng: random.Random) -> list[tuple]:
     """A pet's visits with their results, newest first, as a prepared statement with a generic plan:
     nothing is planned per call (planning the leaves was most of the cost), and run-time pruning picks
     each visit's leaf. One round trip: the SET LOCAL, the statement and the commit go in one pipeline.
     Through PgBouncer (transaction pooling) the statement is not prepared: the next transaction may run
     on another server connection (docs/pooling.md); it is then planned per call."""
-    pet_id, clinic = pool.pet(rng)
+    query, params = patient_history_statement(pool, rng)
     with conn.pipeline(), conn.transaction():
         conn.execute("SET LOCAL plan_cache_mode = force_generic_plan")
-        return conn.execute(PATIENT_HISTORY, {"pet": pet_id, "clinic": clinic}, prepare=prepares(conn)).fetchall()
+        return conn.execute(query, params, prepare=prepares(conn)).fetchall()
+
+
+#: One pet's values of one test, oldest first (the trend chart in the consulting room).
+LAB_TREND = ("SELECT collected_at, value, flag FROM lab_results "
+             " WHERE clinic_id = %s AND pet_id = %s AND test_code = %s ORDER BY collected_at")
+
+
+def lab_trend_statement(pool: IdPool, rng: random.Random) -> tuple[str, tuple]:
+    pet_id, clinic = pool.pet(rng)
+    return LAB_TREND, (clinic, pet_id, rng.choice(pool.test_codes))
 
 
 def lab_trend(conn: psycopg.Connection, pool: IdPool, rng: random.Random) -> list[tuple]:
-    pet_id, clinic = pool.pet(rng)
-    return conn.execute(
-        "SELECT collected_at, value, flag FROM lab_results WHERE clinic_id = %s AND pet_id = %s AND test_code = %s "
-        " ORDER BY collected_at", (clinic, pet_id, rng.choice(pool.test_codes))).fetchall()
+    return conn.execute(*lab_trend_statement(pool, rng)).fetchall()
 
 
 #: Today's abnormal results of one clinic. "Today" comes as the Seoul day's bounds, not as
@@ -195,26 +226,77 @@ ABNORMAL_TODAY = (
     " ORDER BY r.collected_at DESC LIMIT 200")
 
 
+def abnormal_today_statement(pool: IdPool, rng: random.Random) -> tuple[str, dict]:
+    day_start, day_end = clock.clinic_day_bounds()
+    return ABNORMAL_TODAY, {"clinic": rng.choice(pool.clinics), "day_start": day_start, "day_end": day_end}
+
+
 def abnormal_today(conn: psycopg.Connection, pool: IdPool, rng: random.Random) -> list[tuple]:
     """Today's (the clinics' day: Asia/Seoul) abnormal results of one clinic."""
-    day_start, day_end = clock.clinic_day_bounds()
-    return conn.execute(ABNORMAL_TODAY, {"clinic": rng.choice(pool.clinics), "day_start": day_start,
-                                         "day_end": day_end}).fetchall()
+    return conn.execute(*abnormal_today_statement(pool, rng)).fetchall()
 
 
 # -- analyst (port 5001) -----------------------------------------------------------
+#: One clinic's daily aggregates for the last 30 days.
+CLINIC_DAILY = ("SELECT day, test_code, n_results, n_abnormal, mean_value FROM lab_results_daily "
+                " WHERE clinic_id = %s AND day >= current_date - 30 ORDER BY day, test_code")
+
+
+def clinic_daily_statement(pool: IdPool, rng: random.Random) -> tuple[str, tuple]:
+    return CLINIC_DAILY, (rng.choice(pool.clinics),)
+
+
 def clinic_daily(conn: psycopg.Connection, pool: IdPool, rng: random.Random) -> list[tuple]:
-    return conn.execute(
-        "SELECT day, test_code, n_results, n_abnormal, mean_value FROM lab_results_daily "
-        " WHERE clinic_id = %s AND day >= current_date - 30 ORDER BY day, test_code",
-        (rng.choice(pool.clinics),)).fetchall()
+    return conn.execute(*clinic_daily_statement(pool, rng)).fetchall()
+
+
+#: Abnormal rate by breed and age band for one test in one clinic over 90 days.
+BREED_AGE_PATTERNS = (
+    "SELECT p.breed, width_bucket(extract(year FROM age(p.birth_date)), 0, 20, 5) AS age_band, "
+    "       count(*), avg(r.value), avg((r.flag <> 'N')::int) "
+    "  FROM lab_results r JOIN pets p ON p.pet_id = r.pet_id "
+    " WHERE r.clinic_id = %s AND r.test_code = %s AND r.collected_at >= now() - interval '90 days' "
+    " GROUP BY 1, 2 ORDER BY 1, 2")
+
+
+def breed_age_patterns_statement(pool: IdPool, rng: random.Random) -> tuple[str, tuple]:
+    return BREED_AGE_PATTERNS, (rng.choice(pool.clinics), rng.choice(pool.test_codes))
 
 
 def breed_age_patterns(conn: psycopg.Connection, pool: IdPool, rng: random.Random) -> list[tuple]:
     """Abnormal rate by breed and age band for one test in one clinic over 90 days."""
-    return conn.execute(
-        "SELECT p.breed, width_bucket(extract(year FROM age(p.birth_date)), 0, 20, 5) AS age_band, "
-        "       count(*), avg(r.value), avg((r.flag <> 'N')::int) "
-        "  FROM lab_results r JOIN pets p ON p.pet_id = r.pet_id "
-        " WHERE r.clinic_id = %s AND r.test_code = %s AND r.collected_at >= now() - interval '90 days' "
-        " GROUP BY 1, 2 ORDER BY 1, 2", (rng.choice(pool.clinics), rng.choice(pool.test_codes))).fetchall()
+    return conn.execute(*breed_age_patterns_statement(pool, rng)).fetchall()
+
+
+# -- what the load report can EXPLAIN ----------------------------------------------
+Builder = Callable[[IdPool, random.Random], tuple[str, Sequence[Any] | Mapping[str, Any]]]
+
+
+@dataclass(frozen=True)
+class Statement:
+    """How to plan one operation: its builder, and whether EXPLAIN ANALYZE may run it (reads only)."""
+
+    build: Builder
+    read_only: bool
+    note: str = ""
+
+
+#: Operation name as the load report names it (users.py's operation tables) -> its statement.
+#: tests/unit/load/test_plans.py proves that these and NOT_EXPLAINED name every operation of users.py.
+STATEMENTS: Mapping[str, Statement] = {
+    "lab.post_results": Statement(post_results_statement, read_only=False,
+                                  note="INSERT ... SELECT: planned only (plain EXPLAIN), never executed"),
+    "vet.patient_history": Statement(
+        patient_history_statement, read_only=True,
+        note="planned here for the drawn values; the load runs it as a prepared generic plan where it can "
+             "prepare (not through PgBouncer), whose leaves are pruned when it runs instead"),
+    "vet.lab_trend": Statement(lab_trend_statement, read_only=True),
+    "vet.abnormal_today": Statement(abnormal_today_statement, read_only=True),
+    "analyst.clinic_daily": Statement(clinic_daily_statement, read_only=True),
+    "analyst.breed_age_patterns": Statement(breed_age_patterns_statement, read_only=True),
+}
+#: Operations the report does not EXPLAIN, and why.
+NOT_EXPLAINED: Mapping[str, str] = {
+    "reception.register_owner_pet": "three single-row INSERTs by primary key: no plan to choose",
+    "reception.open_visit": "one single-row INSERT: no plan to choose",
+}

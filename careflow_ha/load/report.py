@@ -9,7 +9,7 @@ run folder is checked for the run's passwords before the report is done.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +21,7 @@ import matplotlib.pyplot as plt  # noqa: E402 - must follow the backend choice
 from careflow_ha.cluster import server_view  # noqa: E402
 from careflow_ha.cluster.server_view import ServerView  # noqa: E402
 from careflow_ha.errors import CheckFailed  # noqa: E402
+from careflow_ha.load import plans as plans_section  # noqa: E402
 from careflow_ha.load.analysis import Request, series, summarize  # noqa: E402
 
 #: A read answered by a primary this soon after a role change is the switch itself, not a routing fault.
@@ -210,12 +211,14 @@ def render_markdown(rep: dict, charts: list[str], server_lines: Sequence[str] = 
         lines += [f"- t={e['t_s']} s: {e['detail']}" for e in rep["role_changes"]]
     else:
         lines.append(m.get("events_note") or "None seen.")
-    lines += ["", *server_lines, "## Charts", ""]
+    lines += ["", *server_lines, *plans_section.markdown(rep.get("plans") or {}), "## Charts", ""]
     lines += [f"![{c}]({c})" for c in charts]
     lines += ["", "## Files", "", "- `report.json`: everything above, plus the time series",
               "- `locust.html`, `locust_stats.csv`, `locust_stats_history.csv`, `locust_failures.csv`: Locust's own",
               "- `requests-<pid>.csv`: one line per request (ts, op, endpoint, user, ok, latency_ms, server, "
-              "recovery, error)", "- `locust.log`: Locust's log", ""]
+              "recovery, error)", "- `locust.log`: Locust's log",
+              "- `plans.md`, `plans.json`: the slowest operations' plan trees and EXPLAIN documents (when planned)",
+              ""]
     return "\n".join(lines)
 
 
@@ -265,11 +268,24 @@ def server_png(folder: Path, view: ServerView | None, events: Sequence[Mapping[s
     return "server.png"
 
 
+#: What plans the run's slowest operations: the per-operation table in, the plans section's JSON out.
+PlanCollector = Callable[[Sequence[Mapping[str, Any]]], dict]
+
+
 def write_report(folder: Path, rows: Sequence[Request], meta: dict, events: Sequence[Mapping[str, Any]],
-                 t0: float, t1: float, secrets: Iterable[str] = (), server: ServerView | None = None) -> dict:
-    """Write report.json, report.md and the charts into ``folder``; return the JSON report."""
+                 t0: float, t1: float, secrets: Iterable[str] = (), server: ServerView | None = None,
+                 plans: PlanCollector | None = None) -> dict:
+    """Write report.json, report.md and the charts into ``folder``; return the JSON report.
+
+    ``plans`` (load/plans.py's ``collect`` bound to the run's targets) adds "Slowest operations and their
+    plans"; without it the section says it was not collected.
+    """
     rep = build_report(rows, meta, events, t0, t1, users_over_time(folder))
     rep["server"] = server_view.to_json(server, t0)
+    collected = plans(rep["summary"]["operations"]) if plans is not None else {
+        "status": "skipped", "note": "Not collected for this run (`careflow-ha load --plans N` collects them).",
+        "operations": []}
+    rep["plans"] = plans_section.write_files(folder, collected)
     charts = [*_charts(folder, rep["series"], rep["summary"], events, t0), server_png(folder, server, events, t0)]
     (folder / "report.json").write_text(json.dumps(rep, indent=1, default=str))
     (folder / "report.md").write_text(render_markdown(rep, charts, server_view.markdown(server, t0, "the start")))

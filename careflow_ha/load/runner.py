@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import functools
 import math
 import os
 import signal
@@ -30,6 +31,7 @@ from careflow_ha.dsn import redact
 from careflow_ha.errors import CommandFailed, EnvironmentProblem, UsageError
 from careflow_ha.load import emr
 from careflow_ha.load.analysis import read_requests
+from careflow_ha.load.plans import collect as collect_plans
 from careflow_ha.load.profiles import PROFILES, get_profile
 from careflow_ha.load.report import write_report
 from careflow_ha.settings import PROJECT_DIR, Settings
@@ -39,6 +41,7 @@ Progress = Callable[[str], None]
 MAX_USERS = 5000
 MAX_DURATION_S = 6 * 3600
 MAX_PROCESSES = 16
+MAX_PLANS = len(emr.STATEMENTS) + len(emr.NOT_EXPLAINED)  # every EMR operation
 
 
 @dataclass(frozen=True)
@@ -59,6 +62,8 @@ class LoadConfig:
     node_names: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
     stop_timeout_s: float = 5.0
     progress_every_s: float = 5.0
+    #: How many of the slowest operations the report plans afterwards (load/plans.py); 0: none.
+    plans: int = 0
 
     def validated(self) -> LoadConfig:
         """Check the numbers early, naming the fix."""
@@ -72,6 +77,8 @@ class LoadConfig:
             raise UsageError(f"--processes {self.processes} is out of range; use 1 to {MAX_PROCESSES}")
         if not 0 <= self.think_scale <= 100:
             raise UsageError(f"--think-scale {self.think_scale} is out of range; use 0 (no think time) to 100")
+        if not 0 <= self.plans <= MAX_PLANS:
+            raise UsageError(f"--plans {self.plans} is out of range; use 0 (none) to {MAX_PLANS}")
         get_profile(self.profile)
         for flag, dsn in (("--dsn-rw", self.dsn_rw), ("--dsn-ro", self.dsn_ro)):
             try:
@@ -353,8 +360,12 @@ class LoadRun:
                   else ServerView(t0, t1, 1.0, unavailable="the targets were given as DSNs, not the lab cluster"))
         if server.note:
             self.say(f"load: {server.note}")
+        # After Locust has ended, on the targets it used (they answered check_targets before the run).
+        collector = functools.partial(collect_plans, dsn_rw=cfg.dsn_rw, dsn_ro=cfg.dsn_ro, n=cfg.plans,
+                                      progress=self.say) if cfg.plans else None
         rep = write_report(self.folder, rows, meta, events, t0, t1,
-                           secrets=passwords(cfg.dsn_rw, cfg.dsn_ro) + _lab_secrets(cfg.cluster), server=server)
+                           secrets=passwords(cfg.dsn_rw, cfg.dsn_ro) + _lab_secrets(cfg.cluster), server=server,
+                           plans=collector)
         self.say(f"load: report {self.folder / 'report.md'}")
         return LoadResult(self.folder, rep, code)
 

@@ -51,10 +51,10 @@ def test_users_run_concurrently_under_gevent(emr_pg: LocalPostgres) -> None:
 
 def test_headless_run_produces_stats_and_report_without_errors(emr_pg: LocalPostgres, tmp_path: Path) -> None:
     lines: list[str] = []
-    result = run_load(_config(emr_pg, tmp_path), lines.append)
+    result = run_load(_config(emr_pg, tmp_path, plans=3), lines.append)
     folder = result.folder
     for name in ("locust.html", "locust_stats.csv", "locust_stats_history.csv", "report.md", "report.json",
-                 "throughput.png", "latency.png", "errors.png", "reads_by_node.png"):
+                 "throughput.png", "latency.png", "errors.png", "reads_by_node.png", "plans.md", "plans.json"):
         assert (folder / name).is_file() and (folder / name).stat().st_size > 0, name
     s = result.report["summary"]
     assert s["failures"] == 0, s["operations"]
@@ -62,7 +62,15 @@ def test_headless_run_produces_stats_and_report_without_errors(emr_pg: LocalPost
     assert {o["op"] for o in s["operations"]} == ALL_OPS
     assert result.exit_code == 0
     assert any("req/s" in line for line in lines), "progress lines while running"
-    text = "".join((folder / n).read_text() for n in ("report.md", "report.json", "locust.html"))
+    # The three slowest operations by p95, each planned (or said why not) after Locust ended.
+    slowest = sorted((o for o in s["operations"] if o["p95_ms"] is not None),
+                     key=lambda o: (-o["p95_ms"], o["op"]))[:3]
+    planned = result.report["plans"]
+    assert planned["status"] == "ok" and [e["op"] for e in planned["operations"]] == [o["op"] for o in slowest]
+    assert all("plan" in e or e["op"].startswith("reception.") for e in planned["operations"]), planned
+    assert "## Slowest operations and their plans" in (folder / "report.md").read_text()
+    text = "".join((folder / n).read_text() for n in ("report.md", "report.json", "locust.html", "plans.md",
+                                                        "plans.json"))
     assert emr_pg.passwords["app"] not in text and emr_pg.passwords["ro"] not in text
     # Writes were committed: the load's visits are visible from another connection.
     import psycopg

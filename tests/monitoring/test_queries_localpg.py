@@ -9,7 +9,7 @@ import psycopg
 import pytest
 import yaml
 
-from careflow_ha.monitoring.explain import explain
+from careflow_ha.data.explain import explain
 from careflow_ha.monitoring.pgbadger import LOG_LINE_PREFIX
 from careflow_ha.monitoring.rules import PROJECT_DIR
 from tests.cli import run_cli

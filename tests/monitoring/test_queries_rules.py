@@ -13,9 +13,9 @@ from typing import Any
 
 import pytest
 
+from careflow_ha.data.explain import parameter_count, summarise
 from careflow_ha.errors import EnvironmentProblem, UsageError
 from careflow_ha.monitoring import pgbadger
-from careflow_ha.monitoring.explain import parameter_count, summarise
 from careflow_ha.monitoring.pgbadger import NodeLogs, anonymise
 from careflow_ha.monitoring.pgbadger import summarise as badger_summary
 from careflow_ha.monitoring.queries import check_ready, top_statements
