@@ -177,26 +177,36 @@ def candidate_columns(found: Sequence[tuple[str, str]], exclude: frozenset[str] 
 
 
 def candidates(scans: Sequence[FilteredScan], leaves: Mapping[str, Leaf]) -> tuple[list[Candidate], list[str]]:
-    """The candidates of a plan's filtered scans, one per (parent, columns), and why others were dropped."""
+    """The candidates of a plan's filtered scans, one per (parent, columns), and why others were dropped
+    (one line per parent and reason: a plan over 15 months says it once, not 15 times)."""
     grouped: dict[tuple[str, tuple[str, ...]], list[str]] = {}
-    dropped: list[str] = []
+    dropped: dict[tuple[str, str], list[FilteredScan]] = {}
     for scan in scans:
         leaf = leaves[scan.qualified]
         found = [hit for cond in scan.conditions for hit in condition_columns(cond, scan.alias, leaf.columns)]
         cols = candidate_columns(found, leaf.one_value_columns)
         if not cols:
-            dropped.append(f"{scan.node_type} on {scan.qualified}: no indexable condition on its own columns")
+            dropped.setdefault((leaf.root, "no indexable condition on its own columns"), []).append(scan)
             continue
         covering = next((ix for ix in leaf.indexes if ix[:len(cols)] == cols), None)
         if covering is not None:
-            dropped.append(f"{scan.node_type} on {scan.qualified}: ({', '.join(cols)}) is already indexed "
-                           f"({', '.join(covering)})")
+            why = f"({', '.join(cols)}) is already indexed ({', '.join(covering)})"
+            dropped.setdefault((leaf.root, why), []).append(scan)
             continue
         group = grouped.setdefault((leaf.root, cols), [])
         if scan.qualified not in group:
             group.append(scan.qualified)
-    return [Candidate(root, cols, tuple(names)) for (root, cols), names in grouped.items()], list(
-        dict.fromkeys(dropped))
+    return ([Candidate(root, cols, tuple(names)) for (root, cols), names in grouped.items()],
+            [f"{_scans_of(root, found)}: {why}" for (root, why), found in dropped.items()])
+
+
+def _scans_of(root: str, scans: Sequence[FilteredScan]) -> str:
+    """'Seq Scan on lab_results_p2026_11_p1', or '15 leaves of public.lab_results (Seq Scan x3, ...)'."""
+    names = list(dict.fromkeys(s.qualified for s in scans))
+    if len(names) == 1:
+        return f"{scans[0].node_type} on {names[0]}"
+    how = ", ".join(f"{k} x{v}" if v > 1 else k for k, v in Counter(s.node_type for s in scans).items())
+    return f"{len(names)} leaves of {root} ({how})"
 
 
 def scan_types(plan_json: Mapping[str, Any], relations: Sequence[str]) -> dict[str, int]:

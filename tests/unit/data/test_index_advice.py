@@ -134,6 +134,16 @@ def test_a_scan_whose_only_condition_is_the_leafs_own_clinic_has_no_candidate() 
     assert found == [] and "no indexable condition" in dropped[0]
 
 
+def test_leaves_dropped_for_the_same_reason_are_said_once() -> None:
+    plan = _plan(*[_scan("Seq Scan" if m == 10 else "Bitmap Heap Scan", f"lab_results_p2026_{m}_p1",
+                         **{"Filter" if m == 10 else "Recheck Cond": "(pet_id = '7'::bigint)"}) for m in (10, 11, 12)])
+    leaves = {f"lab_results_p2026_{m}_p1": _leaf((("pet_id", "collected_at"),)) for m in (10, 11, 12)}
+    found, dropped = candidates(filtered_scans(plan), leaves)
+    assert found == []
+    assert dropped == ["3 leaves of public.lab_results (Seq Scan, Bitmap Heap Scan x2): (pet_id) is already "
+                       "indexed (pet_id, collected_at)"]
+
+
 def test_a_plan_of_index_scans_says_why_nothing_is_indexed() -> None:
     plan = _plan(_scan("Index Scan", "visits", "v", **{"Index Name": "visits_pet_idx", "Index Cond": "(pet_id = 5)"}))
     assert filtered_scans(plan) == []
