@@ -450,7 +450,7 @@ def _run(server: LocalPostgres, dsn: str, spec: DataSpec, schemes: list[Scheme],
                     flat_s += time.perf_counter() - t0
                 bar.update(chunk.n_results)
         out["generate_and_copy_plain_s"] = round(time.perf_counter() - t_gen, 1)
-        out["plain"] = {"copy_s": round(flat_s, 1), "rows_per_s": round(spec.rows / flat_s)}
+        out["plain"] = {"copy_s": round(flat_s, 3), "rows_per_s": round(spec.rows / flat_s)}
         index_base(conn)
         out["plain"]["vacuum_analyze_s"] = _timed(lambda: conn.execute(f"VACUUM ANALYZE {FLAT}, {S}.visits, {S}.pets"))
         out["plain"]["size"] = conn.execute("SELECT pg_size_pretty(pg_total_relation_size(%s::regclass))",
@@ -480,7 +480,7 @@ def _run(server: LocalPostgres, dsn: str, spec: DataSpec, schemes: list[Scheme],
                         cp.write(data)
                     copy_s += time.perf_counter() - t0
                     bar.update(data.count(b"\n"))
-            r["copy_s"], r["rows_per_s"] = round(copy_s, 1), round(spec.rows / copy_s)
+            r["copy_s"], r["rows_per_s"] = round(copy_s, 3), round(spec.rows / copy_s)
             r["vacuum_analyze_s"] = _timed(lambda s=scheme: conn.execute(f"VACUUM ANALYZE {s.table}"))
             r |= leaves(conn, scheme.table)
             progress(f"  COPY {r['copy_s']} s ({r['rows_per_s']:,} rows/s), VACUUM ANALYZE {r['vacuum_analyze_s']} s")

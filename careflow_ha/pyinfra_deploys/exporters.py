@@ -8,7 +8,7 @@ import posixpath
 
 from pyinfra.api import deploy
 from pyinfra.api.operation import OperationMeta
-from pyinfra.operations import apt, files, server, systemd
+from pyinfra.operations import apt, files, systemd
 
 from careflow_ha.pyinfra_deploys._data import role_copy, role_template, var
 from careflow_ha.pyinfra_deploys.ops import apt_cache_fresh, changed_unless, put_role_file, wait_until_ok
@@ -55,8 +55,9 @@ def _certificate_timer() -> None:
                           _if=lambda: any(u.did_change() for u in units))
     systemd.service(name="Ensure the certificate expiry timer is enabled and running",
                     service="careflow-certificate-metrics.timer", running=True, enabled=True)
-    server.shell(name="Ensure every certificate of this host is readable",
-                 commands=[var("node_exporter_certificate_metrics_script")])
+    wait_until_ok(name="Ensure every certificate of this host is readable",
+                  command=var("node_exporter_certificate_metrics_script"), what="every certificate here is read",
+                  retries=1, delay=0)
 
 
 @deploy("PostgreSQL exporter")

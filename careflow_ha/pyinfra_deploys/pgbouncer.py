@@ -8,7 +8,7 @@ template, one validated .ini per instance, and the metrics timer with its script
 from __future__ import annotations
 
 from pyinfra.api import deploy
-from pyinfra.operations import apt, server, systemd
+from pyinfra.operations import apt, systemd
 
 from careflow_ha.pyinfra_deploys._data import role_template, var
 from careflow_ha.pyinfra_deploys.ops import apt_cache_fresh, put_role_file, wait_until_ok
@@ -91,5 +91,6 @@ def _metrics() -> None:
     systemd.service(name="Ensure the PgBouncer metrics timer is enabled and running",
                     service="careflow-pgbouncer-metrics.timer", running=True, enabled=True)
     # As the role: one checked run, so a stats user that cannot log in fails here, not as pgbouncer_up 0.
-    server.shell(name="Ensure every PgBouncer instance answers the stats user",
-                 commands=[var("pgbouncer_metrics_script")])
+    wait_until_ok(name="Ensure every PgBouncer instance answers the stats user",
+                  command=var("pgbouncer_metrics_script"), what="every PgBouncer instance answers the stats user",
+                  retries=3, delay=2)
