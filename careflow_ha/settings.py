@@ -189,6 +189,13 @@ class Routing:
     #: HAProxy's read-write port and stats page on each balancer (the switchover asks where writes go).
     haproxy_rw_port: int = 5000
     haproxy_stats_port: int = 7000
+    #: The CA clients verify PostgreSQL's and PgBouncer's certificates with (careflow_tls_dir/ca.crt), when
+    #: the inventory turns TLS on (careflow_postgresql_tls); "" when it is off.
+    pg_tls_root_cert: str = ""
+
+    def tls_params(self) -> dict[str, str]:
+        """libpq parameters of every TCP connection to the cluster: verify-full against the lab CA (or none)."""
+        return {"sslmode": "verify-full", "sslrootcert": self.pg_tls_root_cert} if self.pg_tls_root_cert else {}
 
     def available(self) -> tuple[str, ...]:
         """The ways in this inventory supports, in WAYS_IN order (haproxy-vip always: without a VIP it is
@@ -227,7 +234,20 @@ def configured_routing(inventory: Path) -> Routing:
         pooler_admin_user=str(values.get("careflow_pgbouncer_admin_user", "pgbouncer_admin")),
         haproxy_rw_port=int(values.get("careflow_haproxy_rw_port", 5000)),
         haproxy_stats_port=int(values.get("careflow_haproxy_stats_port", 7000)),
+        pg_tls_root_cert=_tls_root_cert(values, inventory.parent.parent),
     )
+
+
+def _tls_root_cert(values: Mapping[str, Any], project_dir: Path) -> str:
+    """careflow_tls_dir/ca.crt when careflow_postgresql_tls is on. The directory is an Ansible expression;
+    the only variable it may use here is ``playbook_dir`` (the project: site.yml lives there)."""
+    if not values.get("careflow_postgresql_tls"):
+        return ""
+    raw = str(values.get("careflow_tls_dir") or "").replace("{{ playbook_dir }}", str(project_dir))
+    if not raw or "{{" in raw:
+        raise UsageError(f"careflow_tls_dir={values.get('careflow_tls_dir')!r} cannot be resolved here; write an "
+                         'absolute path (or "{{ playbook_dir }}/.lab/ca")')
+    return str(Path(raw).expanduser() / "ca.crt")
 
 
 #: The layouts of lab_results that ``careflow_partition_scheme`` (inventory/group_vars/all.yml) may name:
@@ -431,8 +451,8 @@ class Settings:
         where = host or self.host
         if port is not None:
             where = f"{where}:{port}"
-        query = "&".join(f"{k}={v}" for k, v in {"connect_timeout": "5", "application_name": "careflow-ha",
-                                                 **params}.items())
+        query = "&".join(f"{k}={quote(str(v), safe='/')}" for k, v in {
+            "connect_timeout": "5", "application_name": "careflow-ha", **self.routing.tls_params(), **params}.items())
         return f"postgresql://{user}:{pw}@{where}/{dbname}?{query}"
 
     def compose_env(self) -> dict[str, str]:

@@ -37,7 +37,8 @@ class PgbenchResult:
 
 def _dsn(settings: Settings, port: int, dbname: str) -> str:
     pw = quote(settings.password("superuser"), safe="")
-    return f"postgresql://{ROLE_NAMES['superuser']}:{pw}@{settings.host}:{port}/{dbname}"
+    tls = "".join(f"&{k}={quote(v, safe='/')}" for k, v in settings.routing.tls_params().items())
+    return f"postgresql://{ROLE_NAMES['superuser']}:{pw}@{settings.host}:{port}/{dbname}?connect_timeout=10{tls}"
 
 
 def _pgbench(settings: Settings, args: list[str], port: int, timeout: float) -> str:
@@ -49,7 +50,9 @@ def pgbench_conninfo(settings: Settings, args: list[str], where: str, timeout: f
     """pgbench ``args`` as ``user`` (default: the superuser, with its password) on ``dbname`` at ``where``
     (libpq keywords: ``host=a,b port=5432,5432 target_session_attrs=read-write``, so multi-host works too).
     The password goes through the environment (PGPASSWORD), never argv."""
-    env = {**os.environ, "PGPASSWORD": settings.password("superuser") if password is None else password}
+    env = {**os.environ, "PGPASSWORD": settings.password("superuser") if password is None else password,
+           # TLS as every other client of the cluster (verify-full against the lab CA), for every path.
+           **{f"PG{k.upper()}": v for k, v in settings.routing.tls_params().items()}}
     conninfo = f"{where} user={user or ROLE_NAMES['superuser']} dbname={dbname} connect_timeout=10"
     proc = subprocess.run(
         [str(PGBENCH), *args, conninfo], env=env, capture_output=True, text=True, timeout=timeout, check=False

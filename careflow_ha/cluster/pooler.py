@@ -13,7 +13,7 @@ import contextlib
 import os
 import socket
 import threading
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -58,6 +58,8 @@ class PgBouncerAdmin:
     password: str = field(repr=False)
     database: str = DB_NAME
     endpoint: str = "rw"
+    #: libpq TLS parameters (Routing.tls_params: verify-full against the lab CA), empty without TLS.
+    tls: Mapping[str, str] = field(default_factory=dict)
     _pausing: psycopg.Connection | None = field(default=None, repr=False)
     _thread: threading.Thread | None = field(default=None, repr=False)
     _error: str = field(default="", repr=False)
@@ -66,7 +68,7 @@ class PgBouncerAdmin:
         return psycopg.connect(
             host=self.host, port=self.port, user=self.user, password=self.password, dbname="pgbouncer",
             autocommit=True, connect_timeout=CONNECT_TIMEOUT_S, prepare_threshold=None,
-            application_name="careflow-ha",
+            application_name="careflow-ha", **self.tls,
         )
 
     def _command(self, sql: str) -> None:
@@ -168,7 +170,8 @@ def lab_poolers(settings: Settings) -> list[PgBouncerAdmin]:
     routing = settings.routing
     password = settings.secrets.get("CAREFLOW_PGBOUNCER_ADMIN_PASSWORD", "")
     return [
-        PgBouncerAdmin(f"{host}:{port}", ip, port, routing.pooler_admin_user, password, endpoint=endpoint)
+        PgBouncerAdmin(f"{host}:{port}", ip, port, routing.pooler_admin_user, password, endpoint=endpoint,
+                       tls=routing.tls_params())
         for host, ip in routing.balancer_ips.items()
         for endpoint, port in zip(ENDPOINTS, routing.pooler_ports, strict=True)
     ]

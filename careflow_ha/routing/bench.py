@@ -165,6 +165,7 @@ def run_pgbench_paths(
 def admin_conninfo(settings: Settings, path: BenchPath, dbname: str = DB_NAME) -> str:
     """The superuser on ``path`` (straight on the primary): set-up, teardown and the storm's backend count."""
     return make_conninfo(path.where, user=ROLE_NAMES["superuser"], dbname=dbname, connect_timeout=10,
+                         **settings.routing.tls_params(),
                          password=settings.password("superuser"))
 
 

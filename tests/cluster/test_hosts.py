@@ -20,6 +20,7 @@ from careflow_ha.lab.ca import issued_by, subject_alt_names
 from careflow_ha.provision import LAB_INVENTORY
 from careflow_ha.provision.inventory import load_inventory
 from careflow_ha.routing.haproxy_ab import VARIANTS, variant_config
+from careflow_ha.settings import inventory_vars
 from tests.inventory import host_vars, hosts
 from tests.plugins.timeouts import wait_until
 from tests.promql import instant
@@ -207,6 +208,8 @@ def test_pg_hba_has_no_trust_and_only_the_cluster_network(host_of, name):
     hba = host_of(name).file("/var/lib/postgresql/15/main/pg_hba.conf").content_string
     rules = [line.split() for line in hba.splitlines() if line.strip() and not line.lstrip().startswith("#")]
     assert rules, "pg_hba.conf is empty"
+    # careflow_postgresql_tls: every TCP line is hostssl, so a plain-text TCP connection matches none.
+    tcp = "hostssl" if inventory_vars(LAB_INVENTORY).get("careflow_postgresql_tls") else "host"
     for rule in rules:
         assert "trust" not in rule, f"trust rule on {name}: {' '.join(rule)}"
         if rule[0] == "local":
@@ -220,9 +223,9 @@ def test_pg_hba_has_no_trust_and_only_the_cluster_network(host_of, name):
         elif rule[4] == "md5":
             # PgBouncer's auth_query login only, only from a balancer, only to the EMR database (docs/pooling.md)
             balancer_ips = {f"{host_vars()[b]['careflow_node_ip']}/32" for b in hosts("balancers")}
-            assert rule[:3] == ["host", "careflow", "pgbouncer_auth"] and rule[3] in balancer_ips, " ".join(rule)
+            assert rule[:3] == [tcp, "careflow", "pgbouncer_auth"] and rule[3] in balancer_ips, " ".join(rule)
         else:
-            assert rule[0] == "host" and rule[3] == "192.168.56.0/24" and rule[4] == "scram-sha-256", " ".join(rule)
+            assert rule[0] == tcp and rule[3] == "192.168.56.0/24" and rule[4] == "scram-sha-256", " ".join(rule)
 
 
 # --- Certificates (the tls role): the same files, owners and modes whichever tool installed them ---------------

@@ -74,6 +74,8 @@ def bouncer(local_pg) -> Iterator[Bouncer]:
     inv = load_inventory(LAB_INVENTORY, SECRETS, {
         "pgbouncer_config_dir": str(work), "careflow_pgbouncer_rw_port": str(port),
         "careflow_haproxy_rw_port": str(local_pg.port), "pgbouncer_listen_addr": "127.0.0.1",
+        # The loopback server has no certificate (the lab's TLS is tested on the lab: test_tls_cluster.py).
+        "careflow_postgresql_tls": "false",
     })
     auth_user = inv.hostvars["lb1"]["careflow_pgbouncer_auth_user"]
     # The server side, as roles/patroni does it: the md5 auth login, its pg_hba line, get_auth().

@@ -95,6 +95,7 @@ def test_client_dsns_use_the_vip_on_haproxy_s_own_ports(tmp_path):
     assert "@192.168.56.100:5000/" in settings.dsn("rw", "app")
     assert settings.redacted_dsn("ro", "ro") == (
         "postgresql://careflow_ro:***@192.168.56.100:5001/careflow?connect_timeout=5&application_name=careflow-ha"
+        f"&sslmode=verify-full&sslrootcert={tmp_path}/.lab/ca/ca.crt"  # the lab CA (careflow_postgresql_tls)
     )
     assert "@127.0.0.1:" in settings.node_dsn("pg1")  # drills still reach each node directly
     off = load_settings(tmp_path, overrides={"CAREFLOW_RW_PORT": 15000}, environ={"CAREFLOW_USE_VIP": "0"})

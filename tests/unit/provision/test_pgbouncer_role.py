@@ -142,9 +142,9 @@ def test_patroni_lets_only_the_balancers_use_md5_and_only_for_the_auth_login(lab
     md5 = [line for line in hba if line.endswith(" md5")]
     balancers = lab.group("balancers")
     assert len(balancers) == 2
-    assert md5 == [f"host careflow pgbouncer_auth {lab.hostvars[h]['careflow_node_ip']}/32 md5" for h in balancers]
+    assert md5 == [f"hostssl careflow pgbouncer_auth {lab.hostvars[h]['careflow_node_ip']}/32 md5" for h in balancers]
     # the md5 lines come before the catch-all scram line, or they would never match
-    assert hba.index(md5[-1]) < hba.index(next(line for line in hba if line.startswith("host all all")))
+    assert hba.index(md5[-1]) < hba.index(next(line for line in hba if line.startswith("hostssl all all")))
 
 
 def test_the_auth_function_refuses_superusers_and_is_versioned(lab):

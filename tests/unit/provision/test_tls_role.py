@@ -56,10 +56,11 @@ def test_each_host_gets_the_ca_its_certificate_and_a_key_per_service_account(lab
         ],
     }
     keys = tls_files(lab, "lb2")["Ensure each service account has its copy of the host key"]
-    assert keys == [TlsFile(f"{ca}/lb2.key", "/etc/careflow/tls/haproxy/lb2.key", "haproxy", "haproxy", "600")]
+    assert keys == [TlsFile(f"{ca}/lb2.key", "/etc/careflow/tls/haproxy/lb2.key", "haproxy", "haproxy", "600"),
+                    TlsFile(f"{ca}/lb2.key", "/etc/careflow/tls/postgres/lb2.key", "postgres", "postgres", "600")]
 
 
-@pytest.mark.parametrize(("host", "accounts"), [("pg2", ["postgres", "etcd"]), ("lb1", ["haproxy"])])
+@pytest.mark.parametrize(("host", "accounts"), [("pg2", ["postgres", "etcd"]), ("lb1", ["haproxy", "postgres"])])
 def test_the_key_accounts_follow_the_hosts_groups(lab, host, accounts):
     assert lab.hostvars[host]["__tls_key_accounts"] == accounts
 
