@@ -189,6 +189,9 @@ class LabRepository:
             f"-p {VERIFY_PORT}", "-c listen_addresses=''", f"-c unix_socket_directories={VERIFY_DIR}",
             "-c archive_mode=off", "-c shared_preload_libraries=''", "-c logging_collector=off",
             "-c hot_standby=on",
+            # The restored postgresql.conf is the backed-up node's (Patroni's), naming that node's certificate;
+            # the copy takes no TCP connection, so it needs none.
+            "-c ssl=off",
         ])
         script = "\n".join([
             "set -e",

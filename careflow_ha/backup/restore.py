@@ -225,8 +225,10 @@ def _recovery_script(lab: LabRepository, target: RestoreTarget, timeout_s: float
         f"{as_pg} {restore}",
         f": > {RECOVERY_LOG} && chown postgres {RECOVERY_LOG}",
         # logging_collector off: the end-of-recovery lines must land in this file, which is read below.
+        # ssl off: the restored postgresql.conf names the certificate of the node the backup came from, which
+        # this member may not hold; nothing connects over TCP until Patroni restarts it with its own.
         f"{as_pg} {PG_BIN}/pg_ctl -D {PGDATA} -l {RECOVERY_LOG} -w -t {wait_s} "
-        "-o '-c logging_collector=off -c log_destination=stderr' start >/dev/null",
+        "-o '-c logging_collector=off -c log_destination=stderr -c ssl=off' start >/dev/null",
         f"for i in $(seq 1 {wait_s}); do "
         f"[ \"$({as_pg} {PG_BIN}/psql -XAtq -h /var/run/postgresql -d postgres -c 'SELECT pg_is_in_recovery()')\""
         " = f ] && break; sleep 1; done",

@@ -70,17 +70,27 @@ def _render_status(data: dict) -> str:
     return "\n".join(lines)
 
 
+def _shown(dsn: str) -> str:
+    """A URI as a person copies it: without our connect_timeout and application_name, with the rest (TLS, a
+    multi-host URI's target_session_attrs)."""
+    base, _, query = dsn.partition("?")
+    kept = "&".join(p for p in query.split("&") if p and not p.startswith(("connect_timeout=", "application_name=")))
+    return f"{base}?{kept}" if kept else base
+
+
 def print_connections(settings: Settings, show_secrets: bool) -> None:
     vip = settings.vip
     where = f"the VIP {vip.address}, kept on a healthy balancer by keepalived" if vip else "HAProxy on 127.0.0.1"
     click.echo(f"\nConnect ({where}):")
     for endpoint, role, what in (("rw", "app", "read-write, primary"), ("ro", "ro", "read-only, replicas")):
         dsn = settings.dsn(endpoint, role) if show_secrets else settings.redacted_dsn(endpoint, role)
-        click.echo(f"  {what:20} {dsn.split('?')[0]}")
+        click.echo(f"  {what:20} {_shown(dsn)}")
     if not show_secrets:
         click.echo("  (passwords are in .env; add --show-secrets to print them)")
     host, port = settings.endpoint("rw")
-    click.echo(f"  psql -h {host} -p {port} -U {ROLE_NAMES['app']} careflow   # PGPASSWORD from .env")
+    tls = "".join(f" {k}={v}" for k, v in settings.routing.tls_params().items())
+    click.echo(f"  psql 'host={host} port={port} user={ROLE_NAMES['app']} dbname=careflow{tls}'"
+               "   # PGPASSWORD from .env")
     if vip:
         click.echo(
             f"  also on lb1 only: 127.0.0.1:{settings.port('CAREFLOW_RW_PORT')} (rw), "
@@ -88,7 +98,7 @@ def print_connections(settings: Settings, show_secrets: bool) -> None:
         )
     for way in settings.routing.available():
         if way != "haproxy-vip":
-            click.echo(f"  --via {way:16} {settings.with_via(way).redacted_dsn('rw', 'app').split('?')[0]} (rw)")
+            click.echo(f"  --via {way:16} {_shown(settings.with_via(way).redacted_dsn('rw', 'app'))} (rw)")
     click.echo("  ssh -F .lab/ssh_config pg1 patronictl -c /etc/patroni/patroni.yml list")
     click.echo(
         f"  HAProxy stats: http://127.0.0.1:{settings.port('CAREFLOW_STATS_PORT')}/ (user admin, "
