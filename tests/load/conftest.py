@@ -6,6 +6,7 @@ stops and starts this server in the middle of a Locust run.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator
 
 import pytest
@@ -13,9 +14,9 @@ import pytest
 from careflow_ha.data.localserver import LocalPostgres, start_local_server
 
 
-@pytest.fixture(scope="module")
-def emr_pg() -> Iterator[LocalPostgres]:
-    """A throwaway server, migrated, with a few thousand lab results (3 clinics, 2 months)."""
+@contextlib.contextmanager
+def emr_server(rows: int) -> Iterator[LocalPostgres]:
+    """A throwaway server, migrated, with ``rows`` lab results (3 clinics, 2 months, seed 7)."""
     from careflow_ha.data.db import migrate
     from careflow_ha.data.generator import DataSpec
     from careflow_ha.data.loader import load
@@ -23,8 +24,15 @@ def emr_pg() -> Iterator[LocalPostgres]:
     server = start_local_server(durable=False)
     try:
         migrate(server.dsn("app"))
-        load(server.dsn("app"), DataSpec(rows=4000, clinics=3, months=2, seed=7), progress=False)
+        load(server.dsn("app"), DataSpec(rows=rows, clinics=3, months=2, seed=7), progress=False)
         yield server
     finally:
         server.stop()
         server.remove()
+
+
+@pytest.fixture(scope="module")
+def emr_pg() -> Iterator[LocalPostgres]:
+    """A few thousand lab results: enough for every EMR operation to find its rows."""
+    with emr_server(4000) as server:
+        yield server

@@ -13,11 +13,12 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from careflow_ha.data.localserver import LocalPostgres, start_local_server
+from careflow_ha.data.localserver import LocalPostgres
 from careflow_ha.load import plans
 from careflow_ha.load.analysis import Request
 from careflow_ha.load.report import write_report
 from careflow_ha.load.runner import passwords
+from tests.load.conftest import emr_server
 from tests.unit.load.test_load_report import META, T0
 
 pytestmark = pytest.mark.localpg
@@ -27,19 +28,9 @@ NEEDED = "CREATE INDEX ON public.lab_results (pet_id, test_code);"
 
 @pytest.fixture(scope="module")
 def advisor_pg() -> Iterator[LocalPostgres]:
-    """Migrated, 20,000 lab results (3 clinics, 2 months): enough rows per leaf for an index to pay."""
-    from careflow_ha.data.db import migrate
-    from careflow_ha.data.generator import DataSpec
-    from careflow_ha.data.loader import load
-
-    server = start_local_server(durable=False)
-    try:
-        migrate(server.dsn("app"))
-        load(server.dsn("app"), DataSpec(rows=20_000, clinics=3, months=2, seed=7), progress=False)
+    """20,000 lab results (3 clinics, 2 months): enough rows per leaf for an index to pay."""
+    with emr_server(20_000) as server:
         yield server
-    finally:
-        server.stop()
-        server.remove()
 
 
 def _plan(server: LocalPostgres, op: str) -> dict:
