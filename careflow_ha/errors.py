@@ -52,3 +52,8 @@ class CommandFailed(CareflowError):
     """An external command (engine, ansible, pyinfra) exited non-zero."""
 
     exit_code = 1
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of ``exc``'s message (libpq's come with DETAIL and HINT lines), or its type's name."""
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]

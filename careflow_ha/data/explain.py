@@ -37,6 +37,8 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
+from careflow_ha.errors import first_line
+
 #: Node types that read a relation (their "Relation Name" is a table or a partition).
 _SCANS = ("Seq Scan", "Index Scan", "Index Only Scan", "Bitmap Heap Scan", "Tid Scan", "Tid Range Scan",
           "Sample Scan")
@@ -67,14 +69,18 @@ class PlanSummary:
         """A short human summary for a table cell."""
         if self.mode == "skipped":
             return f"skipped: {self.note}"
-        nodes = ", ".join(f"{k} x{v}" if v > 1 else k for k, v in self.node_types.items())
-        parts = [f"{self.mode}: {nodes}", f"{len(self.relations)} relation(s)"]
+        parts = [f"{self.mode}: {counted(self.node_types)}", f"{len(self.relations)} relation(s)"]
         if self.mode == "analyze":
             parts += [f"{self.actual_rows:g} rows", f"{self.execution_ms} ms",
                       f"buffers hit {self.shared_hit} read {self.shared_read}"]
         else:
             parts.append(f"~{self.plan_rows:g} rows est.")
         return "; ".join(parts)
+
+
+def counted(counts: Mapping[str, int]) -> str:
+    """Node types with their counts as a report prints them: "Seq Scan x4, Index Scan"."""
+    return ", ".join(f"{k} x{v}" if v > 1 else k for k, v in counts.items())
 
 
 def walk(plan_json: Mapping[str, Any]) -> Iterator[tuple[int, dict[str, Any]]]:
@@ -202,7 +208,7 @@ def explain(conn: psycopg.Connection, statement: str, *, timeout_ms: int = 30_00
             return summarise(doc, "generic", f"generic plan for {n} parameter(s), not executed; relations are every "
                              "leaf the plan may read, run-time pruning narrows them per call")
     except psycopg.Error as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        first = first_line(exc)
         if isinstance(exc, psycopg.errors.SyntaxError) and n:
             first += (" (pg_stat_statements' normalised text is not always SQL: interval '30 days' becomes "
                       "interval $n; EXPLAIN the statement with its values)")

@@ -41,7 +41,7 @@ from tqdm import tqdm
 from careflow_ha.data.catalog import flag_for
 from careflow_ha.data.db import connect
 from careflow_ha.data.partitions import covering_months
-from careflow_ha.errors import EnvironmentProblem, UsageError
+from careflow_ha.errors import EnvironmentProblem, UsageError, first_line
 
 REQUIRED = ("pet_id", "test_code", "collected_at", "value")
 OPTIONAL = ("visit_id",)
@@ -507,7 +507,7 @@ def import_csv(dsn: str, path: Path, *, force: bool = False, batch_size: int = 2
     except (psycopg.OperationalError, psycopg.errors.ReadOnlySqlTransaction) as exc:
         # A lost or terminated connection, or (during a failover) a connection that reached the old primary
         # after it became a standby.
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        first = first_line(exc)
         outcome = ("it may or may not have committed" if step == "committing" else "nothing was committed")
         raise EnvironmentProblem(
             f"the import of {path.name} was interrupted while {step} ({first}); {outcome}. Run the same "

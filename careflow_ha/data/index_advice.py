@@ -32,7 +32,8 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from careflow_ha.data.explain import explain_values, is_scan, plan_transaction, relation_of, walk
+from careflow_ha.data.explain import counted, explain_values, is_scan, plan_transaction, relation_of, walk
+from careflow_ha.errors import first_line
 
 #: Recommend an index only when the estimated total cost falls by at least this share.
 THRESHOLD = 0.30
@@ -205,8 +206,7 @@ def _scans_of(root: str, scans: Sequence[FilteredScan]) -> str:
     names = list(dict.fromkeys(s.qualified for s in scans))
     if len(names) == 1:
         return f"{scans[0].node_type} on {names[0]}"
-    how = ", ".join(f"{k} x{v}" if v > 1 else k for k, v in Counter(s.node_type for s in scans).items())
-    return f"{len(names)} leaves of {root} ({how})"
+    return f"{len(names)} leaves of {root} ({counted(Counter(s.node_type for s in scans))})"
 
 
 def scan_types(plan_json: Mapping[str, Any], relations: Sequence[str]) -> dict[str, int]:
@@ -227,8 +227,7 @@ def nothing_to_index(plan_json: Mapping[str, Any]) -> str:
     reads = Counter(node["Node Type"] for _, node in walk(plan_json) if is_scan(node))
     if not reads:
         return "the plan reads no table (nothing to index)"
-    how = ", ".join(f"{k} x{v}" if v > 1 else k for k, v in reads.items())
-    return f"no scan filters rows: the plan already reads its relations by {how} with nothing thrown away"
+    return f"no scan filters rows: the plan already reads its relations by {counted(reads)} with nothing thrown away"
 
 
 # -- against the server ------------------------------------------------------------------
@@ -316,8 +315,7 @@ def _trial(conn: psycopg.Connection, cand: Candidate, query: str, params: Sequen
             conn.execute("SELECT hypopg_reset()")
     except psycopg.Error as exc:
         _reset_after_error(conn)
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        return Trial(cand.statement, cand.leaves, False, 0.0, 0.0, {}, {}, error=first)
+        return Trial(cand.statement, cand.leaves, False, 0.0, 0.0, {}, {}, error=first_line(exc))
     return Trial(cand.statement, cand.leaves, uses_index(after, names), before["Plan"]["Total Cost"],
                  after["Plan"]["Total Cost"], scan_types(before, cand.leaves), scan_types(after, cand.leaves))
 

@@ -28,8 +28,9 @@ from typing import Any
 import psycopg
 
 from careflow_ha.data import index_advice
-from careflow_ha.data.explain import explain_values, plan_transaction, summarise, tree
+from careflow_ha.data.explain import counted, explain_values, plan_transaction, summarise, tree
 from careflow_ha.dsn import pooler_safe, redact
+from careflow_ha.errors import first_line
 from careflow_ha.load import emr
 
 DEFAULT_COUNT = 3
@@ -63,9 +64,9 @@ def collect(operations: Sequence[Mapping[str, Any]], dsn_rw: str, dsn_ro: str, n
     try:
         return _collect(top, dsn_rw, dsn_ro, progress)
     except (psycopg.Error, OSError, emr.NoData) as exc:
-        return unavailable(_first_line(exc))
+        return unavailable(first_line(exc))
     except Exception as exc:  # noqa: BLE001 - this section must never cost the run its report
-        return unavailable(f"{type(exc).__name__}: {_first_line(exc)}")
+        return unavailable(f"{type(exc).__name__}: {first_line(exc)}")
 
 
 def _collect(top: Sequence[Mapping[str, Any]], dsn_rw: str, dsn_ro: str,
@@ -78,7 +79,7 @@ def _collect(top: Sequence[Mapping[str, Any]], dsn_rw: str, dsn_ro: str,
                 conns[endpoint] = psycopg.connect(
                     dsn, autocommit=True, **pooler_safe(dsn, {"connect_timeout": CONNECT_TIMEOUT_S}))
             except psycopg.Error as exc:
-                return unavailable(f"cannot connect to {redact(dsn)}: {_first_line(exc)}")
+                return unavailable(f"cannot connect to {redact(dsn)}: {first_line(exc)}")
         pool = emr.load_ids(dsn_ro, sample=500, seed=SEED)
         hypopg = {ep: index_advice.hypopg_installed(c) for ep, c in conns.items()}
         entries = []
@@ -114,7 +115,7 @@ def _operation(op: Mapping[str, Any], pool: emr.IdPool, conns: Mapping[str, psyc
             with plan_transaction(conn, STATEMENT_TIMEOUT_MS):
                 doc = explain_values(conn, query, params, analyze=stmt.read_only)
         except psycopg.Error as exc:
-            error = _first_line(exc)
+            error = first_line(exc)
             continue
         key = doc.get("Execution Time") if stmt.read_only else doc["Plan"]["Total Cost"]
         drawn.append((float(key or 0.0), doc, query, params))
@@ -229,7 +230,7 @@ def _plans_md(plans: Mapping[str, Any]) -> list[str]:
 
 
 def _nodes(counts: Mapping[str, int]) -> str:
-    return ", ".join(f"{k} x{v}" if v > 1 else k for k, v in counts.items()) or "none"
+    return counted(counts) or "none"
 
 
 def _values(params: Any) -> str:
@@ -239,6 +240,3 @@ def _values(params: Any) -> str:
 def _jsonable(params: Any) -> Any:
     return json.loads(json.dumps(params, default=str))
 
-
-def _first_line(exc: BaseException) -> str:
-    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]

@@ -28,7 +28,7 @@ from psycopg.conninfo import conninfo_to_dict
 
 from careflow_ha.cluster.server_view import LEAD_S, ServerView, collect_lab
 from careflow_ha.dsn import redact
-from careflow_ha.errors import CommandFailed, EnvironmentProblem, UsageError
+from careflow_ha.errors import CommandFailed, EnvironmentProblem, UsageError, first_line
 from careflow_ha.load import emr
 from careflow_ha.load.analysis import read_requests
 from careflow_ha.load.plans import collect as collect_plans
@@ -141,7 +141,7 @@ def check_targets(cfg: LoadConfig) -> None:
         except emr.NoData as exc:
             raise EnvironmentProblem(f"{exc} (at {redact(dsn)})") from None
         except psycopg.Error as exc:
-            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            first = first_line(exc)
             raise EnvironmentProblem(f"cannot reach the {flag} target {redact(dsn)}: {first}") from None
 
 

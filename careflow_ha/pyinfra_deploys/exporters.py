@@ -11,7 +11,13 @@ from pyinfra.api.operation import OperationMeta
 from pyinfra.operations import apt, files, systemd
 
 from careflow_ha.pyinfra_deploys._data import role_copy, role_template, var
-from careflow_ha.pyinfra_deploys.ops import apt_cache_fresh, changed_unless, put_role_file, wait_until_ok
+from careflow_ha.pyinfra_deploys.ops import (
+    apt_cache_fresh,
+    changed_unless,
+    put_role_file,
+    textfile_timer,
+    wait_until_ok,
+)
 
 PG_DROP_IN_DIR = "/etc/systemd/system/prometheus-postgres-exporter.service.d"
 PG_DROP_IN = f"{PG_DROP_IN_DIR}/10-careflow-restart.conf"
@@ -48,13 +54,7 @@ def _certificate_timer() -> None:
                  packages=var("node_exporter_certificate_packages"), no_recommends=True)
     put_role_file("Ensure the certificate expiry script is in place",
                   role_template("node_exporter", "certificates.yml", "careflow-certificate-metrics.py.j2"))
-    units = [put_role_file(name, role_template("node_exporter", "certificates.yml", src)) for name, src in (
-        ("Ensure the certificate expiry service is in place", "careflow-certificate-metrics.service.j2"),
-        ("Ensure the certificate expiry timer is in place", "careflow-certificate-metrics.timer.j2"))]
-    systemd.daemon_reload(name="Ensure systemd has read the certificate expiry units",
-                          _if=lambda: any(u.did_change() for u in units))
-    systemd.service(name="Ensure the certificate expiry timer is enabled and running",
-                    service="careflow-certificate-metrics.timer", running=True, enabled=True)
+    textfile_timer("node_exporter", "certificates.yml", "careflow-certificate-metrics", "certificate expiry")
     wait_until_ok(name="Ensure every certificate of this host is readable",
                   command=var("node_exporter_certificate_metrics_script"), what="every certificate here is read",
                   retries=1, delay=0)

@@ -21,9 +21,9 @@ from pyinfra.api import FactBase, OperationError, StringCommand, operation
 from pyinfra.api.operation import OperationMeta
 from pyinfra.facts.files import Sha1File
 from pyinfra.facts.postgres import PostgresRoles
-from pyinfra.operations import files, postgres
+from pyinfra.operations import files, postgres, systemd
 
-from careflow_ha.pyinfra_deploys._data import RoleFile
+from careflow_ha.pyinfra_deploys._data import RoleFile, role_template
 
 #: Where the apt cache's last refresh is recorded (Ubuntu's stamp; pyinfra uses it too).
 APT_STAMP = "/var/lib/apt/periodic/update-success-stamp"
@@ -297,3 +297,14 @@ def each(inner: Any, items: list[dict[str, Any]]) -> Iterator[Any]:
     """
     for kwargs in items:
         yield from inner._inner(**kwargs)
+
+
+def textfile_timer(role: str, tasks_file: str, unit: str, what: str) -> None:
+    """A role's node-exporter textfile timer: its ``<unit>.service`` and ``<unit>.timer`` templates written,
+    systemd told only when one changed, and the timer enabled and running (the task names are the role's)."""
+    units = [put_role_file(f"Ensure the {what} {kind} is in place",
+                           role_template(role, tasks_file, f"{unit}.{kind}.j2")) for kind in ("service", "timer")]
+    systemd.daemon_reload(name=f"Ensure systemd has read the {what} units",
+                          _if=lambda: any(u.did_change() for u in units))
+    systemd.service(name=f"Ensure the {what} timer is enabled and running", service=f"{unit}.timer", running=True,
+                    enabled=True)

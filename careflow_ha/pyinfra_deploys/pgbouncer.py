@@ -11,7 +11,7 @@ from pyinfra.api import deploy
 from pyinfra.operations import apt, systemd
 
 from careflow_ha.pyinfra_deploys._data import role_template, var
-from careflow_ha.pyinfra_deploys.ops import apt_cache_fresh, put_role_file, wait_until_ok
+from careflow_ha.pyinfra_deploys.ops import apt_cache_fresh, put_role_file, textfile_timer, wait_until_ok
 
 
 def unit(instance: dict) -> str:
@@ -83,13 +83,7 @@ def _metrics() -> None:
                   role_template("pgbouncer", "metrics.yml", "careflow-stats.pgpass.j2"))
     put_role_file("Ensure the PgBouncer metrics script is in place",
                   role_template("pgbouncer", "metrics.yml", "careflow-pgbouncer-metrics.py.j2"))
-    units = [put_role_file(name, role_template("pgbouncer", "metrics.yml", src)) for name, src in (
-        ("Ensure the PgBouncer metrics service is in place", "careflow-pgbouncer-metrics.service.j2"),
-        ("Ensure the PgBouncer metrics timer is in place", "careflow-pgbouncer-metrics.timer.j2"))]
-    systemd.daemon_reload(name="Ensure systemd has read the PgBouncer metrics units",
-                          _if=lambda: any(u.did_change() for u in units))
-    systemd.service(name="Ensure the PgBouncer metrics timer is enabled and running",
-                    service="careflow-pgbouncer-metrics.timer", running=True, enabled=True)
+    textfile_timer("pgbouncer", "metrics.yml", "careflow-pgbouncer-metrics", "PgBouncer metrics")
     # As the role: one checked run, so a stats user that cannot log in fails here, not as pgbouncer_up 0.
     wait_until_ok(name="Ensure every PgBouncer instance answers the stats user",
                   command=var("pgbouncer_metrics_script"), what="every PgBouncer instance answers the stats user",
