@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+import time
 from datetime import datetime, timedelta
 from zoneinfo import ZoneInfo
 
@@ -49,7 +51,7 @@ def test_migrations_and_prepare_are_idempotent(emr, local_pg):
         applied = [r[0] for r in conn.execute("SELECT migration_id FROM _yoyo_migration ORDER BY migration_id")]
     assert applied == ["0001_emr_dimensions", "0002_lab_test_catalog", "0003_lab_results_partitioned",
                        "0004_daily_aggregate_and_quarantine", "0005_scheduled_jobs", "0006_clinic_leaf_coverage",
-                       "0007_import_batches_rerun_safe", "0008_partition_scheme"]
+                       "0007_import_batches_rerun_safe", "0008_partition_scheme", "0009_refresh_daily_serialized"]
 
 
 def test_every_month_of_the_window_and_every_clinic_has_a_leaf(emr):
@@ -118,6 +120,45 @@ def test_daily_aggregate_matches_the_fact_table(emr):
             "AND (collected_at AT TIME ZONE 'Asia/Seoul')::date = %s", (day[0], day[2], day[1])).fetchone()
     assert agg == facts
     assert direct[0] == day[3] and direct[1] == pytest.approx(day[4])
+
+
+def test_overlapping_refreshes_wait_for_each_other_instead_of_failing(emr):
+    """The scheduled refresh and an import's refresh of the same days (CI failed on this race): the second one
+    waits for the first to commit, then replaces the days; before migration 0009 it failed on the primary key."""
+    last = emr.spec.end.astimezone(SEOUL).date()
+    days = (last - timedelta(days=2), last + timedelta(days=1))
+    refresh = "SELECT refresh_lab_results_daily(%s, %s)"
+    second: dict[str, object] = {}
+
+    def run_second() -> None:
+        try:
+            with psycopg.connect(emr.app_dsn) as conn:
+                second["rows"] = conn.execute(refresh, days).fetchone()[0]
+        except psycopg.Error as exc:
+            second["error"] = exc
+
+    with psycopg.connect(emr.app_dsn) as first, psycopg.connect(emr.app_dsn, autocommit=True) as watcher:
+        rows = first.execute(refresh, days).fetchone()[0]  # its transaction stays open
+        thread = threading.Thread(target=run_second, daemon=True)
+        thread.start()
+        blocked = False
+        for _ in range(200):  # up to 10 s for the second refresh to queue behind the first
+            blocked = watcher.execute("SELECT count(*) FROM pg_stat_activity WHERE %s = ANY(pg_blocking_pids(pid))",
+                                      (first.info.backend_pid,)).fetchone()[0] == 1
+            if blocked or not thread.is_alive():
+                break
+            time.sleep(0.05)
+        first.commit()
+        thread.join(timeout=30)
+        agg = first.execute("SELECT coalesce(sum(n_results), 0) FROM lab_results_daily WHERE day >= %s AND day < %s",
+                            days).fetchone()[0]
+        facts = first.execute("SELECT count(*) FROM lab_results WHERE (collected_at AT TIME ZONE 'Asia/Seoul')::date "
+                              ">= %s AND (collected_at AT TIME ZONE 'Asia/Seoul')::date < %s", days).fetchone()[0]
+    assert blocked, "the second refresh did not wait for the first"
+    assert not thread.is_alive()
+    assert "error" not in second, second.get("error")
+    assert second["rows"] == rows > 0
+    assert agg == facts > 0
 
 
 def test_a_new_clinic_gets_a_leaf_in_every_month(emr):
