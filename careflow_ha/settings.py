@@ -192,6 +192,11 @@ class Routing:
     #: The CA clients verify PostgreSQL's and PgBouncer's certificates with (careflow_tls_dir/ca.crt), when
     #: the inventory turns TLS on (careflow_postgresql_tls); "" when it is off.
     pg_tls_root_cert: str = ""
+    #: The CA careflow-ha verifies Patroni's REST API with, when it speaks https (careflow_patroni_api_tls);
+    #: "" when it is plain http.
+    api_tls_ca_file: str = ""
+    #: The same for HAProxy's stats page (careflow_haproxy_stats_tls).
+    stats_tls_ca_file: str = ""
 
     def tls_params(self) -> dict[str, str]:
         """libpq parameters of every TCP connection to the cluster: verify-full against the lab CA (or none)."""
@@ -234,14 +239,16 @@ def configured_routing(inventory: Path) -> Routing:
         pooler_admin_user=str(values.get("careflow_pgbouncer_admin_user", "pgbouncer_admin")),
         haproxy_rw_port=int(values.get("careflow_haproxy_rw_port", 5000)),
         haproxy_stats_port=int(values.get("careflow_haproxy_stats_port", 7000)),
-        pg_tls_root_cert=_tls_root_cert(values, inventory.parent.parent),
+        pg_tls_root_cert=_tls_root_cert(values, inventory.parent.parent, "careflow_postgresql_tls"),
+        api_tls_ca_file=_tls_root_cert(values, inventory.parent.parent, "careflow_patroni_api_tls"),
+        stats_tls_ca_file=_tls_root_cert(values, inventory.parent.parent, "careflow_haproxy_stats_tls"),
     )
 
 
-def _tls_root_cert(values: Mapping[str, Any], project_dir: Path) -> str:
-    """careflow_tls_dir/ca.crt when careflow_postgresql_tls is on. The directory is an Ansible expression;
-    the only variable it may use here is ``playbook_dir`` (the project: site.yml lives there)."""
-    if not values.get("careflow_postgresql_tls"):
+def _tls_root_cert(values: Mapping[str, Any], project_dir: Path, switch: str) -> str:
+    """careflow_tls_dir/ca.crt when the inventory's ``switch`` is on, else "". The directory is an Ansible
+    expression; the only variable it may use here is ``playbook_dir`` (the project: site.yml lives there)."""
+    if not values.get(switch):
         return ""
     raw = str(values.get("careflow_tls_dir") or "").replace("{{ playbook_dir }}", str(project_dir))
     if not raw or "{{" in raw:

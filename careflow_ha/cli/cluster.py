@@ -101,8 +101,9 @@ def print_connections(settings: Settings, show_secrets: bool) -> None:
             click.echo(f"  --via {way:16} {_shown(settings.with_via(way).redacted_dsn('rw', 'app'))} (rw)")
     click.echo("  ssh -F .lab/ssh_config pg1 patronictl -c /etc/patroni/patroni.yml list")
     click.echo(
-        f"  HAProxy stats: http://127.0.0.1:{settings.port('CAREFLOW_STATS_PORT')}/ (user admin, "
-        "CAREFLOW_HAPROXY_STATS_PASSWORD)"
+        f"  HAProxy stats: {'https' if settings.routing.stats_tls_ca_file else 'http'}://127.0.0.1:"
+        f"{settings.port('CAREFLOW_STATS_PORT')}/ (user admin, CAREFLOW_HAPROXY_STATS_PASSWORD"
+        + (f"; the lab CA: {settings.routing.stats_tls_ca_file})" if settings.routing.stats_tls_ca_file else ")")
     )
     click.echo(f"  Prometheus (mon1): {settings.prometheus_url}/ (targets: {settings.prometheus_url}/targets)")
 

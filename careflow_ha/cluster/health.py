@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import csv
 import io
+import ssl
 import time
 import urllib.error
 import urllib.request
@@ -79,11 +80,13 @@ def haproxy_backends(settings: Settings, timeout: float = 3.0, host: str | None 
     balancer at ``host:port`` (a switchover asks each balancer)."""
     host = host or settings.host
     port = port or settings.port("CAREFLOW_STATS_PORT")
-    req = urllib.request.Request(f"http://{host}:{port}/;csv")
+    ca_file = settings.routing.stats_tls_ca_file
+    req = urllib.request.Request(f"{'https' if ca_file else 'http'}://{host}:{port}/;csv")
     token = f"{HAPROXY_STATS_USER}:{settings.secrets['CAREFLOW_HAPROXY_STATS_PASSWORD']}"
     req.add_header("Authorization", "Basic " + base64.b64encode(token.encode()).decode())
+    context = ssl.create_default_context(cafile=ca_file) if ca_file else None
     try:
-        with urllib.request.urlopen(req, timeout=timeout) as resp:
+        with urllib.request.urlopen(req, timeout=timeout, context=context) as resp:
             return parse_haproxy_csv(resp.read().decode())
     except (OSError, urllib.error.URLError) as exc:
         raise NotReady(f"HAProxy stats on {host}:{port} did not answer: {exc}") from None

@@ -10,7 +10,9 @@ appears in a message, an exception or a report.
 from __future__ import annotations
 
 import base64
+import functools
 import json
+import ssl
 import time
 import urllib.error
 import urllib.request
@@ -69,6 +71,14 @@ def parse_history(lines: Sequence[Sequence[Any]]) -> tuple[HistoryEntry, ...]:
     return tuple(out)
 
 
+def _unreachable(exc: Exception) -> str:
+    """Why a node's API did not answer, short; a certificate problem by name (a wrong CA is a user error)."""
+    reason = getattr(exc, "reason", exc)
+    if isinstance(reason, ssl.SSLCertVerificationError):
+        return f"TLS certificate not trusted ({reason.verify_message}; is careflow_tls_dir/ca.crt the nodes' CA?)"
+    return type(exc).__name__
+
+
 class PatroniApi:
     """Patroni's REST API on every PG node, asked one node at a time.
 
@@ -85,11 +95,15 @@ class PatroniApi:
         self._settings = settings
         self.nodes = tuple(nodes)
         self.timeout = timeout
+        ca_file = settings.routing.api_tls_ca_file
+        self._scheme = "https" if ca_file else "http"
+        if opener is None and ca_file:  # verify the nodes' certificates (they carry 127.0.0.1: published ports)
+            opener = functools.partial(urllib.request.urlopen, context=ssl.create_default_context(cafile=ca_file))
         self._open = opener or urllib.request.urlopen
         self._preferred = self.nodes[0]
 
     def url(self, node: str, path: str) -> str:
-        return f"http://{self._settings.host}:{self._settings.node_port(node, 'API')}{path}"
+        return f"{self._scheme}://{self._settings.host}:{self._settings.node_port(node, 'API')}{path}"
 
     def _auth_header(self) -> str:
         password = self._settings.secrets["CAREFLOW_PATRONI_API_PASSWORD"]
@@ -128,7 +142,7 @@ class PatroniApi:
             try:
                 status, data = self.request(node, "GET", path, timeout=timeout)
             except (OSError, ValueError) as exc:
-                problems.append(f"{node}: {type(exc).__name__}")
+                problems.append(f"{node}: {_unreachable(exc)}")
                 continue
             if status == 200:
                 self._preferred = node

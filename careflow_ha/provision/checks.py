@@ -28,6 +28,7 @@ PORT_VARS: tuple[str, ...] = (
     "careflow_patroni_api_port",
     "careflow_etcd_client_port",
     "careflow_etcd_peer_port",
+    "careflow_etcd_metrics_port",
     "careflow_haproxy_rw_port",
     "careflow_haproxy_ro_port",
     "careflow_haproxy_stats_port",

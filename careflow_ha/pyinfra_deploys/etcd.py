@@ -16,6 +16,8 @@ def etcd() -> None:
     config = put_role_file(
         "Ensure /etc/default/etcd describes this member", role_template("etcd", "configure.yml", "etcd.default.j2")
     )
+    put_role_file("Ensure etcdctl on this member finds the cluster and its client certificate",
+                  role_template("etcd", "configure.yml", "careflow-etcdctl.sh.j2"))
     apt.packages(
         name="Ensure etcd packages are installed (keeping our /etc/default/etcd)",
         packages=var("etcd_packages"), no_recommends=True,  # apt keeps existing conffiles (force-confold)
@@ -32,7 +34,7 @@ def etcd() -> None:
     )
     wait_until_ok(
         name="Ensure the etcd cluster is healthy on every member",
-        command=f"ETCDCTL_API=3 etcdctl --endpoints={var('__etcd_endpoints')} endpoint health",
+        command=". /etc/profile.d/careflow-etcdctl.sh && etcdctl endpoint health",
         what="etcd cluster is healthy",
         retries=var("etcd_health_retries"), delay=var("etcd_health_delay"),
         _run_once=True,

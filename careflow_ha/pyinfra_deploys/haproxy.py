@@ -25,6 +25,11 @@ def haproxy() -> None:
     drop_in = put_role_file(
         "Ensure HAProxy's unit does not bind-mount /dev/log", role_copy("haproxy", "configure.yml", DROP_IN)
     )
+    if var("careflow_haproxy_stats_tls"):  # a group_vars switch: the same on every balancer
+        files.link(
+            name="Ensure HAProxy finds the stats certificate's key next to it",
+            path=f"{var('haproxy_tls_cert_file')}.key", target=f"{var('inventory_hostname')}.key",
+        )
     config = put_role_file(
         "Ensure the HAProxy configuration is rendered and valid",
         role_template("haproxy", "configure.yml", "haproxy.cfg.j2"),

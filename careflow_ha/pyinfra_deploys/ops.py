@@ -63,9 +63,11 @@ class PgRoleMember(FactBase[bool]):
         return bool(output) and output[0].strip() not in ("", "0")
 
 
-def http_status(url: str) -> tuple[int, str]:
-    """GET ``url`` from the host itself (the node reaches its own API; the control host may not)."""
-    _, out = _run(f"curl -s -m 5 -w '\\n%{{http_code}}' {shlex.quote(url)} || printf '\\n000'")
+def http_status(url: str, ca_file: str = "") -> tuple[int, str]:
+    """GET ``url`` from the host itself (the node reaches its own API; the control host may not); an https URL
+    is verified against ``ca_file``."""
+    ca = f"--cacert {shlex.quote(ca_file)} " if ca_file else ""
+    _, out = _run(f"curl -s -m 5 {ca}-w '\\n%{{http_code}}' {shlex.quote(url)} || printf '\\n000'")
     body, _, code = out.rpartition("\n")
     return int(code or 0), body
 
@@ -134,10 +136,10 @@ def run_unless_exists(path: str, command: str) -> Iterator[Any]:
 
 
 @operation()
-def patroni_has_leader(api_url: str, retries: int, delay: float) -> Iterator[Any]:
+def patroni_has_leader(api_url: str, retries: int, delay: float, ca_file: str = "") -> Iterator[Any]:
     """Poll Patroni's /cluster until exactly one running leader is listed (the role's until:)."""
     for _ in range(int(retries)):
-        code, body = http_status(f"{api_url}/cluster")
+        code, body = http_status(f"{api_url}/cluster", ca_file)
         if code == 200:
             try:
                 members = json.loads(body).get("members", [])
@@ -167,13 +169,13 @@ def dcs_needs_patch(current: dict[str, Any], wanted: dict[str, Any]) -> bool:
 
 
 @operation()
-def patroni_dynamic_config(api_url: str, config_file: str, wanted: dict[str, Any]) -> Iterator[Any]:
+def patroni_dynamic_config(api_url: str, config_file: str, wanted: dict[str, Any], ca_file: str = "") -> Iterator[Any]:
     """PATCH the cluster's dynamic (DCS) configuration when it differs from ``wanted``.
 
     patronictl applies the patch with the credentials of ``config_file`` (its
     ctl section), so no password is ever on a command line.
     """
-    code, body = http_status(f"{api_url}/config")
+    code, body = http_status(f"{api_url}/config", ca_file)
     if code != 200:
         raise OperationError(f"GET {api_url}/config answered {code}; is Patroni running?")
     if not dcs_needs_patch(json.loads(body), wanted):
@@ -185,9 +187,9 @@ def patroni_dynamic_config(api_url: str, config_file: str, wanted: dict[str, Any
     )
 
 
-def is_primary(api_url: str) -> Callable[[], bool]:
+def is_primary(api_url: str, ca_file: str = "") -> Callable[[], bool]:
     """An ``_if=`` condition: this member answers GET /primary with 200 now (Patroni decides, not the inventory)."""
-    return lambda: http_status(f"{api_url}/primary")[0] == 200
+    return lambda: http_status(f"{api_url}/primary", ca_file)[0] == 200
 
 
 @operation()
@@ -266,7 +268,7 @@ def pip_requirements(pip: str, requirements: list[str], extra_args: str = "") ->
 
 @operation()
 def patroni_pending_restarts(
-    api_url: str, config_file: str, scope: str, settle_s: float, after: OperationMeta
+    api_url: str, config_file: str, scope: str, settle_s: float, after: OperationMeta, ca_file: str = ""
 ) -> Iterator[Any]:
     """Restart, one at a time, the members Patroni flags ``pending_restart`` (postmaster-level settings).
 
@@ -275,7 +277,7 @@ def patroni_pending_restarts(
     """
     if after.is_complete() and after.did_change():  # in a dry run nothing has executed
         time.sleep(float(settle_s))
-    code, body = http_status(f"{api_url}/cluster")
+    code, body = http_status(f"{api_url}/cluster", ca_file)
     if code != 200:
         raise OperationError(f"GET {api_url}/cluster answered {code}; is Patroni running?")
     pending = [m["name"] for m in json.loads(body).get("members", []) if m.get("pending_restart")]

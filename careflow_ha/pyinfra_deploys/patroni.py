@@ -31,7 +31,8 @@ POSTGRES = {"_sudo": True, "_sudo_user": "postgres"}
 def patroni() -> None:
     venv = var("patroni_venv")
     config_file = var("patroni_config_file")
-    api = f"http://{var('careflow_node_ip')}:{var('careflow_patroni_api_port')}"
+    api = f"{var('careflow_patroni_api_scheme')}://{var('careflow_node_ip')}:{var('careflow_patroni_api_port')}"
+    ca = var("patroni_tls_ca_file")  # the role's ca_path for its uri tasks
 
     # --- install (offline, from the wheelhouse built on the control host)
     wheelhouse = var("__patroni_wheelhouse")  # the role's, one source for where pip finds the wheels
@@ -85,22 +86,22 @@ def patroni() -> None:
         _if=changed_unless((config,), start),
     )
     patroni_has_leader(
-        name="Ensure the cluster has a leader", api_url=api,
+        name="Ensure the cluster has a leader", api_url=api, ca_file=ca,
         retries=var("patroni_leader_retries"), delay=var("patroni_leader_delay"), _run_once=True,
     )
     patch = patroni_dynamic_config(
         name="Ensure the dynamic configuration matches the inventory (timing preset, sync mode)",
-        api_url=api, config_file=config_file, wanted=var("__patroni_dcs_wanted"), _run_once=True,
+        api_url=api, config_file=config_file, wanted=var("__patroni_dcs_wanted"), ca_file=ca, _run_once=True,
     )
     patroni_pending_restarts(
         name="Ensure members with pending restarts are restarted, one at a time",
         api_url=api, config_file=config_file, scope=var("careflow_cluster_scope"),
-        settle_s=int(var("__patroni_timing")["loop_wait"]) + 3, after=patch, _run_once=True, **POSTGRES,
+        settle_s=int(var("__patroni_timing")["loop_wait"]) + 3, after=patch, ca_file=ca, _run_once=True, **POSTGRES,
     )
 
     # --- application roles, on whichever member is primary now (Patroni decides)
     port = var("careflow_pg_port")
-    primary = is_primary(api)
+    primary = is_primary(api, ca)
     for user, secret in (("careflow_app_user", "careflow_app_password"), ("careflow_ro_user", "careflow_ro_password")):
         login_role(
             name=f"Ensure the application role {var(user)} exists", role=var(user), password=var(secret),

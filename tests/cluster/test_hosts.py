@@ -165,7 +165,7 @@ def test_the_postgres_exporter_reads_postgres_as_the_monitoring_role(host_of):
 
 
 @pytest.mark.parametrize("name", hosts("postgres_cluster"))
-@pytest.mark.parametrize("port", [5432, 8008, 2379, 2380, 9100, 9187])
+@pytest.mark.parametrize("port", [5432, 8008, 2379, 2380, 2381, 9100, 9187])
 def test_db_ports_listening(host_of, name, port):
     assert host_of(name).socket(f"tcp://0.0.0.0:{port}").is_listening or any(
         s.endswith(f":{port}") for s in host_of(name).socket.get_listening_sockets()

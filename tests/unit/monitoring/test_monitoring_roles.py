@@ -29,7 +29,7 @@ JOBS = {
     "node": ("all", "careflow_node_exporter_port"),
     "postgres": ("postgres_cluster", "careflow_postgres_exporter_port"),
     "patroni": ("postgres_cluster", "careflow_patroni_api_port"),
-    "etcd": ("etcd_cluster", "careflow_etcd_client_port"),
+    "etcd": ("etcd_cluster", "careflow_etcd_metrics_port"),
     "haproxy": ("balancers", "careflow_haproxy_metrics_port"),
 }
 

@@ -50,9 +50,9 @@ def test_groups_and_hosts_come_from_the_ansible_inventory(lab):
         ("pg1", "etcd_data_dir", "/var/lib/etcd/careflow"),  # role default with a Jinja expression
         ("pg1", "patroni_maximum_lag_on_failover", 1048576),  # `| int` keeps the type
         ("pg3", "__etcd_initial_cluster",
-         "pg1=http://192.168.56.11:2380,pg2=http://192.168.56.12:2380,pg3=http://192.168.56.13:2380"),
-        ("pg1", "__etcd_peer_url", "http://192.168.56.11:2380"),
-        ("pg2", "__etcd_peer_url", "http://192.168.56.12:2380"),  # per host, not per group
+         "pg1=https://192.168.56.11:2380,pg2=https://192.168.56.12:2380,pg3=https://192.168.56.13:2380"),
+        ("pg1", "__etcd_peer_url", "https://192.168.56.11:2380"),
+        ("pg2", "__etcd_peer_url", "https://192.168.56.12:2380"),  # per host, not per group
         ("lb1", "careflow_wheelhouse_dir", str(PROJECT_DIR / ".lab" / "wheelhouse")),  # playbook_dir
         # the file careflow_ha/lab/wheelhouse.py writes
         ("pg1", "careflow_wheelhouse_archive", str(PROJECT_DIR / ".lab" / "wheelhouse" / ARCHIVE_NAME)),

@@ -7,6 +7,7 @@ node must fail its check (and drop the VIP), one that still reaches a replica mi
 from __future__ import annotations
 
 import socket
+import ssl
 import subprocess
 import sys
 import threading
@@ -14,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from careflow_ha.lab.ca import LeafSpec, ensure_lab_ca
 from careflow_ha.provision import LAB_INVENTORY
 from careflow_ha.provision.inventory import load_inventory
 from careflow_ha.settings import SECRET_KEYS
@@ -102,9 +104,10 @@ def test_no_leader_vip_leaves_the_database_nodes_without_an_instance():
 
 
 class _Patroni(threading.Thread):
-    """A fake Patroni REST API on loopback answering GET /primary with one status code."""
+    """A fake Patroni REST API on loopback answering GET /primary with one status code, over https with a
+    certificate for the name pg1 only (not 127.0.0.1), as the lab's careflow_patroni_api_tls wants."""
 
-    def __init__(self, code: int) -> None:
+    def __init__(self, code: int, tls_dir: Path) -> None:
         super().__init__(daemon=True)
         from http.server import BaseHTTPRequestHandler, HTTPServer
 
@@ -117,32 +120,55 @@ class _Patroni(threading.Thread):
                 pass
 
         self.server = HTTPServer(("127.0.0.1", 0), Handler)
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(tls_dir / "pg1.crt", tls_dir / "pg1.key")
+        self.server.socket = context.wrap_socket(self.server.socket, server_side=True)
         self.port = self.server.server_address[1]
 
     def run(self) -> None:
         self.server.serve_forever(poll_interval=0.05)
 
 
-@pytest.mark.parametrize("code,passes", [(200, True), (503, False)])
-def test_leader_check_passes_only_where_patroni_says_primary(code, passes):
+def _lab_ca(directory: Path) -> Path:
+    ensure_lab_ca(directory, [LeafSpec("pg1", ("pg1",))])
+    return directory
+
+
+def _leader_check(port: int, ca_dir: Path) -> subprocess.CompletedProcess:
     inv = load_inventory(LAB_INVENTORY, {k: "x" * 24 for k in SECRET_KEYS})
     script = inv.render_template("keepalived", "careflow-check-leader.sh.j2", "pg1")
-    patroni = _Patroni(code)
+    assert "https://pg1:8008/primary" in script  # the lab's API speaks https (careflow_patroni_api_tls)
+    script = script.replace(":8008", f":{port}").replace("/etc/careflow/tls/ca.crt", str(ca_dir / "ca.crt"))
+    return subprocess.run(["sh", "-c", script], timeout=10)
+
+
+@pytest.mark.parametrize("code,passes", [(200, True), (503, False)])
+def test_leader_check_passes_only_where_patroni_says_primary(code, passes, tmp_path):
+    ca = _lab_ca(tmp_path / "ca")
+    patroni = _Patroni(code, ca)
     patroni.start()
     try:
-        run = subprocess.run(["sh", "-c", script.replace(":8008/", f":{patroni.port}/")], timeout=10)
+        run = _leader_check(patroni.port, ca)
     finally:
         patroni.server.shutdown()
     assert (run.returncode == 0) is passes
 
 
-def test_leader_check_fails_when_patroni_does_not_answer():
-    inv = load_inventory(LAB_INVENTORY, {k: "x" * 24 for k in SECRET_KEYS})
-    script = inv.render_template("keepalived", "careflow-check-leader.sh.j2", "pg1")
+def test_leader_check_fails_against_a_certificate_from_another_ca(tmp_path):
+    patroni = _Patroni(200, _lab_ca(tmp_path / "ca"))
+    patroni.start()
+    try:
+        run = _leader_check(patroni.port, _lab_ca(tmp_path / "other-ca"))
+    finally:
+        patroni.server.shutdown()
+    assert run.returncode != 0
+
+
+def test_leader_check_fails_when_patroni_does_not_answer(tmp_path):
     with socket.socket() as free:
         free.bind(("127.0.0.1", 0))
         port = free.getsockname()[1]
-    assert subprocess.run(["sh", "-c", script.replace(":8008/", f":{port}/")], timeout=10).returncode != 0
+    assert _leader_check(port, _lab_ca(tmp_path / "ca")).returncode != 0
 
 
 def test_the_balancer_check_requires_the_poolers_listening_too():

@@ -54,6 +54,10 @@ def test_each_host_gets_the_ca_its_certificate_and_a_key_per_service_account(lab
             TlsFile(f"{ca}/pg1.key", "/etc/careflow/tls/postgres/pg1.key", "postgres", "postgres", "600"),
             TlsFile(f"{ca}/pg1.key", "/etc/careflow/tls/etcd/pg1.key", "etcd", "etcd", "600"),
         ],
+        "Ensure each service account's directory holds the host certificate too": [
+            TlsFile(f"{ca}/pg1.crt", "/etc/careflow/tls/postgres/pg1.crt", "root", "root", "644"),
+            TlsFile(f"{ca}/pg1.crt", "/etc/careflow/tls/etcd/pg1.crt", "root", "root", "644"),
+        ],
     }
     keys = tls_files(lab, "lb2")["Ensure each service account has its copy of the host key"]
     assert keys == [TlsFile(f"{ca}/lb2.key", "/etc/careflow/tls/haproxy/lb2.key", "haproxy", "haproxy", "600"),
@@ -164,5 +168,6 @@ def test_ansible_and_pyinfra_install_the_same_files_and_a_second_run_changes_not
     assert tree == _tree(by_pyinfra)
     assert {name: mode for name, (mode, *_rest) in tree.items()} == {
         ".": 0o755, "ca.crt": 0o644, "ctl.crt": 0o644, ME.pw_name: 0o750, f"{ME.pw_name}/ctl.key": 0o600,
+        f"{ME.pw_name}/ctl.crt": 0o644,
     }
     assert tree[f"{ME.pw_name}/ctl.key"][3] == (tmp_path / "ca" / "ctl.key").read_bytes()
