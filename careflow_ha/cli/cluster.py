@@ -226,8 +226,26 @@ def bench_cluster_cmd(seconds: int, clients: int, rounds: int, fmt: str) -> None
     emit(rows, fmt, lambda r: table(r, list(r[0]) if r else ["mode"]))
 
 
+@click.command("tls")
+@click.option("--seconds", type=click.IntRange(5, 600), default=15, show_default=True,
+              help="Length of each pgbench run.")
+@click.option("--clients", type=click.IntRange(1, 64), default=4, show_default=True)
+@click.option("--rounds", type=click.IntRange(1, 9), default=3, show_default=True,
+              help="Alternating plain/TLS rounds per mode (the order flips each round).")
+@format_option
+def bench_tls_cmd(seconds: int, clients: int, rounds: int, fmt: str) -> None:
+    """pgbench TPS with and without TLS on one local server, with TLS/plain ratios.
+
+    Modes: select-only, tpcb-like, and select-only with a new connection per transaction. Needs no lab."""
+    from careflow_ha.cluster.bench_tls import run_tls_bench, summarise_tls
+
+    rows = summarise_tls(run_tls_bench(progress, seconds=seconds, clients=clients, rounds=rounds))
+    emit(rows, fmt, lambda r: table(r, list(r[0]) if r else ["mode"]))
+
+
 def register(cli: click.Group) -> None:
-    """Add ``up``, ``provision``, ``status`` and ``bench cluster`` to the CLI."""
+    """Add ``up``, ``provision``, ``status``, ``bench cluster`` and ``bench tls`` to the CLI."""
     for command in (up_cmd, provision_cmd, status_cmd):
         cli.add_command(command)
     cli.commands["bench"].add_command(bench_cluster_cmd)
+    cli.commands["bench"].add_command(bench_tls_cmd)
