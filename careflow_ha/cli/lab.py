@@ -70,6 +70,15 @@ def lab_status_cmd(fmt: str, engine_name: str | None) -> None:
     emit(statuses, fmt, _render_hosts)
 
 
+def pytest_argv(quick: bool, pytest_args: tuple[str, ...]) -> list[str]:
+    """pytest's command line: the whole ``tests`` tree, unless the extra arguments name test paths."""
+    named = [a for a in pytest_args if not a.startswith("-") and (PROJECT_DIR / a.split("::")[0]).exists()]
+    argv = [sys.executable, "-m", "pytest", *([] if named else ["tests"])]
+    if quick:
+        argv += ["-m", "not (lab or cluster or pyinfra or drill or localpg or teardown)"]
+    return argv + list(pytest_args)
+
+
 @click.command("test")
 @click.option("--quick", is_flag=True, help="Unit tests only: no containers, no database.")
 @click.argument("pytest_args", nargs=-1, type=click.UNPROCESSED)
@@ -79,10 +88,7 @@ def test_cmd(quick: bool, pytest_args: tuple[str, ...]) -> None:
     Starts the lab and the cluster it needs and tears down what it started,
     even when a test fails. Extra arguments go to pytest.
     """
-    argv = [sys.executable, "-m", "pytest", "tests"]
-    if quick:
-        argv += ["-m", "not (lab or cluster or pyinfra or drill or localpg or teardown)"]
-    argv += list(pytest_args)
+    argv = pytest_argv(quick, pytest_args)
     progress("running: pytest " + " ".join(argv[3:]))
     started = time.monotonic()
     rc = subprocess.call(argv, cwd=PROJECT_DIR, env={**os.environ, "PYTHONUNBUFFERED": "1"})
