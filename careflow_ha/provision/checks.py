@@ -87,6 +87,19 @@ def _check_timing(inv: ClusterInventory, host: str) -> None:
         )
 
 
+def _check_allowlist(raw: Any) -> None:
+    """Patroni refuses to start on an entry that is not an address or a network: say which, before any host."""
+    if not isinstance(raw, list) or not raw:
+        raise UsageError(f"careflow_patroni_api_allowlist={raw!r} must be a list of addresses or networks, "
+                         'like ["192.168.56.0/24"]; fix it in group_vars')
+    for entry in raw:
+        try:
+            ipaddress.ip_network(str(entry), strict=False)
+        except ValueError:
+            raise UsageError(f"careflow_patroni_api_allowlist entry {entry!r} is not an address or a network; "
+                             "write it like 192.168.56.0/24 or 10.0.0.5 in group_vars") from None
+
+
 def _check_secrets(inv: ClusterInventory, host: str, lookups_checked_later: bool) -> None:
     for name in _list("preflight_required_secrets", _var(inv, host, "preflight_required_secrets")):
         try:
@@ -167,6 +180,7 @@ def check_inventory(inv: ClusterInventory, check_wheelhouse: bool = True, lookup
         )
 
     _check_timing(inv, first)
+    _check_allowlist(_var(inv, first, "careflow_patroni_api_allowlist"))
 
     sync_mode = _var(inv, first, "careflow_synchronous_mode")
     sync_on = sync_mode if isinstance(sync_mode, bool) else str(sync_mode).lower() in ("yes", "on", "1", "true")

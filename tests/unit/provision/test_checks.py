@@ -108,6 +108,14 @@ def _bad_network(inv: dict, gv: dict) -> None:
     gv["careflow_cluster_network"] = "192.168.56.0/33"
 
 
+def _allowlist_garbage(inv: dict, gv: dict) -> None:
+    gv["careflow_patroni_api_allowlist"] = ["192.168.56.0/24", "control-host"]
+
+
+def _allowlist_not_a_list(inv: dict, gv: dict) -> None:
+    gv["careflow_patroni_api_allowlist"] = "192.168.56.0/24"
+
+
 def _vip_outside(inv: dict, gv: dict) -> None:
     gv["careflow_vip"] = "10.0.0.100"
 
@@ -177,6 +185,8 @@ CASES: list[tuple[str, Edit, str | None]] = [
     ("short ttl", _short_ttl, "ttl=15"),
     ("sync needs standbys", _sync_needs_standbys, "synchronous_node_count=3 needs more than that many"),
     ("bad network", _bad_network, "is not a network"),
+    ("allowlist entry not an address", _allowlist_garbage, "entry 'control-host' is not an address or a network"),
+    ("allowlist not a list", _allowlist_not_a_list, "must be a list of addresses or networks"),
     ("vip outside the network", _vip_outside, "careflow_vip=10.0.0.100 is outside careflow_cluster_network"),
     ("vip is a host's address", _vip_is_a_host, "careflow_vip=192.168.56.20 is also the careflow_node_ip of lb2"),
     ("vip garbage", _vip_garbage, "careflow_vip='192.168.56.300' is not an IP address"),
