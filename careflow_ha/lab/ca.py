@@ -203,15 +203,19 @@ def _now(now: datetime | None) -> datetime:
     return now or datetime.now(UTC)
 
 
-def _create_ca(directory: Path, now: datetime) -> x509.Certificate:
+def _new_ca(now: datetime) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
     key = _new_key()
+    serial = x509.random_serial_number()
+    # Part of the serial in the name tells two generations apart: during a CA rotation both sit in one trust
+    # bundle, and two CAs with one subject would leave chain building to guess (and `certs status` unable to
+    # say which is which). Not the date: two CAs made in one second must differ too.
     name = x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, "CareFlow HA Lab"),
-                      x509.NameAttribute(NameOID.COMMON_NAME, CA_NAME)])
+                      x509.NameAttribute(NameOID.COMMON_NAME, f"{CA_NAME} {serial:x}"[:len(CA_NAME) + 9])])
     ski = x509.SubjectKeyIdentifier.from_public_key(key.public_key())
     cert = (
         x509.CertificateBuilder()
         .subject_name(name).issuer_name(name).public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
+        .serial_number(serial)
         .not_valid_before(now - CLOCK_SKEW).not_valid_after(now + CA_VALIDITY)
         # pathlen 0: this CA signs host certificates, never another CA.
         .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
@@ -221,6 +225,11 @@ def _create_ca(directory: Path, now: datetime) -> x509.Certificate:
         .add_extension(ski, critical=False)
         .sign(key, hashes.SHA256())
     )
+    return key, cert
+
+
+def _create_ca(directory: Path, now: datetime) -> x509.Certificate:
+    key, cert = _new_ca(now)
     # Key first: a ca.crt without its key would look like a user's CA that careflow-ha cannot sign with.
     _write_key(key_path(directory, "ca"), key)
     _write_cert(directory / CA_CERT, cert)
@@ -292,9 +301,11 @@ def _issue(directory: Path, spec: LeafSpec, ca: x509.Certificate, ca_key: object
     _write_cert(cert_path(directory, spec.name), cert)
 
 
-def ensure_lab_ca(directory: Path, leaves: Iterable[LeafSpec], now: datetime | None = None) -> CaResult:
+def ensure_lab_ca(directory: Path, leaves: Iterable[LeafSpec], now: datetime | None = None,
+                  reissue: bool = False) -> CaResult:
     """Create the CA in ``directory`` on first use, and issue every leaf in ``leaves`` that is missing or no
-    longer fits (see :func:`why_reissue`). Returns what it did; raises ``UsageError`` for a CA it cannot use."""
+    longer fits (see :func:`why_reissue`), or every leaf with ``reissue`` (a rotation: new keys too).
+    Returns what it did; raises ``UsageError`` for a CA it cannot use."""
     moment = _now(now)
     directory.mkdir(parents=True, exist_ok=True)
     os.chmod(directory, 0o700)  # the CA key's directory: the control host's user only
@@ -311,12 +322,86 @@ def ensure_lab_ca(directory: Path, leaves: Iterable[LeafSpec], now: datetime | N
         ca, ca_key = _load_ca(directory, moment)
     issued, kept = [], []
     for spec in leaves:
-        if why_reissue(directory, spec, ca, moment) is None:
+        if not reissue and why_reissue(directory, spec, ca, moment) is None:
             kept.append(spec.name)
         else:
             _issue(directory, spec, ca, ca_key, moment)
             issued.append(spec.name)
     return CaResult(directory, created, tuple(issued), tuple(kept))
+
+
+# -- CA rotation -------------------------------------------------------------------------------------------------------
+# Three steps, each installed on every host (and every service made to use it) before the next begins:
+#   1. trust both: a new CA is made (ca-next.*); ca.crt becomes the bundle old + new. The old CA still signs.
+#   2. sign with the new: ca.key becomes the new CA's key, ca.crt new + old (the old kept as ca-previous.crt);
+#      every leaf is issued again by the new CA. Clients and servers trust both, so old and new leaves meet.
+#   3. retire the old: ca.crt is the new CA alone; once that is installed everywhere, ca-previous.crt is removed.
+# The step a directory is in follows from its files alone, so an interrupted rotation resumes where it stopped.
+
+CA_NEXT = "ca-next"
+CA_PREVIOUS = "ca-previous"
+
+
+def ca_rotation_step(directory: Path) -> str | None:
+    """The CA rotation step ``directory`` has reached: "trust-both", "sign-new", "retire-old", or None."""
+    if cert_path(directory, CA_NEXT).exists():
+        return "trust-both"
+    if cert_path(directory, CA_PREVIOUS).exists():
+        return "sign-new" if len(trusted_cas(directory / CA_CERT)) > 1 else "retire-old"
+    return None
+
+
+def _bundle(*certs: x509.Certificate) -> bytes:
+    return b"".join(c.public_bytes(serialization.Encoding.PEM) for c in certs)
+
+
+def trusted_cas(path: Path) -> list[x509.Certificate]:
+    """Every certificate of a CA file (a bundle during a rotation), or a one-line ``UsageError``."""
+    try:
+        certs = x509.load_pem_x509_certificates(path.read_bytes())
+    except FileNotFoundError:
+        raise UsageError(f"{path} does not exist; run `careflow-ha provision` (it creates the lab CA)") from None
+    except ValueError:
+        raise UsageError(f"{path} is not a PEM certificate bundle; restore it from {path.parent}") from None
+    return certs
+
+
+def begin_ca_rotation(directory: Path, now: datetime | None = None) -> x509.Certificate:
+    """Step 1: make the next CA (or keep the one an interrupted run made) and trust both in ca.crt."""
+    moment = _now(now)
+    current, _ = _load_ca(directory, moment)
+    if not cert_path(directory, CA_NEXT).exists():
+        key, cert = _new_ca(moment)
+        _write_key(key_path(directory, CA_NEXT), key)
+        _write_cert(cert_path(directory, CA_NEXT), cert)
+    nxt = load_certificate(cert_path(directory, CA_NEXT))
+    # The signing CA stays first: the certificate checks read the first one as the hosts' issuer.
+    _write(directory / CA_CERT, _bundle(current, nxt), 0o644)
+    return nxt
+
+
+def switch_ca_signer(directory: Path) -> None:
+    """Step 2: the next CA signs from now on (ca.key), ca.crt is new + old; the old CA is kept as ca-previous."""
+    nxt_cert, nxt_key = cert_path(directory, CA_NEXT), key_path(directory, CA_NEXT)
+    old = trusted_cas(directory / CA_CERT)[0]
+    new = load_certificate(nxt_cert)
+    if not key_matches(new, load_private_key(nxt_key)):
+        raise UsageError(f"{nxt_key} is not the key of {nxt_cert}; move both away and start the CA rotation again")
+    _write_cert(cert_path(directory, CA_PREVIOUS), old)
+    _write(directory / CA_CERT, _bundle(new, old), 0o644)
+    os.replace(nxt_key, directory / CA_KEY)  # the old key is gone from here on: nothing may sign with it
+    nxt_cert.unlink()
+
+
+def retire_old_ca(directory: Path) -> None:
+    """Step 3: ca.crt trusts the new CA alone (ca-previous.crt stays until :func:`finish_ca_rotation`)."""
+    new = trusted_cas(directory / CA_CERT)[0]
+    _write(directory / CA_CERT, _bundle(new), 0o644)
+
+
+def finish_ca_rotation(directory: Path) -> None:
+    """After step 3 is installed everywhere: the rotation is over (ca-previous.crt removed)."""
+    cert_path(directory, CA_PREVIOUS).unlink(missing_ok=True)
 
 
 def control_client_spec() -> LeafSpec:
@@ -325,7 +410,9 @@ def control_client_spec() -> LeafSpec:
 
 
 __all__ = [
-    "CA_CERT", "CA_KEY", "CONTROL_CLIENT", "RENEW_BEFORE", "CaResult", "LeafSpec", "cert_path", "common_name",
-    "control_client_spec", "ensure_lab_ca", "extended_key_usages", "is_ca", "issued_by", "key_matches",
-    "key_path", "load_certificate", "load_private_key", "missing_names", "subject_alt_names", "why_reissue",
+    "CA_CERT", "CA_KEY", "CA_NEXT", "CA_PREVIOUS", "CONTROL_CLIENT", "CaResult", "LeafSpec", "RENEW_BEFORE",
+    "begin_ca_rotation", "ca_rotation_step", "cert_path", "common_name", "control_client_spec", "ensure_lab_ca",
+    "extended_key_usages", "finish_ca_rotation", "is_ca", "issued_by", "key_matches", "key_path",
+    "load_certificate", "load_private_key", "missing_names", "retire_old_ca", "subject_alt_names",
+    "switch_ca_signer", "trusted_cas", "why_reissue",
 ]

@@ -63,10 +63,12 @@ def run_playbook(
     extra_vars: dict[str, str] | None = None,
     check_only: bool = False,
     limit: str | None = None,
+    playbook: Path = PLAYBOOK,
 ) -> ProvisionResult:
-    """Run site.yml; raise CommandFailed (with the log's path) if any host failed."""
-    log_file = start_run(settings, inventory, "provision-ansible", progress, extra_vars, lookups_checked_later=True)
-    argv = [str(Path(sys.executable).parent / "ansible-playbook"), "-i", str(inventory), str(PLAYBOOK)]
+    """Run ``playbook`` (site.yml); raise CommandFailed (with the log's path) if any host failed."""
+    tool = "provision-ansible" if playbook == PLAYBOOK else f"{playbook.stem}-ansible"
+    log_file = start_run(settings, inventory, tool, progress, extra_vars, lookups_checked_later=True)
+    argv = [str(Path(sys.executable).parent / "ansible-playbook"), "-i", str(inventory), str(playbook)]
     for key, value in (extra_vars or {}).items():
         argv += ["-e", f"{key}={value}"]
     if check_only:

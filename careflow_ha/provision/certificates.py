@@ -104,6 +104,11 @@ def _files(inv: ClusterInventory, host: str) -> tuple[Path, Path, Path]:
                  for kind in ("ca", "cert", "key"))
 
 
+def host_certificate_file(inv: ClusterInventory, host: str) -> Path:
+    """The certificate the ``tls`` role installs on ``host``, on the control host (what its services must serve)."""
+    return _files(inv, host)[1]
+
+
 def check_certificates(inv: ClusterInventory, now: datetime | None = None) -> None:
     """Raise ``UsageError`` (one line: the file and the fix) on the first certificate the hosts cannot use."""
     moment = now or datetime.now(UTC)
