@@ -71,6 +71,7 @@ SECRET_KEYS: tuple[str, ...] = (
     "CAREFLOW_REWIND_PASSWORD",  # rewind_user
     "CAREFLOW_APP_PASSWORD",  # careflow_app: read-write, owns the EMR schema
     "CAREFLOW_RO_PASSWORD",  # careflow_ro: read-only
+    "CAREFLOW_ADMIN_PASSWORD",  # careflow_admin: the control host's tooling over TCP (the superuser: socket only)
     "CAREFLOW_PATRONI_API_PASSWORD",  # Patroni REST basic auth (user: patroni)
     "CAREFLOW_HAPROXY_STATS_PASSWORD",  # HAProxy stats basic auth (user: admin)
     "CAREFLOW_VRRP_PASSWORD",  # keepalived VRRP authentication between the balancers
@@ -87,6 +88,7 @@ ROLE_NAMES: Mapping[str, str] = MappingProxyType(
         "rewind": "rewind_user",
         "app": "careflow_app",
         "ro": "careflow_ro",
+        "admin": "careflow_admin",
     }
 )
 SECRET_FOR_ROLE: Mapping[str, str] = MappingProxyType(
@@ -96,13 +98,18 @@ SECRET_FOR_ROLE: Mapping[str, str] = MappingProxyType(
         "rewind": "CAREFLOW_REWIND_PASSWORD",
         "app": "CAREFLOW_APP_PASSWORD",
         "ro": "CAREFLOW_RO_PASSWORD",
+        "admin": "CAREFLOW_ADMIN_PASSWORD",
     }
 )
+#: ``bench routing``'s throwaway pgbench login, and its schema (inventory/group_vars/all.yml careflow_bench_user).
+BENCH_ROLE = "careflow_bench"
 PATRONI_API_USER = "patroni"
 HAPROXY_STATS_USER = "admin"
 
 Endpoint = Literal["rw", "ro"]
-Role = Literal["superuser", "app", "ro"]
+#: The roles careflow-ha logs in as over TCP. Not the superuser: the cluster refuses its TCP logins (pg_hba), so
+#: its work on the cluster is done by provisioning, over the primary's local socket.
+Role = Literal["app", "ro", "admin"]
 
 
 #: The in-host HAProxy port variable behind each published-port key.
@@ -411,7 +418,7 @@ class Settings:
         haproxy-vip: HAProxy on the VIP (``rw`` 5000, ``ro`` 5001). leader-vip: ``rw`` is PostgreSQL on the
         leader VIP, ``ro`` stays HAProxy's (the leader VIP has no standby side). pgbouncer: PgBouncer on the
         VIP (``rw`` 6432, ``ro`` 6433); connections to it must be made with ``careflow_ha.dsn.pooler_safe``
-        (no prepared statements, no ``options``); the superuser's stay on HAProxy. libpq-multihost: every node,
+        (no prepared statements, no ``options``); the admin role's stay on HAProxy. libpq-multihost: every node,
         ``target_session_attrs`` read-write or prefer-standby, in random order (``load_balance_hosts``:
         a dead first node must not cost every reconnect a timeout, and reads spread over the standbys).
         """
@@ -423,9 +430,10 @@ class Settings:
             )
         if self.via == "leader-vip" and endpoint == "rw":
             return self._uri(self.routing.pg_port, role, dbname, self.routing.leader_vip)
-        # The superuser never passes a pooler (pgbouncer.get_auth() refuses it): its work (probe tables,
-        # read-backs, setup) goes through HAProxy whichever way the application takes.
-        if self.via == "pgbouncer" and role != "superuser":
+        # The admin role never passes a pooler: its work (probe tables, read-backs, set-up, statistics) goes
+        # through HAProxy whichever way the application takes, so the pooler under test is not also the
+        # tool that observes it.
+        if self.via == "pgbouncer" and role != "admin":
             host, port = self.pooler_endpoint(endpoint)
             return self._uri(port, role, dbname, host)
         host, port = self.endpoint(endpoint)
@@ -442,8 +450,9 @@ class Settings:
         """``ip:port,ip:port,...`` of the database nodes (a libpq multi-host URI's host part)."""
         return ",".join(f"{ip}:{self.routing.pg_port}" for ip in self.routing.node_ips.values())
 
-    def node_dsn(self, node: str, role: Role = "superuser", dbname: str = "postgres") -> str:
-        """A libpq URI straight to one node's PostgreSQL, bypassing HAProxy."""
+    def node_dsn(self, node: str, role: Role = "admin", dbname: str = "postgres") -> str:
+        """A libpq URI straight to one node's PostgreSQL, bypassing HAProxy (default: the admin role, which
+        reads every backend's statistics)."""
         return self._uri(self.node_port(node, "PG"), role, dbname)
 
     def redacted_dsn(self, endpoint: Endpoint = "rw", role: Role = "app", dbname: str = DB_NAME) -> str:

@@ -18,12 +18,12 @@ Progress = Callable[[str], None]
 
 def load_demo_data(settings: Settings, progress: Progress, scheme: str | None = None) -> None:
     """The EMR schema (lab_results in ``scheme``, the inventory's careflow_partition_scheme; None: as it is)
-    and a small demo data set, through HAProxy port 5000. Idempotent."""
-    from careflow_ha.data.db import migrate, prepare_database
+    and a small demo data set, through HAProxy port 5000, in the database provisioning prepared. Idempotent."""
+    from careflow_ha.data.db import check_prepared, migrate
     from careflow_ha.data.loader import load_demo
 
-    progress("data: preparing database careflow (extensions, grants)")
-    prepare_database(settings.dsn("rw", "superuser", dbname="postgres"))
+    # Provisioning prepared it on the primary (the superuser has no TCP login); a stale mark stops here.
+    progress(f"data: database careflow prepared by provisioning ({check_prepared(settings.dsn('rw', 'admin'))})")
     applied = migrate(settings.dsn("rw", "app"), scheme=scheme, progress=lambda line: progress(f"data: {line}"))
     progress(f"data: {len(applied)} migrations applied" if applied else "data: schema is current")
     summary = load_demo(settings.dsn("rw", "app"), progress=True)

@@ -184,7 +184,7 @@ class _Writer:
 
     @classmethod
     def start(cls, settings: Settings, log: Progress) -> tuple[_Writer, ProbeWriter]:
-        ensure_probe_table(settings.dsn("rw", role="superuser"), grant_to=ROLE_NAMES["app"])
+        ensure_probe_table(settings.dsn("rw", role="admin"), grant_to=ROLE_NAMES["app"])
         me = cls(settings, f"backup-{uuid.uuid4().hex[:12]}")
         writer = ProbeWriter(settings.dsn("rw", role="app"), me.run_id, rate_hz=WRITE_RATE_HZ, max_seconds=1800)
         writer.start()
@@ -198,7 +198,8 @@ class _Writer:
         return me, writer
 
     def restored_seqs(self) -> set[int]:
-        return set(fetch_seqs(self.settings.dsn("rw", role="superuser"), self.run_id))
+        # As the role that wrote them (it may read the table whoever created it).
+        return set(fetch_seqs(self.settings.dsn("rw", role="app"), self.run_id))
 
 
 def first_write_after(settings: Settings, since: float, timeout_s: float = FIRST_WRITE_TIMEOUT_S) -> float:
@@ -207,7 +208,8 @@ def first_write_after(settings: Settings, since: float, timeout_s: float = FIRST
     last = "no try yet"
     for _ in range(int(timeout_s / 0.2) + 2):
         try:
-            with psycopg.connect(settings.dsn("rw", role="superuser"), connect_timeout=2, autocommit=True) as conn:
+            # The admin role: never through a pooler, so the temporary table and the insert share one session.
+            with psycopg.connect(settings.dsn("rw", role="admin"), connect_timeout=2, autocommit=True) as conn:
                 conn.execute("CREATE TEMP TABLE careflow_first_write (t timestamptz)")
                 conn.execute("INSERT INTO careflow_first_write VALUES (now())")
                 return time.time() - since
@@ -234,7 +236,9 @@ def accidental_delete(settings: Settings, log: Progress) -> tuple[BackupReport, 
         base = lab.backup("incr", log=log)
     probe, writer = _Writer.start(settings, log)
     try:
-        with psycopg.connect(settings.dsn("rw", role="superuser"), autocommit=True) as conn:
+        # The application's accident, made as the application role (it owns the EMR tables; the admin role may
+        # not read them).
+        with psycopg.connect(settings.dsn("rw", role="app"), autocommit=True) as conn:
             before = _table_fingerprint(conn, DELETED_TABLE)
             row = conn.execute("SELECT extract(epoch FROM clock_timestamp())").fetchone()
             assert row is not None
@@ -252,7 +256,7 @@ def accidental_delete(settings: Settings, log: Progress) -> tuple[BackupReport, 
     rto = first_write_after(settings, result.finished_at or time.time())
     steps.extend(result.steps)
     restored = probe.restored_seqs()
-    with psycopg.connect(settings.dsn("rw", role="superuser"), autocommit=True) as conn:
+    with psycopg.connect(settings.dsn("rw", role="app"), autocommit=True) as conn:
         after = _table_fingerprint(conn, DELETED_TABLE)
     acked_before = {a.seq for a in acks if a.acked_at < t_fault}
     sent_after = {a.seq for a in acks if a.sent_at > t_fault} | {e.seq for e in writer.errors if e.at > t_fault}
@@ -424,7 +428,7 @@ def cluster_loss(settings: Settings, log: Progress) -> tuple[BackupReport, Path]
 
 def archive_timeout_s(settings: Settings) -> float:
     """archive_timeout as the running primary has it (Patroni applied it from group_vars)."""
-    with psycopg.connect(settings.dsn("rw", role="superuser"), autocommit=True, connect_timeout=5) as conn:
+    with psycopg.connect(settings.dsn("rw", role="admin"), autocommit=True, connect_timeout=5) as conn:
         row = conn.execute("SELECT setting::float FROM pg_settings WHERE name = 'archive_timeout'").fetchone()
     assert row is not None
     return float(row[0])

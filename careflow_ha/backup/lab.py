@@ -165,8 +165,8 @@ class LabRepository:
         return operations.verify(self.repo, self.pgbr)
 
     def archiver(self) -> Archiver:
-        """Archiving as the primary sees it (through the read-write endpoint, as the superuser)."""
-        with psycopg.connect(self.settings.dsn("rw", role="superuser", dbname="postgres"), connect_timeout=5,
+        """Archiving as the primary sees it (through the read-write endpoint, as the admin role)."""
+        with psycopg.connect(self.settings.dsn("rw", role="admin", dbname="postgres"), connect_timeout=5,
                              autocommit=True) as conn:
             row = conn.execute(ARCHIVER_SQL).fetchone()
             primary = conn.execute("SELECT host(inet_server_addr())").fetchone()

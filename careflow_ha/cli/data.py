@@ -35,16 +35,24 @@ def data_group() -> None:
 
 @data_group.command("prepare")
 @click.option("--admin-dsn", envvar="CAREFLOW_ADMIN_DSN", default=None,
-              help="Superuser libpq URI. Default: the cluster through port 5000 as postgres (env CAREFLOW_ADMIN_DSN).")
+              help="Superuser libpq URI of a server to prepare (env CAREFLOW_ADMIN_DSN). Without it: check that "
+                   "provisioning prepared the cluster's database.")
 def prepare_cmd(admin_dsn: str | None) -> None:
     """Create the careflow database, its extensions and the roles' grants.
 
-    Extensions: pg_partman, pg_cron, pg_stat_statements, hypopg (where installed). Superuser; idempotent."""
-    from careflow_ha.data.db import prepare_database
+    Extensions: pg_partman, pg_cron, pg_stat_statements, hypopg (where installed). Superuser; idempotent.
+    The cluster's superuser logs in over the local socket only, so `careflow-ha provision` prepares the
+    cluster's database on the primary; without --admin-dsn this only checks that it did (exit 3 if not)."""
+    from careflow_ha.data.db import check_prepared, prepare_database
 
-    dsn = admin_dsn or get_settings().dsn(endpoint="rw", role="superuser", dbname="postgres")
-    _echo_target(dsn)
-    changed = prepare_database(dsn)
+    if not admin_dsn:
+        dsn = get_settings().dsn(endpoint="rw", role="admin")
+        _echo_target(dsn, "checking (provisioning prepares the cluster's database)")
+        version = check_prepared(dsn)
+        click.echo(f"nothing to change: provisioning prepared the database ({version})")
+        return
+    _echo_target(admin_dsn)
+    changed = prepare_database(admin_dsn)
     click.echo("\n".join(changed) if changed else "nothing to change: database, extensions and grants in place")
 
 

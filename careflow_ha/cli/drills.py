@@ -422,7 +422,7 @@ def check_storm_options(storm: bool | None, clients: str, ways: Sequence[str]) -
 
 def _storms(settings: Settings, direct: Any, clients: int, control: bool) -> list[dict[str, Any]]:
     """The storm through PgBouncer, then (``control``) through HAProxy 5000 capped at CONTROL_CAP; PostgreSQL's
-    backends counted by the superuser straight on the primary (``direct``)."""
+    backends counted by the admin role straight on the primary (``direct``)."""
     from careflow_ha.dsn import pooler_safe
     from careflow_ha.routing.bench import admin_conninfo
     from careflow_ha.routing.storm import CONTROL_CAP, StormConfig, run_storm, summarise_storm

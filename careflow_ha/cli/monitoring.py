@@ -70,7 +70,7 @@ def top_cmd(by: str, limit: int, with_plans: bool, dsn: str | None, fmt: str) ->
     notes = []
     if privileged_text_missing(statements):
         notes.append("some statement texts are hidden from this role: GRANT pg_read_all_stats TO it, or use a "
-                     "superuser --dsn")
+                     "--dsn of careflow_admin (pg_monitor)")
     if not statements:
         notes.append("no statements recorded yet in this database (or pg_stat_statements was just reset)")
     emit({"by": by, "statements": rows, "notes": notes}, fmt, _render_top)

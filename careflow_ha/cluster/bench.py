@@ -36,9 +36,10 @@ class PgbenchResult:
 
 
 def _dsn(settings: Settings, port: int, dbname: str) -> str:
-    pw = quote(settings.password("superuser"), safe="")
+    """The admin role (CREATEDB: it owns the scratch database, so pgbench may create its tables there)."""
+    pw = quote(settings.password("admin"), safe="")
     tls = "".join(f"&{k}={quote(v, safe='/')}" for k, v in settings.routing.tls_params().items())
-    return f"postgresql://{ROLE_NAMES['superuser']}:{pw}@{settings.host}:{port}/{dbname}?connect_timeout=10{tls}"
+    return f"postgresql://{ROLE_NAMES['admin']}:{pw}@{settings.host}:{port}/{dbname}?connect_timeout=10{tls}"
 
 
 def _pgbench(settings: Settings, args: list[str], port: int, timeout: float) -> str:
@@ -47,13 +48,13 @@ def _pgbench(settings: Settings, args: list[str], port: int, timeout: float) -> 
 
 def pgbench_conninfo(settings: Settings, args: list[str], where: str, timeout: float, user: str | None = None,
                      dbname: str = BENCH_DB, password: str | None = None) -> str:
-    """pgbench ``args`` as ``user`` (default: the superuser, with its password) on ``dbname`` at ``where``
+    """pgbench ``args`` as ``user`` (default: the admin role, with its password) on ``dbname`` at ``where``
     (libpq keywords: ``host=a,b port=5432,5432 target_session_attrs=read-write``, so multi-host works too).
     The password goes through the environment (PGPASSWORD), never argv."""
-    env = {**os.environ, "PGPASSWORD": settings.password("superuser") if password is None else password,
+    env = {**os.environ, "PGPASSWORD": settings.password("admin") if password is None else password,
            # TLS as every other client of the cluster (verify-full against the lab CA), for every path.
            **{f"PG{k.upper()}": v for k, v in settings.routing.tls_params().items()}}
-    conninfo = f"{where} user={user or ROLE_NAMES['superuser']} dbname={dbname} connect_timeout=10"
+    conninfo = f"{where} user={user or ROLE_NAMES['admin']} dbname={dbname} connect_timeout=10"
     proc = subprocess.run(
         [str(PGBENCH), *args, conninfo], env=env, capture_output=True, text=True, timeout=timeout, check=False
     )

@@ -96,12 +96,25 @@ class Watchdog:
                 pass
 
 
+def _grant_write(conn: psycopg.Connection, table: str, grant_to: str | None) -> None:
+    """SELECT and INSERT on ``table`` for ``grant_to``, unless it has them: a table an older run created as
+    another owner (the superuser, before it lost its TCP login) keeps its grants, and only its owner may
+    grant."""
+    if not grant_to:
+        return
+    held = conn.execute("SELECT has_table_privilege(%s, %s, 'SELECT') AND has_table_privilege(%s, %s, 'INSERT')",
+                        (grant_to, table, grant_to, table)).fetchone()
+    if not (held and held[0]):
+        conn.execute(sql.SQL("GRANT SELECT, INSERT ON {} TO {}").format(sql.Identifier(table),
+                                                                        sql.Identifier(grant_to)))
+
+
 def ensure_probe_table(admin_dsn: str, grant_to: str | None = None) -> None:
     """Create the probe table if missing and let ``grant_to`` write and read it (idempotent).
 
-    One table serves all runs, keyed by run id. It is created by the
-    superuser so the drill does not depend on the app role's privileges on
-    the schema (PostgreSQL 15 no longer lets everyone create in ``public``).
+    One table serves all runs, keyed by run id. On the cluster it is created by
+    the admin role (CREATE on ``public`` in the EMR database, emr-prepare.sql.j2),
+    so the drill does not depend on the app role's privileges on the schema.
     """
     with connect(admin_dsn, 30_000) as conn, Watchdog(conn, 30.0):
         conn.execute(
@@ -112,12 +125,7 @@ def ensure_probe_table(admin_dsn: str, grant_to: str | None = None) -> None:
             " server_ts timestamptz NOT NULL DEFAULT clock_timestamp(),"
             " PRIMARY KEY (run_id, seq))"
         )
-        if grant_to:
-            conn.execute(
-                sql.SQL("GRANT SELECT, INSERT ON {} TO {}").format(
-                    sql.Identifier(PROBE_TABLE), sql.Identifier(grant_to)
-                )
-            )
+        _grant_write(conn, PROBE_TABLE, grant_to)
 
 
 def ensure_node_probe_table(admin_dsn: str, grant_to: str | None = None) -> None:
@@ -135,12 +143,7 @@ def ensure_node_probe_table(admin_dsn: str, grant_to: str | None = None) -> None
             " client_ts timestamptz NOT NULL,"
             " PRIMARY KEY (run_id, node, seq))"
         )
-        if grant_to:
-            conn.execute(
-                sql.SQL("GRANT SELECT, INSERT ON {} TO {}").format(
-                    sql.Identifier(NODE_PROBE_TABLE), sql.Identifier(grant_to)
-                )
-            )
+        _grant_write(conn, NODE_PROBE_TABLE, grant_to)
 
 
 def fetch_seqs(dsn: str, run_id: str) -> tuple[int, ...]:

@@ -1,8 +1,10 @@
 """Database set-up for the EMR schema: prepare (as superuser), migrate (as the app role).
 
-``prepare_database`` and ``migrate`` are what ``careflow-ha up`` calls on the
-cluster (through HAProxy port 5000) and what the local test server fixture
-calls; both are idempotent.
+On the cluster the superuser logs in over the local socket only, so provisioning prepares the database there
+(roles/patroni/templates/emr-prepare.sql.j2, on the primary) and ``careflow-ha up`` then calls ``migrate``
+through HAProxy port 5000. ``prepare_database`` runs the same SQL file on a server that lets the superuser in
+over TCP: the throwaway local servers of the tests, or a server of the user's own (``data prepare --admin-dsn``).
+Both are idempotent.
 """
 
 from __future__ import annotations
@@ -12,16 +14,21 @@ from collections.abc import Callable
 from pathlib import Path
 
 import psycopg
+import yaml
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from careflow_ha.dsn import check_dsn, redact
 from careflow_ha.errors import CareflowError, CheckFailed, EnvironmentProblem, NotReady, UsageError
-from careflow_ha.settings import DB_NAME, ROLE_NAMES, check_partition_scheme
+from careflow_ha.settings import BENCH_ROLE, DB_NAME, PROJECT_DIR, ROLE_NAMES, check_partition_scheme
 
 log = logging.getLogger(__name__)
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent.parent.parent / "partitioning" / "migrations"
+#: The superuser's part of the EMR database: one file for provisioning (on the cluster) and prepare_database.
+PREPARE_SQL = PROJECT_DIR / "roles" / "patroni" / "templates" / "emr-prepare.sql.j2"
+#: Where its version mark is set (``__patroni_emr_prepare_version``).
+PREPARE_VERSION_FILE = PROJECT_DIR / "roles" / "patroni" / "defaults" / "main.yml"
 
 #: Server settings the schema relies on (the cluster's Patroni config must set them).
 REQUIRED_GUCS: dict[str, str] = {
@@ -53,22 +60,61 @@ def connect(dsn: str, *, autocommit: bool = False) -> psycopg.Connection:
         raise EnvironmentProblem(f"cannot connect to {redact(dsn)}: {first}") from None
 
 
+#: The version mark emr-prepare.sql.j2 leaves (the database's COMMENT; '' when none). Provisioning reads it with
+#: the same query (roles/patroni/tasks/roles.yml, careflow_ha/pyinfra_deploys/ops.py; a unit test holds them equal).
+PREPARED_VERSION_SQL = ("SELECT coalesce(shobj_description((SELECT oid FROM pg_database WHERE datname = "
+                        "current_database()), 'pg_database'), '')")
+
+
+def prepare_version() -> str:
+    """The preparation this checkout applies (``__patroni_emr_prepare_version``)."""
+    return str(yaml.safe_load(PREPARE_VERSION_FILE.read_text(encoding="utf-8"))["__patroni_emr_prepare_version"])
+
+
+def check_prepared(dsn: str) -> str:
+    """The preparation mark of the database at ``dsn`` (any role may read it), if it is this checkout's; else a
+    EnvironmentProblem that names the fix. For the cluster, whose superuser has no TCP login: provisioning
+    prepares it."""
+    with connect(dsn, autocommit=True) as conn:
+        row = conn.execute(PREPARED_VERSION_SQL).fetchone()
+    found, wanted = (row[0] if row else "") or "", prepare_version()
+    if found != wanted:
+        said = f"is marked {found!r}" if found else "is not prepared"
+        raise EnvironmentProblem(f"the database at {redact(dsn)} {said}, not {wanted!r}; run `careflow-ha provision` "
+                       "(it prepares it on the primary over the local socket: the superuser has no TCP login)")
+    return found
+
+
+def prepare_sql(dbname: str = DB_NAME, app_role: str = ROLE_NAMES["app"], ro_role: str = ROLE_NAMES["ro"],
+                admin_role: str = ROLE_NAMES["admin"]) -> str:
+    """emr-prepare.sql.j2 rendered as provisioning renders it, for these names."""
+    import jinja2
+
+    version = prepare_version()
+    env = jinja2.Environment(undefined=jinja2.StrictUndefined, keep_trailing_newline=True, autoescape=False)  # noqa: S701  # SQL, not HTML
+    return env.from_string(PREPARE_SQL.read_text(encoding="utf-8")).render(
+        ansible_managed="rendered by careflow_ha.data.db.prepare_database", careflow_database=dbname,
+        careflow_app_user=app_role, careflow_ro_user=ro_role, careflow_admin_user=admin_role,
+        careflow_bench_user=BENCH_ROLE, __patroni_emr_prepare_version=version,
+    )
+
+
 def prepare_database(
     admin_dsn: str,
     *,
     dbname: str = DB_NAME,
     app_role: str = ROLE_NAMES["app"],
     ro_role: str = ROLE_NAMES["ro"],
+    admin_role: str = ROLE_NAMES["admin"],
 ) -> list[str]:
-    """As superuser: create the EMR database, its extensions and grants. Idempotent.
+    """As superuser, over TCP: create the EMR database and run :data:`PREPARE_SQL` in it. Idempotent.
 
-    Creates ``dbname`` owned by ``app_role`` if missing (time zone Asia/Seoul:
-    monthly partitions follow the clinics' calendar), pg_partman in schema
-    ``partman``, pg_cron, pg_stat_statements and hypopg (where installed), and
-    grants ``app_role`` what partman maintenance and cron scheduling need, and
-    ``ro_role`` read access to every table the
-    app role creates (default privileges). Both roles must already exist.
-    Returns the list of things it changed (empty on a second run).
+    Creates ``dbname`` owned by ``app_role`` if missing, then what provisioning applies on the cluster: the
+    time zone Asia/Seoul, pg_partman in schema ``partman``, pg_cron, pg_stat_statements and hypopg (where
+    installed), the grants ``app_role`` needs for partman maintenance and cron scheduling, ``ro_role``'s read
+    access to every table the app role creates, and ``admin_role``'s rights (probe tables, the bench role's
+    functions). The three roles must already exist. Returns the list of things it changed (empty on a second
+    run). Not for the cluster: its superuser has no TCP login (provisioning prepares it).
     """
     changed: list[str] = []
     with connect(admin_dsn, autocommit=True) as conn:
@@ -76,47 +122,20 @@ def prepare_database(
         if not is_super or not is_super[0]:
             raise UsageError("prepare_database needs a superuser DSN (role postgres); pass the admin DSN")
         _check_preload(conn, dbname)  # before changing anything
-        for role in (app_role, ro_role):
+        for role in (app_role, ro_role, admin_role):
             if conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (role,)).fetchone() is None:
                 raise EnvironmentProblem(f"role {role} does not exist; create it (LOGIN) before preparing the database")
         if conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (dbname,)).fetchone() is None:
             create = sql.SQL("CREATE DATABASE {} OWNER {}").format(sql.Identifier(dbname), sql.Identifier(app_role))
             conn.execute(create)
             changed.append(f"created database {dbname}")
-        conn.execute(sql.SQL("ALTER DATABASE {} SET timezone TO 'Asia/Seoul'").format(sql.Identifier(dbname)))
 
     with connect(with_dbname(admin_dsn, dbname), autocommit=True) as conn:
         before = {r[0] for r in conn.execute("SELECT extname FROM pg_extension")}
-        conn.execute("CREATE SCHEMA IF NOT EXISTS partman")
-        conn.execute("CREATE EXTENSION IF NOT EXISTS pg_partman SCHEMA partman")
-        conn.execute("CREATE EXTENSION IF NOT EXISTS pg_cron")
-        # Its views (`careflow-ha queries top`); the statistics themselves need it preloaded, as the cluster is.
-        conn.execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
-        # Hypothetical indexes for the load report's index advice (careflow_ha/data/index_advice.py). Only where
-        # the package is installed: a node provisioned before it was added still prepares, and the report then
-        # names the fix.
-        if conn.execute("SELECT 1 FROM pg_available_extensions WHERE name = 'hypopg'").fetchone():
-            conn.execute("CREATE EXTENSION IF NOT EXISTS hypopg")
+        # One simple-protocol Query (no parameters): the file's statements run as one implicit transaction.
+        conn.execute(prepare_sql(dbname, app_role, ro_role, admin_role))
         after = {r[0] for r in conn.execute("SELECT extname FROM pg_extension")}
         changed += [f"created extension {name}" for name in sorted(after - before)]
-        app, ro, db = sql.Identifier(app_role), sql.Identifier(ro_role), sql.Identifier(dbname)
-        for stmt in (
-            # pg_partman's documented grants for a non-superuser maintenance role.
-            "GRANT ALL ON SCHEMA partman TO {app}",
-            "GRANT ALL ON ALL TABLES IN SCHEMA partman TO {app}",
-            "GRANT EXECUTE ON ALL FUNCTIONS IN SCHEMA partman TO {app}",
-            "GRANT EXECUTE ON ALL PROCEDURES IN SCHEMA partman TO {app}",
-            "GRANT TEMPORARY ON DATABASE {db} TO {app}",
-            # pg_cron: the app role schedules its own jobs; they run as it.
-            "GRANT USAGE ON SCHEMA cron TO {app}",
-            # Read-only role: everything the app role creates, now and later
-            # (partman's new partitions are created by the app role's job).
-            "GRANT CONNECT ON DATABASE {db} TO {ro}",
-            "GRANT USAGE ON SCHEMA public TO {ro}",
-            "GRANT SELECT ON ALL TABLES IN SCHEMA public TO {ro}",
-            "ALTER DEFAULT PRIVILEGES FOR ROLE {app} IN SCHEMA public GRANT SELECT ON TABLES TO {ro}",
-        ):
-            conn.execute(sql.SQL(stmt).format(app=app, ro=ro, db=db))
     return changed
 
 
@@ -212,8 +231,9 @@ def migrate(dsn: str, migrations_dir: Path = MIGRATIONS_DIR, *, scheme: str | No
         before = _layout(conn) if not missing else None
     if missing:
         raise EnvironmentProblem(
-            f"extensions {', '.join(sorted(missing))} are missing in {redact(dsn)}; run prepare_database "
-            "(careflow-ha data prepare) as superuser first"
+            f"extensions {', '.join(sorted(missing))} are missing in {redact(dsn)}; prepare the database first "
+            "(on the cluster `careflow-ha provision` does; elsewhere `careflow-ha data prepare --admin-dsn` as "
+            "a superuser)"
         )
 
     def notice(diag: psycopg.errors.Diagnostic) -> None:

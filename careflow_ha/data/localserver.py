@@ -70,7 +70,7 @@ class LocalPostgres:
         return self.base_dir / "server.log"
 
     def dsn(self, role: str = "superuser", dbname: str = DB_NAME) -> str:
-        """libpq URI for ``role`` (superuser, app, ro) on this server. Contains a password: never print it."""
+        """libpq URI for ``role`` (superuser, app, ro, admin) on this server. Contains a password: never print it."""
         user = ROLE_NAMES[role]
         return (
             f"postgresql://{user}:{quote(self.passwords[role], safe='')}@127.0.0.1:{self.port}/{dbname}"
@@ -100,7 +100,7 @@ class LocalPostgres:
             pg = pwd.getpwnam("postgres")
             os.chown(self.base_dir, pg.pw_uid, pg.pw_gid)
         self.base_dir.chmod(0o700)
-        for role in ("superuser", "app", "ro"):
+        for role in ("superuser", "app", "ro", "admin"):
             self.passwords.setdefault(role, secrets.token_urlsafe(18))
         pwfile = self.base_dir / "pwfile"
         pwfile.write_text(self.passwords["superuser"] + "\n")
@@ -168,17 +168,20 @@ class LocalPostgres:
 
     # -- EMR set-up --------------------------------------------------------
     def create_roles(self) -> None:
-        """The cluster's roles: careflow_app (read-write, owns the schema) and careflow_ro."""
+        """The cluster's roles: careflow_app (read-write, owns the schema), careflow_ro, and careflow_admin with
+        the attributes and membership roles/patroni/tasks/roles.yml gives it (CREATEDB, pg_monitor)."""
+        Sql, Identifier = psycopg.sql.SQL, psycopg.sql.Identifier
         with psycopg.connect(self.dsn("superuser", "postgres"), autocommit=True) as conn:
-            for role in ("app", "ro"):
+            for role, attributes in (("app", ""), ("ro", ""), ("admin", " CREATEDB")):
                 name = ROLE_NAMES[role]
                 exists = conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (name,)).fetchone()
                 verb = "ALTER" if exists else "CREATE"
                 conn.execute(
-                    psycopg.sql.SQL("{} ROLE {} LOGIN PASSWORD {}").format(
-                        psycopg.sql.SQL(verb), psycopg.sql.Identifier(name), psycopg.sql.Literal(self.passwords[role])
+                    Sql("{} ROLE {} LOGIN{} PASSWORD {}").format(
+                        Sql(verb), Identifier(name), Sql(attributes), psycopg.sql.Literal(self.passwords[role])
                     )
                 )
+            conn.execute(Sql("GRANT pg_monitor TO {}").format(Identifier(ROLE_NAMES["admin"])))
 
     def standby(self, base_dir: Path, port: int) -> LocalPostgres:
         """A streaming standby of this server (pg_basebackup -R), initialised but not started."""

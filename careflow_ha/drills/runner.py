@@ -156,7 +156,7 @@ def node_writers_for(
     Each writer connects to the node itself, never through HAProxy: the
     question is whether that node takes writes, whatever the balancer thinks.
     """
-    ensure_node_probe_table(settings.dsn("rw", "superuser"), grant_to=ROLE_NAMES["app"])
+    ensure_node_probe_table(settings.dsn("rw", "admin"), grant_to=ROLE_NAMES["app"])
     return [
         NodeWriter(n, settings.node_dsn(n, "app", DB_NAME), run_id, interval_s=interval_s, max_seconds=max_seconds)
         for n in nodes
@@ -222,7 +222,7 @@ def _probe_and_break(
 ) -> DrillRun:
     run_id = f"{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime(started))}-{fault.name}-{uuid.uuid4().hex[:6]}"
     rw_dsn = settings.dsn("rw", "app")
-    ensure_probe_table(settings.dsn("rw", "superuser"), grant_to=ROLE_NAMES["app"])
+    ensure_probe_table(settings.dsn("rw", "admin"), grant_to=ROLE_NAMES["app"])
     # The nodes are the cluster's members as Patroni lists them (the lab's PG_NODES).
     nodes = tuple(m.name for m in healthy.members)
     names = node_addresses({n: settings.node_dsn(n) for n in nodes})

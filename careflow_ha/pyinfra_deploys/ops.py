@@ -193,14 +193,18 @@ def is_primary(api_url: str, ca_file: str = "") -> Callable[[], bool]:
 
 
 @operation()
-def login_role(role: str, password: str, port: int) -> Iterator[Any]:
-    """A LOGIN role; the password is set when the role is created (as the role's second run reports no change)."""
+def login_role(role: str, password: str, port: int, createdb: bool = False) -> Iterator[Any]:
+    """A LOGIN role (never superuser or CREATEROLE); the password is set when the role is created (as the role's
+    second run reports no change)."""
     roles = host.get_fact(PostgresRoles, psql_port=port)
     yield from postgres.role._inner(
         role=role,
         password=None if role in roles else password,
         login=True,
         inherit=True,
+        superuser=False,
+        createrole=False,
+        createdb=createdb,
         psql_port=port,
     )
 
@@ -214,11 +218,16 @@ def role_membership(group: str, member: str, port: int) -> Iterator[Any]:
     yield StringCommand(f"psql -p {int(port)} -Xqc {shlex.quote(f'GRANT {group} TO {member}')}")
 
 
-class PgFunctionComment(FactBase[str]):
-    """The COMMENT of a function in ``database`` ('' when the function is missing), as the postgres OS user."""
+#: The version marks the role's read tasks compare (a COMMENT, '' when the object is missing).
+FUNCTION_COMMENT = "SELECT coalesce(obj_description(to_regprocedure('{}'), 'pg_proc'), '')"
+DATABASE_COMMENT = ("SELECT coalesce(shobj_description((SELECT oid FROM pg_database WHERE datname = "
+                    "current_database()), 'pg_database'), '')")
 
-    def command(self, signature: str, database: str, port: int) -> str:
-        sql = f"SELECT coalesce(obj_description(to_regprocedure('{signature}'), 'pg_proc'), '')"
+
+class PgQueryValue(FactBase[str]):
+    """The one value ``sql`` returns in ``database`` ('' when none), as the postgres OS user."""
+
+    def command(self, sql: str, database: str, port: int) -> str:
         return f"psql -p {int(port)} -d {shlex.quote(database)} -tAXc {shlex.quote(sql)}"
 
     def process(self, output: list[str]) -> str:
@@ -226,11 +235,11 @@ class PgFunctionComment(FactBase[str]):
 
 
 @operation()
-def sql_versioned(sql: str, signature: str, version: str, database: str, port: int) -> Iterator[Any]:
-    """Apply ``sql`` in ``database`` unless function ``signature`` already carries COMMENT ``version``
-    (the role's read-then-apply pair of postgresql_query tasks)."""
-    if host.get_fact(PgFunctionComment, signature=signature, database=database, port=port) == version:
-        host.noop(f"{signature} is {version}")
+def sql_versioned(sql: str, version_sql: str, version: str, database: str, port: int) -> Iterator[Any]:
+    """Apply ``sql`` in ``database`` unless ``version_sql`` (a COMMENT: FUNCTION_COMMENT, DATABASE_COMMENT) already
+    returns ``version`` (the role's read-then-apply pair of postgresql_query tasks)."""
+    if host.get_fact(PgQueryValue, sql=version_sql, database=database, port=port) == version:
+        host.noop(f"{database} has {version}")
         return
     # A quoted heredoc: the SQL's $$ and quotes reach psql untouched; ON_ERROR_STOP fails the operation.
     yield StringCommand(

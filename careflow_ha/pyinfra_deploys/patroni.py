@@ -11,6 +11,8 @@ from pyinfra.operations import files, pip, postgres, systemd
 from careflow_ha.provision.pgauth import pg_md5
 from careflow_ha.pyinfra_deploys._data import role_template, template, var
 from careflow_ha.pyinfra_deploys.ops import (
+    DATABASE_COMMENT,
+    FUNCTION_COMMENT,
     changed_unless,
     is_primary,
     login_role,
@@ -107,6 +109,16 @@ def patroni() -> None:
             name=f"Ensure the application role {var(user)} exists", role=var(user), password=var(secret),
             port=port, _if=primary, **POSTGRES,
         )
+    # The control host's tooling logs in as it over TCP, where the superuser may not (pg_hba in patroni.yml.j2).
+    admin = var("careflow_admin_user")
+    login_role(
+        name="Ensure the admin role exists (LOGIN and CREATEDB; no superuser, no CREATEROLE)", role=admin,
+        password=var("careflow_admin_password"), port=port, createdb=True, _if=primary, **POSTGRES,
+    )
+    role_membership(
+        name="Ensure the admin role reads every backend's statistics and no data (pg_monitor)",
+        group="pg_monitor", member=admin, port=port, _if=primary, **POSTGRES,
+    )
     postgres.database(
         name="Ensure the EMR database exists, owned by the application role",
         database=var("careflow_database"), owner=var("careflow_app_user"), encoding="UTF8",
@@ -133,7 +145,15 @@ def patroni() -> None:
     )
     sql_versioned(
         name="Ensure PgBouncer's auth_query function exists in the EMR database",
-        sql=template("patroni", "pgbouncer-auth.sql.j2"), signature="pgbouncer.get_auth(text)",
+        sql=template("patroni", "pgbouncer-auth.sql.j2"),
+        version_sql=FUNCTION_COMMENT.format("pgbouncer.get_auth(text)"),
         version=var("__patroni_pgbouncer_auth_version"), database=var("careflow_database"), port=port,
+        _if=primary, **POSTGRES,
+    )
+    # The superuser's part of the EMR database, over the local socket (it has no TCP login).
+    sql_versioned(
+        name="Ensure the EMR database is prepared (extensions, grants, the bench role's functions)",
+        sql=template("patroni", "emr-prepare.sql.j2"), version_sql=DATABASE_COMMENT,
+        version=var("__patroni_emr_prepare_version"), database=var("careflow_database"), port=port,
         _if=primary, **POSTGRES,
     )

@@ -14,17 +14,19 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import psycopg
-from psycopg import sql
 from psycopg.conninfo import make_conninfo
 
 from careflow_ha.cluster.bench import MODES, parse_pgbench, pgbench_conninfo
-from careflow_ha.settings import DB_NAME, ROLE_NAMES, Settings
+from careflow_ha.settings import BENCH_ROLE, DB_NAME, ROLE_NAMES, Settings
 
 DIRECT = "direct"
-#: The throwaway login every pgbench path runs as, and the schema it owns in the EMR database. One name for
-#: both, fixed, so a leftover of a killed run is found and removed by the next one.
-BENCH_ROLE = "careflow_bench"
-BENCH_SCHEMA = "careflow_bench"
+#: The throwaway login every pgbench path runs as (settings.BENCH_ROLE), and the schema it owns in the EMR
+#: database. One name for both, fixed, so a leftover of a killed run is found and removed by the next one.
+BENCH_SCHEMA = BENCH_ROLE
+#: The database functions that create and drop it (roles/patroni/templates/emr-prepare.sql.j2): the admin role
+#: may call them, and has no CREATEROLE.
+CREATE_BENCH_ROLE = "SELECT careflow_tools.create_bench_role(%s)"
+DROP_BENCH_ROLE = "SELECT careflow_tools.drop_bench_role()"
 
 
 @dataclass(frozen=True)
@@ -81,67 +83,41 @@ def bench_paths(settings: Settings, leader: str, ways: Sequence[str] | None = No
 
 @dataclass(frozen=True)
 class BenchRole:
-    """The pgbench login of one run: a random password, made here and never stored or printed."""
+    """The pgbench login of one run: a random password, made here and never stored or printed.
 
-    name: str = BENCH_ROLE
-    schema: str = BENCH_SCHEMA
-    dbname: str = DB_NAME
+    Its name, schema and database are fixed (the SQL functions that create it know them); its search_path is
+    a role setting in the database, not a client ``-c search_path``: PgBouncer 1.18 refuses an ``options``
+    startup parameter, and PostgreSQL applies a role setting to every session of the role, also to the server
+    connections PgBouncer opens for it.
+    """
+
     password: str = field(default_factory=lambda: secrets.token_urlsafe(24), repr=False)
+    name: str = field(default=BENCH_ROLE, init=False)
+    schema: str = field(default=BENCH_SCHEMA, init=False)
+    dbname: str = field(default=DB_NAME, init=False)
 
 
-def drop_bench_role_sql(role: BenchRole) -> list[sql.Composed]:
-    """Remove the schema (pgbench's tables with it) and the role; a no-op when neither exists.
-
-    The role's backends are ended first: PgBouncer keeps idle server connections as this role for
-    server_idle_timeout, and a next run must not meet them with an old password.
-    """
-    return [
-        sql.SQL("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = {}").format(
-            sql.Literal(role.name)),
-        sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(role.schema)),
-        sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(role.name)),
-    ]
-
-
-def create_bench_role_sql(role: BenchRole, verifier: str) -> list[sql.Composed]:
-    """The login (SCRAM ``verifier``, no privilege beyond its schema), its schema, and a search_path setting.
-
-    The search_path is a role setting in the database, not a client ``-c search_path``: PgBouncer 1.18
-    refuses an ``options`` startup parameter, and PostgreSQL applies a role setting to every session of
-    the role, also to the server connections PgBouncer opens for it.
-    """
-    return [
-        sql.SQL("CREATE ROLE {} LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION PASSWORD {}").format(
-            sql.Identifier(role.name), sql.Literal(verifier)),
-        sql.SQL("CREATE SCHEMA {} AUTHORIZATION {}").format(sql.Identifier(role.schema), sql.Identifier(role.name)),
-        sql.SQL("ALTER ROLE {} IN DATABASE {} SET search_path = {}").format(
-            sql.Identifier(role.name), sql.Identifier(role.dbname), sql.Identifier(role.schema)),
-    ]
-
-
-def drop_bench_role(admin_dsn: str, role: BenchRole) -> None:
+def drop_bench_role(admin_dsn: str) -> None:
+    """Remove the schema (pgbench's tables with it) and the role, its sessions ended first; a no-op when
+    neither exists."""
     with psycopg.connect(admin_dsn, autocommit=True) as conn:
-        for stmt in drop_bench_role_sql(role):
-            conn.execute(stmt)
+        conn.execute(DROP_BENCH_ROLE)
 
 
 @contextmanager
 def bench_role(admin_dsn: str, role: BenchRole | None = None) -> Iterator[BenchRole]:
-    """``role`` created in ``admin_dsn``'s database (the EMR's, as the superuser straight on the primary)
+    """``role`` created in ``admin_dsn``'s database (the EMR's, as the admin role straight on the primary)
     for the ``with`` block, then dropped, also after a failure. A leftover of a killed run goes first."""
     role = role or BenchRole()
     try:  # a set-up that fails half-way is undone too
         with psycopg.connect(admin_dsn, autocommit=True) as conn:
-            for stmt in drop_bench_role_sql(role):
-                conn.execute(stmt)
             # libpq hashes the password here (PQencryptPasswordConn): only the verifier reaches the server
             # and its logs, never the password.
             verifier = conn.pgconn.encrypt_password(role.password.encode(), role.name.encode(), b"scram-sha-256")
-            for stmt in create_bench_role_sql(role, verifier.decode()):
-                conn.execute(stmt)
+            conn.execute(CREATE_BENCH_ROLE, (verifier.decode(),))
         yield role
     finally:
-        drop_bench_role(admin_dsn, role)
+        drop_bench_role(admin_dsn)
 
 
 def run_pgbench_paths(
@@ -163,10 +139,10 @@ def run_pgbench_paths(
 
 
 def admin_conninfo(settings: Settings, path: BenchPath, dbname: str = DB_NAME) -> str:
-    """The superuser on ``path`` (straight on the primary): set-up, teardown and the storm's backend count."""
-    return make_conninfo(path.where, user=ROLE_NAMES["superuser"], dbname=dbname, connect_timeout=10,
+    """The admin role on ``path`` (straight on the primary): set-up, teardown and the storm's backend count."""
+    return make_conninfo(path.where, user=ROLE_NAMES["admin"], dbname=dbname, connect_timeout=10,
                          **settings.routing.tls_params(),
-                         password=settings.password("superuser"))
+                         password=settings.password("admin"))
 
 
 def _run_as(settings: Settings, role: BenchRole, paths: Sequence[BenchPath], progress: Callable[[str], None],

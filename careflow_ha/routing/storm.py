@@ -174,10 +174,14 @@ async def _transaction(conn: psycopg.AsyncConnection) -> None:
             await conn.execute("SELECT 1")
 
 
-async def _watch_backends(monitor_dsn: str, opened: _Open, stop: asyncio.Event) -> None:
-    """Count PostgreSQL's backends every 0.2 s on one superuser connection made before the storm (its
-    reserved slots keep it working when the clients have taken every other); keep the count at the peak."""
-    async with await psycopg.AsyncConnection.connect(monitor_dsn, autocommit=True) as conn:
+async def _watch_backends(monitor_dsn: str, opened: _Open, stop: asyncio.Event, ready: asyncio.Event) -> None:
+    """Count PostgreSQL's backends every 0.2 s on one connection made before the storm (the admin role's on the
+    cluster: once open it keeps its slot when the clients have taken every other); keep the count at the peak."""
+    try:
+        conn = await psycopg.AsyncConnection.connect(monitor_dsn, autocommit=True)
+    finally:
+        ready.set()  # connected or failed: the storm does not wait longer
+    async with conn:
         row = await (await conn.execute("SELECT current_setting('max_connections')::int")).fetchone()
         opened.max_connections = int(row[0]) if row else None
         while not stop.is_set():
@@ -196,7 +200,12 @@ async def run_storm_async(target: str, dsn: str, kwargs: Mapping[str, Any], cfg:
                           monitor_dsn: str | None = None) -> StormResult:
     opened, start, stop = _Open(), asyncio.Event(), asyncio.Event()
     kwargs = {**kwargs, "connect_timeout": max(1, int(cfg.connect_timeout_s))}
-    watcher = asyncio.create_task(_watch_backends(monitor_dsn, opened, stop)) if monitor_dsn else None
+    ready = asyncio.Event()
+    watcher = asyncio.create_task(_watch_backends(monitor_dsn, opened, stop, ready)) if monitor_dsn else None
+    if watcher is not None:
+        # Its connection first: a role without superuser's reserved slots could not get one mid-storm.
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(ready.wait(), max(1.0, cfg.connect_timeout_s) + 5)
     tasks = [asyncio.create_task(_client(dsn, kwargs, cfg, start, opened)) for _ in range(cfg.clients)]
     await asyncio.sleep(0)  # every client is waiting at the gate: they all start at once
     t0 = time.monotonic()

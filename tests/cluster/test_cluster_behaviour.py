@@ -86,7 +86,7 @@ def test_writes_through_the_vip_land_on_the_primary(cluster):
         conn.execute("CREATE TABLE IF NOT EXISTS ha_smoke (marker text PRIMARY KEY, at timestamptz DEFAULT now())")
         conn.execute("INSERT INTO ha_smoke (marker) VALUES (%s)", (marker,))
     # The row is on the leader itself, asked directly (not through any balancer).
-    with psycopg.connect(cluster.node_dsn(leader, dbname="careflow"), autocommit=True) as conn:
+    with psycopg.connect(cluster.node_dsn(leader, "app", "careflow"), autocommit=True) as conn:
         assert conn.execute("SELECT count(*) FROM ha_smoke WHERE marker = %s", (marker,)).fetchone()[0] == 1
 
 

@@ -210,8 +210,15 @@ def test_pg_hba_has_no_trust_and_only_the_cluster_network(host_of, name):
     assert rules, "pg_hba.conf is empty"
     # careflow_postgresql_tls: every TCP line is hostssl, so a plain-text TCP connection matches none.
     tcp = "hostssl" if inventory_vars(LAB_INVENTORY).get("careflow_postgresql_tls") else "host"
+    # The superuser over TCP: rejected from any address, plain or TLS, before any line that accepts a login.
+    rejects = [["host", "all", "postgres", "0.0.0.0/0", "reject"], ["host", "all", "postgres", "::/0", "reject"]]
+    accepting = [i for i, rule in enumerate(rules) if rule[0] != "local" and rule[-1] != "reject"]
+    assert all(r in rules and rules.index(r) < min(accepting) for r in rejects), (
+        f"the superuser's TCP reject lines are missing on {name}, or come after a line that accepts")
     for rule in rules:
         assert "trust" not in rule, f"trust rule on {name}: {' '.join(rule)}"
+        if rule in rejects:
+            continue
         if rule[0] == "local":
             assert rule[1:] in (
                 ["all", "postgres", "peer"],

@@ -53,7 +53,7 @@ def test_pooled_writes_land_on_the_primary(cluster, balancer):
         assert conn.execute("SELECT current_user").fetchone() == ("careflow_app",)
         conn.execute("CREATE TABLE IF NOT EXISTS ha_smoke (marker text PRIMARY KEY, at timestamptz DEFAULT now())")
         conn.execute("INSERT INTO ha_smoke (marker) VALUES (%s)", (marker,))
-    with psycopg.connect(cluster.node_dsn(leader, dbname="careflow"), autocommit=True) as conn:
+    with psycopg.connect(cluster.node_dsn(leader, "app", "careflow"), autocommit=True) as conn:
         assert conn.execute("SELECT count(*) FROM ha_smoke WHERE marker = %s", (marker,)).fetchone()[0] == 1
 
 

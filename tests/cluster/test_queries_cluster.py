@@ -19,13 +19,13 @@ SLOW_S = 0.4
 
 
 def test_the_cluster_preloads_pg_stat_statements_and_logs_for_pgbadger(cluster):
-    with psycopg.connect(cluster.dsn("rw", "superuser", "careflow"), autocommit=True) as conn:
+    with psycopg.connect(cluster.dsn("rw", "admin", "careflow"), autocommit=True) as conn:  # pg_monitor reads them
         show = {name: conn.execute(f"SHOW {name}").fetchone()[0]
                 for name in ("shared_preload_libraries", "logging_collector", "log_min_duration_statement")}
         has_extension = conn.execute("SELECT 1 FROM pg_extension WHERE extname = 'pg_stat_statements'").fetchone()
     assert show["shared_preload_libraries"].split(",") == ["pg_cron", "pg_stat_statements", "auto_explain"]
     assert show["logging_collector"] == "on" and show["log_min_duration_statement"] == "250ms"
-    assert has_extension, "data prepare did not create pg_stat_statements in careflow"
+    assert has_extension, "provisioning (emr-prepare.sql.j2) did not create pg_stat_statements in careflow"
 
 
 def test_a_slow_statement_through_5000_is_in_queries_top_and_in_the_nodes_logs(cluster, tmp_path: Path):

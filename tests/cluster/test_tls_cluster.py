@@ -2,8 +2,10 @@
 encrypted, and what must fail.
 
 Each negative case is a connection that must be refused: plain text to PostgreSQL and to PgBouncer, verify-full
-against a name the certificate does not carry or with another CA, and an etcd client without a certificate
-from the CA (from the control host, from a balancer, and etcdctl on a member), or in plain text.
+against a name the certificate does not carry or with another CA, the superuser over TCP (from the control host
+through HAProxy and straight to a node, and from a balancer), and an etcd client without a certificate from the
+CA (from the control host, from a balancer, and etcdctl on a member), or in plain text. Each has a twin that
+succeeds the same way, so a refusal is the rule's, not the network's.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from careflow_ha.cluster.patroni import PatroniApi
 from careflow_ha.dsn import pooler_safe
-from careflow_ha.settings import Settings
+from careflow_ha.settings import ROLE_NAMES, Settings
 from tests.inventory import host_vars, hosts
 
 pytestmark = pytest.mark.cluster
@@ -92,6 +94,76 @@ def test_pgbouncer_requires_tls_from_clients_and_serves_its_own_certificate(clus
         assert conn.execute("SELECT 1").fetchone() == (1,)
     error = _refused(_with(pooled, sslmode="disable", sslrootcert=None))
     assert "SSL required" in error, error
+
+
+# --- The superuser: the local socket only (issue 15); the control host's tooling logs in as careflow_admin -------
+
+#: How PostgreSQL words a pg_hba ``reject`` line's refusal (before any password is asked for).
+HBA_REJECTS = "pg_hba.conf rejects connection"
+
+
+def _as_superuser(dsn: str, cluster: Settings) -> str:
+    """``dsn`` with the superuser's name and its right password: the refusal must not be a wrong password's."""
+    return _with(dsn, user=ROLE_NAMES["superuser"], password=cluster.password("superuser"))
+
+
+def _admin_paths(cluster: Settings) -> dict[str, str]:
+    """The admin role's ways from the control host: HAProxy's read-write port (the VIP's, or the published
+    127.0.0.1 one) and pg1's published port, straight to PostgreSQL."""
+    return {"haproxy": cluster.dsn("rw", "admin", "postgres"), "node": cluster.node_dsn("pg1", "admin")}
+
+
+@pytest.mark.parametrize("path", ["haproxy", "node"])
+def test_the_admin_role_logs_in_over_tcp_from_the_control_host(cluster: Settings, path: str) -> None:
+    # The positive twin of the next test: the same address, port and TLS settings, another role.
+    with psycopg.connect(_admin_paths(cluster)[path], connect_timeout=5) as conn:
+        row = conn.execute("SELECT current_user, rolsuper, pg_has_role(current_user, 'pg_monitor', 'USAGE') "
+                           "FROM pg_roles WHERE rolname = current_user").fetchone()
+        ssl = conn.pgconn.ssl_in_use
+    assert row == (ROLE_NAMES["admin"], False, True) and ssl, (row, ssl)
+
+
+@pytest.mark.parametrize("path", ["haproxy", "node"])
+@pytest.mark.parametrize("sslmode", ["verify-full", "disable"])
+def test_the_superuser_cannot_log_in_over_tcp_from_the_control_host(cluster: Settings, path: str,
+                                                                   sslmode: str) -> None:
+    # Over TLS or plain, with its right password: the reject line refuses it before authentication.
+    dsn = _as_superuser(_admin_paths(cluster)[path], cluster)
+    if sslmode == "disable":
+        dsn = _with(dsn, sslmode="disable", sslrootcert=None)
+    error = _refused(dsn)
+    assert HBA_REJECTS in error and f'user "{ROLE_NAMES["superuser"]}"' in error, error
+
+
+def test_the_superuser_cannot_log_in_over_tcp_from_a_lab_host_that_is_no_database_node(cluster: Settings,
+                                                                                        host_of) -> None:
+    # From a balancer (psql is there for PgBouncer's console) straight to each member, over verify-full TLS.
+    # psql -w never asks for a password: the superuser is refused by pg_hba, while the admin role, asked the
+    # same way, passes pg_hba and stops at authentication ("no password supplied"); no secret is needed for
+    # either, so none travels to the balancer.
+    balancer = host_of(hosts("balancers")[0])
+    port = cluster.routing.pg_port
+    for member in hosts("postgres_cluster"):
+        ip = host_vars()[member]["careflow_node_ip"]
+
+        def login(user: str, ip: str = ip):
+            return balancer.run(
+                f"psql -w 'host={ip} port={port} dbname=postgres user={user} sslmode=verify-full "
+                "sslrootcert=/etc/careflow/tls/ca.crt connect_timeout=5' -tAXc 'SELECT 1'")
+
+        refused = login(ROLE_NAMES["superuser"])
+        assert refused.rc != 0 and HBA_REJECTS in refused.stderr, (member, refused.rc, refused.stderr)
+        twin = login(ROLE_NAMES["admin"])
+        assert twin.rc != 0 and "no password supplied" in twin.stderr and HBA_REJECTS not in twin.stderr, (
+            member, twin.rc, twin.stderr)
+
+
+@pytest.mark.parametrize("node", hosts("postgres_cluster"))
+def test_the_superuser_still_logs_in_over_each_nodes_local_socket(cluster: Settings, host_of, node: str) -> None:
+    # What Patroni, pgBackRest and provisioning rely on: peer as the postgres OS user, no password.
+    out = host_of(node).run(f"runuser -u postgres -- psql -w -p {cluster.routing.pg_port} -d postgres -tAXc "
+                            "'SELECT rolsuper FROM pg_roles WHERE rolname = current_user'")
+    assert out.rc == 0 and out.stdout.strip() == "t", (out.rc, out.stderr)
 
 
 # --- etcd (careflow_etcd_tls): TLS, and a certificate from the CA required of every client ---------------------

@@ -210,3 +210,24 @@ def test_a_month_can_be_detached_concurrently_for_archiving(emr):
             conn.execute(sql.SQL("ALTER TABLE lab_results ATTACH PARTITION {} FOR VALUES FROM ({}) TO ({})").format(
                 sql.Identifier(month.table), sql.Literal(month.start), sql.Literal(month.end)))
         assert month.table in {m.table for m in layout(conn)}
+
+
+def test_the_admin_role_owns_probe_tables_reads_statistics_and_no_emr_data(emr, local_pg):
+    # What the control host's tooling does as careflow_admin on the cluster, where the superuser has no TCP login.
+    from careflow_ha.cluster.probes import PROBE_TABLE, ensure_probe_table
+
+    admin = local_pg.server.dsn("admin")
+    ensure_probe_table(admin, grant_to="careflow_app")
+    ensure_probe_table(admin, grant_to="careflow_app")  # idempotent, grant included
+    with psycopg.connect(emr.app_dsn, autocommit=True) as conn:
+        conn.execute(f"INSERT INTO {PROBE_TABLE} (run_id, seq, client_ts) VALUES ('admin-1', 1, now())")
+    with psycopg.connect(admin, autocommit=True) as conn:
+        assert conn.execute(f"SELECT count(*) FROM {PROBE_TABLE} WHERE run_id = 'admin-1'").fetchone() == (1,)
+        # pg_monitor: another role's session shows its query (a plain role sees "<insufficient privilege>").
+        with psycopg.connect(emr.app_dsn, autocommit=True) as other:
+            pid = other.execute("SELECT pg_backend_pid()").fetchone()[0]
+            seen = conn.execute("SELECT query FROM pg_stat_activity WHERE pid = %s", (pid,)).fetchone()
+        assert seen is not None and seen[0] == "SELECT pg_backend_pid()"
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):  # no EMR data
+            conn.execute("SELECT count(*) FROM pets")
+        conn.execute(f"DELETE FROM {PROBE_TABLE} WHERE run_id = 'admin-1'")

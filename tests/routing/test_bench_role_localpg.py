@@ -12,10 +12,10 @@ from careflow_ha.cluster.bench import pgbench_conninfo
 from careflow_ha.routing.bench import (
     BENCH_ROLE,
     BENCH_SCHEMA,
+    CREATE_BENCH_ROLE,
     BenchPath,
     BenchRole,
     bench_role,
-    create_bench_role_sql,
     run_pgbench_paths,
 )
 from careflow_ha.settings import PORT_DEFAULTS, SECRET_FOR_ROLE, Settings
@@ -26,7 +26,7 @@ PGBENCH_TABLES = {"pgbench_accounts", "pgbench_branches", "pgbench_history", "pg
 
 
 def _settings(local_pg, tmp_path) -> Settings:
-    secrets = {SECRET_FOR_ROLE[r]: local_pg.server.passwords[r] for r in ("superuser", "app", "ro")}
+    secrets = {SECRET_FOR_ROLE[r]: local_pg.server.passwords[r] for r in ("superuser", "app", "ro", "admin")}
     return Settings(project_dir=tmp_path, ports=MappingProxyType(dict(PORT_DEFAULTS)),
                     secrets=MappingProxyType(secrets))
 
@@ -71,8 +71,7 @@ def test_a_failure_inside_still_drops_the_role_and_schema_and_a_leftover_is_clea
     stale = BenchRole(password="stale-password-of-a-killed-run")
     with psycopg.connect(local_pg.superuser_dsn, autocommit=True) as conn:
         verifier = conn.pgconn.encrypt_password(stale.password.encode(), stale.name.encode(), b"scram-sha-256")
-        for stmt in create_bench_role_sql(stale, verifier.decode()):
-            conn.execute(stmt)
+        conn.execute(CREATE_BENCH_ROLE, (verifier.decode(),))
     session = psycopg.connect(host="127.0.0.1", port=local_pg.port, dbname=stale.dbname, user=stale.name,
                               password=stale.password, autocommit=True)
     try:
@@ -116,4 +115,22 @@ def test_the_first_path_must_be_direct(local_pg, tmp_path):
     with pytest.raises(ValueError, match="direct"):
         run_pgbench_paths(_settings(local_pg, tmp_path), [BenchPath("pgbouncer", "host=127.0.0.1 port=1")],
                           lambda _m: None)
+    assert _leftovers(local_pg.superuser_dsn) == ([], [])
+
+
+def test_the_admin_role_makes_the_bench_role_only_through_the_functions(local_pg):
+    admin = local_pg.server.dsn("admin")
+    with bench_role(admin) as role, psycopg.connect(local_pg.superuser_dsn) as conn:
+        assert conn.execute("SELECT rolsuper, rolcreaterole FROM pg_roles WHERE rolname = %s",
+                            (role.name,)).fetchone() == (False, False)
+    assert _leftovers(local_pg.superuser_dsn) == ([], [])
+    with psycopg.connect(admin, autocommit=True) as conn:
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):  # no CREATEROLE of its own
+            conn.execute("CREATE ROLE careflow_not_allowed LOGIN")
+        with pytest.raises(psycopg.errors.RaiseException, match="SCRAM-SHA-256 verifier"):
+            conn.execute(CREATE_BENCH_ROLE, ("a-plain-password",))
+    # Nobody else may call them (EXECUTE revoked from PUBLIC).
+    with psycopg.connect(local_pg.app_dsn, autocommit=True) as conn, pytest.raises(
+            psycopg.errors.InsufficientPrivilege):
+        conn.execute("SELECT careflow_tools.drop_bench_role()")
     assert _leftovers(local_pg.superuser_dsn) == ([], [])

@@ -21,7 +21,15 @@ from careflow_ha.errors import UsageError
 from careflow_ha.provision.inventory import PLAYBOOK, ROLES, site_plays
 from careflow_ha.pyinfra_deploys.deploy import DEPLOYS, PREFLIGHT_ROLE, plays_from_site
 from careflow_ha.pyinfra_deploys.etcd import etcd
-from careflow_ha.settings import DB_NAME, HAPROXY_STATS_USER, PATRONI_API_USER, PROJECT_DIR, ROLE_NAMES, SECRET_KEYS
+from careflow_ha.settings import (
+    BENCH_ROLE,
+    DB_NAME,
+    HAPROXY_STATS_USER,
+    PATRONI_API_USER,
+    PROJECT_DIR,
+    ROLE_NAMES,
+    SECRET_KEYS,
+)
 from tests.cli import run_cli
 
 GV = yaml.safe_load(GROUP_VARS.read_text())
@@ -70,6 +78,8 @@ def test_the_preflight_role_accepts_exactly_the_group_vars_presets():
         (ROLE_NAMES["rewind"], "careflow_rewind_user"),
         (ROLE_NAMES["app"], "careflow_app_user"),
         (ROLE_NAMES["ro"], "careflow_ro_user"),
+        (ROLE_NAMES["admin"], "careflow_admin_user"),
+        (BENCH_ROLE, "careflow_bench_user"),
         (PATRONI_API_USER, "careflow_patroni_api_user"),
         (HAPROXY_STATS_USER, "careflow_haproxy_stats_user"),
         (DB_NAME, "careflow_database"),

@@ -98,6 +98,7 @@ def test_client_dsns_use_the_vip_on_haproxy_s_own_ports(tmp_path):
         f"&sslmode=verify-full&sslrootcert={tmp_path}/.lab/ca/ca.crt"  # the lab CA (careflow_postgresql_tls)
     )
     assert "@127.0.0.1:" in settings.node_dsn("pg1")  # drills still reach each node directly
+    assert settings.node_dsn("pg1").startswith("postgresql://careflow_admin:")  # never the superuser
     off = load_settings(tmp_path, overrides={"CAREFLOW_RW_PORT": 15000}, environ={"CAREFLOW_USE_VIP": "0"})
     assert off.endpoint("rw") == ("127.0.0.1", 15000)
 
@@ -165,8 +166,10 @@ def test_pgbouncer_routes_through_the_poolers_on_the_vip_or_the_first_balancer(t
     from careflow_ha.dsn import through_pooler
 
     assert through_pooler(pooled.dsn("rw")) and not through_pooler(settings.dsn("rw"))
-    # The poolers refuse the superuser (get_auth), so its connections keep to HAProxy's 5000.
-    assert pooled.dsn("rw", "superuser") == settings.dsn("rw", "superuser")
+    # The admin role's work (probe tables, read-backs, statistics) keeps to HAProxy's 5000: the pooler under test
+    # is not also the tool that observes it.
+    assert pooled.dsn("rw", "admin") == settings.dsn("rw", "admin")
+    assert "@192.168.56.100:5000/" in pooled.dsn("rw", "admin")
 
 
 def test_routing_reads_the_balancers_and_pooler_ports_from_the_inventory():

@@ -241,6 +241,7 @@ RENDER_CASES: list[tuple[str, str, str]] = [
     ("lb2", "node_exporter", "prometheus-node-exporter.default.j2"),
     ("pg3", "postgres_exporter", "prometheus-postgres-exporter.default.j2"),
     ("pg1", "patroni", "pgbouncer-auth.sql.j2"),
+    ("pg2", "patroni", "emr-prepare.sql.j2"),
     ("lb1", "pgbouncer", "careflow-users.txt.j2"),
     ("lb2", "pgbouncer", "careflow-pgbouncer@.service.j2"),
     ("lb1", "pgbouncer", "careflow-pgbouncer-validate.py.j2"),

@@ -7,16 +7,16 @@ import json
 import pytest
 
 from careflow_ha.routing.bench import (
+    BENCH_SCHEMA,
+    CREATE_BENCH_ROLE,
     BenchRole,
     PathResult,
     bench_paths,
-    create_bench_role_sql,
-    drop_bench_role_sql,
     summarise_outages,
     summarise_pgbench,
 )
 from careflow_ha.routing.report import render_markdown, verdict_lines, with_targets, write_report
-from careflow_ha.settings import PROJECT_DIR, WAYS_IN, load_settings
+from careflow_ha.settings import BENCH_ROLE, PROJECT_DIR, WAYS_IN, load_settings
 
 RUNS = [
     PathResult("tpcb-like", "direct", 1000.0, 8.0), PathResult("tpcb-like", "direct", 900.0, 9.0),
@@ -112,22 +112,22 @@ def test_pgbouncer_is_left_out_when_the_inventory_has_no_balancers(tmp_path):
     assert "pgbouncer" in [p.name for p in bench_paths(load_settings(PROJECT_DIR, environ={}), "pg1")]
 
 
-def test_the_bench_role_sql_is_quoted_and_grants_nothing_beyond_its_schema():
-    role = BenchRole(name='bench"x', schema="s p", dbname="careflow", password="never-in-sql")
-    create = [s.as_string(None) for s in create_bench_role_sql(role, "SCRAM-SHA-256$4096:c2FsdA==$a:b")]
-    assert create == [
-        'CREATE ROLE "bench""x" LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION PASSWORD '
-        "'SCRAM-SHA-256$4096:c2FsdA==$a:b'",
-        'CREATE SCHEMA "s p" AUTHORIZATION "bench""x"',
-        'ALTER ROLE "bench""x" IN DATABASE "careflow" SET search_path = "s p"',
-    ]
-    drop = [s.as_string(None) for s in drop_bench_role_sql(role)]
-    assert drop == [
-        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = 'bench\"x'",
-        'DROP SCHEMA IF EXISTS "s p" CASCADE',
-        'DROP ROLE IF EXISTS "bench""x"',
-    ]
-    assert all("never-in-sql" not in s for s in create + drop)
+def test_the_bench_role_is_made_by_functions_that_grant_nothing_beyond_its_schema():
+    from careflow_ha.data.db import prepare_sql
+
+    sql = prepare_sql()
+    create = sql[sql.index("FUNCTION careflow_tools.create_bench_role"):sql.index("REVOKE ALL ON FUNCTION")]
+    assert f"CREATE ROLE {BENCH_ROLE} LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION " in create
+    assert "'PASSWORD %L', verifier)" in create  # the verifier as a quoted literal, never spliced in
+    assert f"CREATE SCHEMA {BENCH_SCHEMA} AUTHORIZATION {BENCH_ROLE};" in create
+    assert f"ALTER ROLE {BENCH_ROLE} IN DATABASE careflow SET search_path = {BENCH_SCHEMA};" in create
+    assert "GRANT" not in create  # no membership, no privilege: it owns its schema, nothing else
+    # Both run as their owner, the superuser: pinned search_path, callable by the admin role only.
+    assert sql.count("SECURITY DEFINER\nSET search_path = pg_catalog, pg_temp") == 2
+    for function in ("drop_bench_role()", "create_bench_role(text)"):
+        assert f"REVOKE ALL ON FUNCTION careflow_tools.{function} FROM PUBLIC;" in sql
+        assert f"GRANT EXECUTE ON FUNCTION careflow_tools.{function} TO careflow_admin;" in sql
+    assert CREATE_BENCH_ROLE.count("%s") == 1 and "careflow_tools.create_bench_role(" in CREATE_BENCH_ROLE
 
 
 def test_the_bench_role_password_is_random_per_run_and_not_in_its_repr():
