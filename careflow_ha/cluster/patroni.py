@@ -79,6 +79,13 @@ def _unreachable(exc: Exception) -> str:
     return type(exc).__name__
 
 
+def _urlopen_trusting(ca_file: str, request: Any, **kw: Any) -> Any:
+    """urlopen verifying against ``ca_file`` as it is now: read on every request, not once, because a CA
+    rotation (``certs rotate --ca``) replaces it under a running drill or watch, and a context made before
+    would trust only the retired CA."""
+    return urllib.request.urlopen(request, context=ssl.create_default_context(cafile=ca_file), **kw)
+
+
 class PatroniApi:
     """Patroni's REST API on every PG node, asked one node at a time.
 
@@ -98,7 +105,7 @@ class PatroniApi:
         ca_file = settings.routing.api_tls_ca_file
         self._scheme = "https" if ca_file else "http"
         if opener is None and ca_file:  # verify the nodes' certificates (they carry 127.0.0.1: published ports)
-            opener = functools.partial(urllib.request.urlopen, context=ssl.create_default_context(cafile=ca_file))
+            opener = functools.partial(_urlopen_trusting, ca_file)
         self._open = opener or urllib.request.urlopen
         self._preferred = self.nodes[0]
 

@@ -65,3 +65,17 @@ def test_a_wrong_ca_is_one_line_naming_the_certificate(tmp_path, node):
     message = str(caught.value)
     assert "\n" not in message and "pg1: TLS certificate not trusted" in message, message
     assert "careflow_tls_dir/ca.crt" in message
+
+
+def test_the_ca_file_is_read_again_on_every_request(tmp_path, node):
+    """A CA rotation replaces ca.crt under a running client: it must follow the file, not a context made once."""
+    ca_file = tmp_path / "ca" / "ca.crt"
+    good = ca_file.read_bytes()
+    api = PatroniApi(_settings(tmp_path, node, str(ca_file)), nodes=("pg1",))
+    assert api.get_any("/primary")[0] == "pg1"
+    ensure_lab_ca(tmp_path / "other", [])
+    ca_file.write_bytes((tmp_path / "other" / "ca.crt").read_bytes())  # the same client, now another CA
+    with pytest.raises(NotReady, match="TLS certificate not trusted"):
+        api.get_any("/primary")
+    ca_file.write_bytes(good)
+    assert api.get_any("/primary")[0] == "pg1"
