@@ -19,7 +19,8 @@ from careflow_ha.provision.inventory import ROLES_DIR, ClusterInventory
 from careflow_ha.pyinfra_deploys._data import INVENTORY_KEY, var
 from careflow_ha.pyinfra_deploys.ops import each
 
-ROLE_TASKS = ROLES_DIR / "tls" / "tasks" / "certificates.yml"
+#: The role's file tasks, in the order certificates.yml runs them (it imports trust.yml, the CA bundle, first).
+ROLE_TASKS = (ROLES_DIR / "tls" / "tasks" / "trust.yml", ROLES_DIR / "tls" / "tasks" / "certificates.yml")
 
 
 @dataclass(frozen=True)
@@ -34,7 +35,8 @@ class TlsFile:
 
 
 def _tasks() -> dict[str, dict[str, Any]]:
-    return {t["name"]: t for t in yaml.safe_load(ROLE_TASKS.read_text(encoding="utf-8"))}
+    return {t["name"]: t for path in ROLE_TASKS for t in yaml.safe_load(path.read_text(encoding="utf-8"))
+            if "ansible.builtin.import_tasks" not in t}
 
 
 def tls_files(inv: ClusterInventory, name: str) -> dict[str, list[TlsFile]]:

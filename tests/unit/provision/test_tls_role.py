@@ -71,7 +71,9 @@ def test_the_key_accounts_follow_the_hosts_groups(lab, host, accounts):
 
 def test_every_default_is_declared_in_argument_specs():
     defaults = yaml.safe_load((ROLE / "defaults" / "main.yml").read_text())
-    options = yaml.safe_load((ROLE / "meta" / "argument_specs.yml").read_text())["argument_specs"]["main"]["options"]
+    specs = yaml.safe_load((ROLE / "meta" / "argument_specs.yml").read_text())["argument_specs"]
+    # main, trust and reload (rotate-certs.yml runs the last two on their own): each default in one of them.
+    options = {name: spec for entry in specs.values() for name, spec in entry["options"].items()}
     public = {k for k in defaults if not k.startswith("__")}
     assert public - set(options) == set() and all(k.startswith("tls_") for k in public)
     used = set(re.findall(r"\bcareflow_\w+", (ROLE / "defaults" / "main.yml").read_text()))
