@@ -62,6 +62,15 @@ class PooledSwitchover:
     reports: list[SwitchoverReport] = field(default_factory=list)
 
 
+@dataclass
+class CertificateRotation:
+    """``careflow-ha certs rotate [--ca]`` as a drill's fault: ``rotate(ca)`` runs the whole rotation and returns
+    its passes (``provision.rotation.Rotation``); ``results`` keeps what each run did, for the drill's figures."""
+
+    rotate: Callable[[bool], Any]
+    results: list[Any] = field(default_factory=list)
+
+
 @dataclass(frozen=True)
 class FaultContext:
     """What an injector may touch: the engine, the cluster's control API, and host commands."""
@@ -71,6 +80,7 @@ class FaultContext:
     host_run: HostRun = host_run
     vip: str | None = None  # the client VIP (balancer faults aim at its holder)
     pooled_switchover: PooledSwitchover | None = None
+    certificate_rotation: CertificateRotation | None = None
 
 
 @dataclass(frozen=True)
@@ -305,6 +315,42 @@ def heal_start_etcd(ctx: FaultContext, t: Targets) -> str:
     return f"systemctl start etcd on {', '.join(t)}"
 
 
+def pick_every_member(snap: ClusterSnapshot) -> Targets:
+    """Every database node (a rotation touches every host; the members are what the probes watch)."""
+    return tuple(m.name for m in snap.members)
+
+
+def _rotate(ctx: FaultContext, ca: bool) -> str:
+    rotation = ctx.certificate_rotation
+    if rotation is None:
+        raise UsageError("this drill needs the lab's certificate rotation (run it with `careflow-ha drill run`)")
+    result = rotation.rotate(ca)
+    rotation.results.append(result)
+    steps = "; ".join(f"{p.step} {p.seconds:.0f} s" for p in result.passes)
+    return f"certs rotate{' --ca' if ca else ''}: {steps}; every TLS listener serves the new certificates"
+
+
+def inject_rotate_leaves(ctx: FaultContext, t: Targets) -> str:
+    return _rotate(ctx, ca=False)
+
+
+def inject_rotate_ca(ctx: FaultContext, t: Targets) -> str:
+    return _rotate(ctx, ca=True)
+
+
+def observe_rotation(ctx: FaultContext, t: Targets, fault_at: float, heal_at: float | None,
+                     say: Callable[[str], None]) -> Observation:
+    """How long the rotation took, pass by pass."""
+    rotation = ctx.certificate_rotation
+    if rotation is None or not rotation.results:
+        return Observation()
+    result = rotation.results[-1]
+    figures: dict[str, float | str | None] = {"rotation_s": round(result.seconds, 1),
+                                              "rotation_listeners": len(result.passes[-1].served)}
+    figures.update({f"rotation_pass_{i}_s": round(p.seconds, 1) for i, p in enumerate(result.passes, 1)})
+    return Observation(figures=figures)
+
+
 def no_heal(ctx: FaultContext, t: Targets) -> str:
     return "nothing to heal"
 
@@ -460,6 +506,36 @@ _FAULTS: tuple[Fault, ...] = (
         expects_failover=None,
         nemesis="kill",
         alerts=("CareflowEtcdMemberDown",),
+    ),
+    Fault(
+        "cert-rotation",
+        "certificate rotation",
+        "careflow-ha certs rotate: every host's certificate issued again (new keys), installed one host at a time "
+        "and every service reloaded (PostgreSQL, Patroni, HAProxy, PgBouncer, pgBackRest, Prometheus; etcd reads "
+        "its certificate per handshake). Planned maintenance: no transaction may fail, no alert may page.",
+        pick_every_member,
+        inject_rotate_leaves,
+        no_heal,
+        Hold(),
+        expects_failover=False,
+        ci=True,
+        observe=observe_rotation,
+        planned=True,
+    ),
+    Fault(
+        "ca-rotation",
+        "CA rotation",
+        "careflow-ha certs rotate --ca: a new lab CA in three passes (trust both, certificates from the new one, "
+        "retire the old), each installed one host at a time; etcd restarts one member at a time with each new "
+        "trust bundle. Both CAs are trusted while certificates change, so nothing may fail.",
+        pick_every_member,
+        inject_rotate_ca,
+        no_heal,
+        Hold(),
+        expects_failover=False,
+        ci=True,
+        observe=observe_rotation,
+        planned=True,
     ),
     _at_vip_holder(
         "balancer-loss",

@@ -21,6 +21,8 @@ import uuid
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
 from careflow_ha.cluster.model import ClusterSnapshot, HistoryEntry, TimelineEvent
 from careflow_ha.cluster.nodes import node_addresses
@@ -41,7 +43,7 @@ from careflow_ha.cluster.watch import BoundedLoop, ClusterPoller, role_change_ev
 from careflow_ha.drills.analysis import Analysis, analyse, rejoined_at
 from careflow_ha.drills.checker import describe_set_check
 from careflow_ha.drills.control import ClusterControl
-from careflow_ha.drills.faults import PGDATA, Fault, FaultContext, NodeEngine, PooledSwitchover
+from careflow_ha.drills.faults import PGDATA, CertificateRotation, Fault, FaultContext, NodeEngine, PooledSwitchover
 from careflow_ha.drills.targets import POOLED_WAY, REJOIN_TARGET_S, Observation, Verdict, alert_verdicts, verdicts
 from careflow_ha.errors import CareflowError, CheckFailed, NotReady
 from careflow_ha.settings import DB_NAME, ROLE_NAMES, Settings
@@ -246,13 +248,14 @@ def _probe_and_break(
         PooledSwitchover(lambda to: lab_switchover(settings, to, True, lab_limits(settings), say))
         if settings.via == POOLED_WAY else None
     )
-    ctx = FaultContext(engine, control, vip=settings.vip.address if settings.vip else None, pooled_switchover=pooled)
+    ctx = FaultContext(engine, control, vip=settings.vip.address if settings.vip else None, pooled_switchover=pooled,
+                       certificate_rotation=CertificateRotation(lambda ca: lab_rotation(settings, ca, say)))
     observation = Observation()
     heal_at: float | None = None
     heal_note = ""
     recovered, problem = False, None
     background = options.background() if options.background else contextlib.nullcontext()
-    with background, _running(poller, *samplers, *node_writers, reader, writer):
+    with background as load, _running(poller, *samplers, *node_writers, reader, writer):
         probes_from = time.time()  # after the background load's start-up: from here on every probe runs
         if not _wait(lambda: len(writer.acks) >= options.warmup_acks, 30.0):
             last = writer.errors[-1].message if writer.errors else "no error recorded"
@@ -323,6 +326,8 @@ def _probe_and_break(
     server = collect_lab(settings, probes_from - LEAD_S, time.time())
     say("server view: " + (server.note or ", ".join(f"{a.alertname} on {a.target} fired +{a.firing_at - fault_at:.0f}s"
                                                     for a in server.firing() if a.firing_at) or "no alert fired"))
+    load_result = getattr(load, "result", None)  # the background load's report (--under-load), once written
+    load_figures = _load_figures(load_result)
     run = DrillRun(
         name=fault.name,
         title=fault.title,
@@ -345,10 +350,11 @@ def _probe_and_break(
         expects_failover=fault.expects_failover,
         recording=recording,
         analysis=analysis,
-        verdicts=verdicts(fault.name, options.preset, options.synchronous, analysis, recovered, settings.via)
+        verdicts=verdicts(fault.name, options.preset, options.synchronous, analysis, recovered, settings.via,
+                          load_failures=None if load_result is None else load_result.report["summary"]["failures"])
         + observation.verdicts
         + alert_verdicts(fault.alerts, fault.planned, targets, server, fault_at),
-        figures=dict(observation.figures),
+        figures={**observation.figures, **load_figures},
         via=settings.via,
         server=server,
     )
@@ -360,6 +366,29 @@ def _probe_and_break(
         + f", split brain {len(analysis.split_brain)}"
     )
     return run
+
+
+def lab_rotation(settings: Settings, ca: bool, say: Progress) -> Any:
+    """``careflow-ha certs rotate [--ca]`` on the lab inventory (the certificate-rotation drills' fault)."""
+    from careflow_ha.provision.ansible import run_playbook
+    from careflow_ha.provision.base import LAB_INVENTORY
+    from careflow_ha.provision.checks import check_inventory_file
+    from careflow_ha.provision.rotation import ROTATE_PLAYBOOK, rotate
+
+    def install(inventory: Path) -> None:
+        run_playbook(settings, say, inventory, playbook=ROTATE_PLAYBOOK)
+
+    inv = check_inventory_file(LAB_INVENTORY, settings.secrets, None, lookups_checked_later=True)
+    return rotate(inv, install, say, ca=ca)
+
+
+def _load_figures(result: Any) -> dict[str, float | str | None]:
+    """The background load's totals (``--under-load``): every failed request is a failed transaction."""
+    if result is None:
+        return {}
+    summary = result.report["summary"]
+    return {"load_requests": summary["requests"], "load_failures": summary["failures"],
+            "load_report": str(result.folder / "report.md")}
 
 
 def _hold(fault: Fault, writer: ProbeWriter, injected: float, say: Progress) -> None:

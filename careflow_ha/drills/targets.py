@@ -24,6 +24,10 @@ WRITE_OUTAGE_TARGETS_S: Mapping[str, float] = MappingProxyType(
 #: A planned switchover through PgBouncer (``--via pgbouncer``: PAUSE, switch, RESUME): the longest a
 #: client may wait, and it must see no failed transaction at all (issue 13).
 POOLED_SWITCHOVER_STALL_S = 3.0
+#: Certificate rotations (issue 15) are planned maintenance done with reloads: no transaction may fail, and no
+#: client may wait longer than this between two acknowledgements (the probes run at 20 and 10 Hz).
+ROTATION_DRILLS = frozenset({"cert-rotation", "ca-rotation"})
+ROTATION_STALL_S = 1.0
 #: The way in whose switchover drill is the zero-error one.
 POOLED_WAY = "pgbouncer"
 #: Old primary back as a streaming replica, from heal (or from the fault when nothing is healed).
@@ -51,13 +55,30 @@ class Observation:
     figures: Mapping[str, float | str | None] = field(default_factory=dict)
 
 
+def _worst_stall(a: Analysis) -> float | None:
+    w, r = a.write_outage.seconds, a.read_outage.seconds
+    return None if w is None or r is None else max(w, r)
+
+
 def verdicts(
-    name: str, preset: str, synchronous: bool, a: Analysis, recovered: bool, via: str = "haproxy-vip"
+    name: str, preset: str, synchronous: bool, a: Analysis, recovered: bool, via: str = "haproxy-vip",
+    load_failures: int | None = None,
 ) -> tuple[Verdict, ...]:
-    """Check one run against every target that applies to it."""
+    """Check one run against every target that applies to it (``load_failures``: the background load's failed
+    requests, when it ran under load)."""
     out: list[Verdict] = []
     bound = WRITE_OUTAGE_TARGETS_S.get(name)
-    if name == "switchover" and via == POOLED_WAY:
+    if name in ROTATION_DRILLS:
+        secs = _worst_stall(a)
+        out.append(Verdict(f"worst client stall <= {ROTATION_STALL_S:g} s",
+                           None if secs is None else secs <= ROTATION_STALL_S,
+                           "never recovered" if secs is None else f"{secs:.2f} s (writes "
+                           f"{a.write_outage.seconds:.2f} s, reads {a.read_outage.seconds:.2f} s)"))
+        failed = a.failed_writes + a.failed_reads + (load_failures or 0)
+        load = "" if load_failures is None else f", {load_failures} load request(s)"
+        out.append(Verdict("0 failed transactions", failed == 0,
+                           f"{a.failed_writes} write(s), {a.failed_reads} read(s){load} failed"))
+    elif name == "switchover" and via == POOLED_WAY:
         # Held, not refused: the gap between acknowledgements is the stall a client saw (writer or reader),
         # every preset.
         w, r = a.write_outage.seconds, a.read_outage.seconds

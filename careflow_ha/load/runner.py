@@ -185,6 +185,8 @@ class LoadRun:
         self.cfg = cfg.validated()
         self.say = progress
         self.folder: Path | None = None
+        #: Set by :func:`background` once the report is written.
+        self.result: LoadResult | None = None
         self.proc: subprocess.Popen[bytes] | None = None
         self.started = 0.0
         self.poller = None
@@ -416,6 +418,6 @@ def background(cfg: LoadConfig, progress: Progress = lambda _: None) -> Iterator
         run.tick()
         run.stop()
         try:
-            run.finish()
+            run.result = run.finish()  # the caller reads it after the block (a drill counts failed requests)
         except Exception as exc:  # noqa: BLE001 - a report problem must not hide what the block raised
             progress(f"load: report failed: {exc}")

@@ -37,14 +37,25 @@ from careflow_ha.drills.control import PatroniRestControl
 from careflow_ha.drills.faults import get_fault
 from careflow_ha.drills.report import write_report
 from careflow_ha.drills.runner import DrillOptions, DrillRun, run_drill
-from careflow_ha.drills.targets import POOLED_SWITCHOVER_STALL_S, POOLED_WAY, WRITE_OUTAGE_TARGETS_S
+from careflow_ha.drills.targets import (
+    POOLED_SWITCHOVER_STALL_S,
+    POOLED_WAY,
+    ROTATION_STALL_S,
+    WRITE_OUTAGE_TARGETS_S,
+)
 from careflow_ha.lab.vip import vip_holders
+from careflow_ha.load.background import drill_background
+from careflow_ha.provision.base import LAB_INVENTORY
+from careflow_ha.provision.certificates import tls_dir
+from careflow_ha.provision.inventory import load_inventory
+from careflow_ha.provision.listeners import file_fingerprint, read_served, tls_listeners
 from careflow_ha.settings import LB_NODES, Settings
 from tests.plugins.timeouts import scaled, wait_until
 
 pytestmark = pytest.mark.drill
 
 REJOIN_DEADLINE_S = 60.0  # old primary streaming again after healing (issue target)
+LOAD_USERS = 8  # Locust's EMR users behind the rotation drills (--under-load)
 
 
 @pytest.fixture(scope="module")
@@ -57,12 +68,14 @@ def control(cluster: Settings) -> PatroniRestControl:
 def drill(cluster: Settings, engine, control) -> Callable[..., DrillRun]:
     """Run one drill through the real runner, print its progress, and keep its report."""
 
-    def run(name: str, preset: str = "fast", synchronous: bool = True, via: str | None = None) -> DrillRun:
+    def run(name: str, preset: str = "fast", synchronous: bool = True, via: str | None = None,
+            under_load: bool = False) -> DrillRun:
         options = DrillOptions(
             preset=preset,
             synchronous=synchronous,
             healthy_timeout_s=scaled(180),
             recovery_timeout_s=scaled(180),
+            background=drill_background(cluster, users=LOAD_USERS, progress=print) if under_load else None,
         )
         result = run_drill(get_fault(name), cluster.with_via(via), engine, control, options, print)
         print("report:", write_report(result, cluster.reports_dir, cluster.secrets))
@@ -220,6 +233,57 @@ def test_ci_balancer_loss_moves_the_vip_within_the_target_and_loses_no_write(dri
     assert_vip_moved_and_lost_balancer_is_backup(run, engine)
     # nopreempt: the killed balancer comes back as BACKUP and leaves the VIP where it is.
     assert run.figures["lost_balancer_back_state"] == "BACKUP"
+
+
+def assert_rotation_failed_nothing(run: DrillRun) -> None:
+    """Issue 15's rotation target, under Locust load: 0 failed transactions (probes and load), no stall over the
+    target, no failover, nobody paged, and every TLS listener serving its host's new certificate."""
+    assert_safe(run)
+    assert_same_primary(run)
+    a, f = run.analysis, run.figures
+    assert (a.failed_writes, a.failed_reads) == (0, 0), f"{a.failed_writes} write(s), {a.failed_reads} read(s) failed"
+    assert f.get("load_requests", 0) > 0, f"the background load ran no request: {f}"
+    assert f["load_failures"] == 0, f"{f['load_failures']} load request(s) failed; see {f['load_report']}"
+    for what, out in (("writer", a.write_outage), ("reader", a.read_outage)):
+        assert out.recovered and out.seconds <= ROTATION_STALL_S * 1.5, f"{what} stalled {out.seconds}s"
+    assert_server_view(run)
+    paging = [f"{x.alertname} on {x.target}" for x in run.server.firing("critical")]
+    assert paging == [], f"a certificate rotation paged: {paging}"
+
+
+def assert_every_listener_serves_the_new_certificates(before: dict[str, str]) -> None:
+    """Asked again here, not trusted from the rotation's own check: every listener serves the host's file, and
+    every file is new."""
+    inv = load_inventory(LAB_INVENTORY, {})
+    directory = tls_dir(inv)
+    now = {host: file_fingerprint(directory / f"{host}.crt") for host in inv.hosts}
+    assert all(now[h] != before[h] for h in now), "a host kept its certificate"
+    served = read_served(tls_listeners(inv), directory)
+    wrong = [f"{s.listener.where}: {s.error or s.serial}" for s in served if s.fingerprint != now[s.listener.host]]
+    assert wrong == [] and len(served) >= 20, wrong
+
+
+def _host_certificates() -> dict[str, str]:
+    inv = load_inventory(LAB_INVENTORY, {})
+    return {host: file_fingerprint(tls_dir(inv) / f"{host}.crt") for host in inv.hosts}
+
+
+def test_ci_certificate_rotation_under_load_fails_no_transaction(drill):
+    before = _host_certificates()
+    run = drill("cert-rotation", under_load=True)
+    assert_rotation_failed_nothing(run)
+    assert_every_listener_serves_the_new_certificates(before)
+
+
+def test_ci_ca_rotation_under_load_trusts_both_then_only_the_new_ca_and_fails_nothing(drill):
+    inv = load_inventory(LAB_INVENTORY, {})
+    old_ca = file_fingerprint(tls_dir(inv) / "ca.crt")
+    before = _host_certificates()
+    run = drill("ca-rotation", under_load=True)
+    assert_rotation_failed_nothing(run)
+    assert [k for k in run.figures if k.startswith("rotation_pass_")] == [f"rotation_pass_{i}_s" for i in (1, 2, 3)]
+    assert file_fingerprint(tls_dir(inv) / "ca.crt") != old_ca
+    assert_every_listener_serves_the_new_certificates(before)
 
 
 # -- longer suite ------------------------------------------------------------------------------------------------------

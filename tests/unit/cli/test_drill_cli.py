@@ -39,7 +39,7 @@ def fake_lab(monkeypatch, tmp_path):
     def fake_run_drill(fault, settings_, engine, control, options, progress):
         calls.append((fault.name, options.preset, options.synchronous))
         progress(f"[{fault.name}] pretending")
-        run = outcomes.get(options.preset) or make_run()
+        run = outcomes.get(fault.name) or outcomes.get(options.preset) or make_run()
         checked = verdicts(fault.name, options.preset, options.synchronous, run.analysis, run.recovered)
         return dataclasses.replace(
             run, name=fault.name, preset=options.preset, synchronous=options.synchronous, verdicts=checked
@@ -104,9 +104,12 @@ def test_a_missed_target_exits_5_after_reporting(capsys, fake_lab):
 def test_all_ci_runs_the_ci_subset_in_order(capsys, fake_lab):
     calls, outcomes, _ = fake_lab
     outcomes["fast"] = make_run(outage_end=11.0)  # about 1 s: within every outage target
+    # A rotation must fail nothing and stall under 1 s.
+    outcomes["cert-rotation"] = outcomes["ca-rotation"] = make_run(outage_end=10.5, refused_write=False)
     code, _, _ = invoke(capsys, "drill", "all", "--ci", "--force")
     assert code == 0
-    assert [c[0] for c in calls] == ["switchover", "primary-node-loss", "primary-partition", "balancer-loss"]
+    assert [c[0] for c in calls] == ["switchover", "primary-node-loss", "primary-partition", "cert-rotation",
+                                     "ca-rotation", "balancer-loss"]
 
 
 def test_all_async_skips_the_sync_standby_drill(capsys, fake_lab):

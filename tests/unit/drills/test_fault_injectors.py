@@ -108,12 +108,16 @@ def test_catalogue_covers_the_failure_model():
         "sync-standby-loss",
         "etcd-member-loss",
         "etcd-quorum-loss",
+        "cert-rotation",
+        "ca-rotation",
         "balancer-loss",
         "balancer-partition",
     ]
     assert {f.name for f in FAULTS.values() if f.ci} == {
-        "switchover", "primary-node-loss", "primary-partition", "balancer-loss"
+        "switchover", "primary-node-loss", "primary-partition", "cert-rotation", "ca-rotation", "balancer-loss"
     }
+    # Maintenance, not a failure: planned (pages nobody), and never drawn by a soak's nemesis.
+    assert {f.name for f in FAULTS.values() if f.planned and not f.nemesis} == {"cert-rotation", "ca-rotation"}
     for fault in FAULTS.values():
         assert fault.description and fault.title
         assert fault.hold.max_s >= fault.hold.min_s >= 0

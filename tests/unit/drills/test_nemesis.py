@@ -36,8 +36,11 @@ soaks = st.tuples(
 
 
 def test_every_catalogue_fault_has_a_nemesis_kind_and_a_layer():
-    """A new drill without a kind would silently never appear in a soak."""
-    assert all(f.nemesis in NEMESIS_KINDS for f in FAULTS.values()), {f.name: f.nemesis for f in FAULTS.values()}
+    """A new drill without a kind would silently never appear in a soak: only the certificate rotations stay out on
+    purpose (a CA rotation restarts every etcd member in turn; beside an etcd fault that is a quorum loss)."""
+    kinds = {f.name: f.nemesis for f in FAULTS.values()}
+    assert all(kind in NEMESIS_KINDS for name, kind in kinds.items() if name not in {"cert-rotation", "ca-rotation"})
+    assert kinds["cert-rotation"] == kinds["ca-rotation"] == ""
     assert all(f.layer in FAULT_LAYERS for f in FAULTS.values())
     assert {f.name for f in FAULTS.values() if f.layer == "balancer"} == {"balancer-loss", "balancer-partition"}
 
@@ -46,7 +49,7 @@ def test_the_issue_nemeses_exist_and_draw_the_right_faults():
     assert {"mixed", "kill", "partition"} <= set(nemesis_names(FAULTS))
     assert {f.name for f in nemesis_faults("partition", FAULTS)} == {"primary-partition", "balancer-partition"}
     assert "switchover" not in {f.name for f in nemesis_faults("kill", FAULTS)}
-    assert {f.name for f in nemesis_faults("mixed", FAULTS)} == set(FAULTS)
+    assert {f.name for f in nemesis_faults("mixed", FAULTS)} == set(FAULTS) - {"cert-rotation", "ca-rotation"}
 
 
 # -- properties --------------------------------------------------------------------------------------------------------

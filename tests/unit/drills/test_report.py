@@ -37,6 +37,7 @@ def make_run(
     extra_errors: tuple[ProbeError, ...] = (),
     node_writes: tuple[NodeWrite, ...] = (),
     extra_snapshots: tuple[ClusterSnapshot, ...] = (),
+    refused_write: bool = True,
 ) -> DrillRun:
     """A primary-node-loss run: fault at +10 s, writes back at +outage_end via pg2, pg1 streams again at +45 s."""
     before = [Ack(i, T0 + i * 0.05, T0 + i * 0.05 + 0.004, "pg1") for i in range(200)]  # up to +10 s
@@ -58,7 +59,8 @@ def make_run(
     )
     rec = Recording(
         writes=writes,
-        write_errors=(ProbeError(300, T0 + 12.0, "connect", "connection refused"), *extra_errors),
+        write_errors=(*([ProbeError(300, T0 + 12.0, "connect", "connection refused")] if refused_write else []),
+                      *extra_errors),
         reads=tuple(Ack(i, T0 + i * 0.1, T0 + i * 0.1, "pg3") for i in range(500)),
         node_samples=tuple(
             [NodeSample(T0 + i * 0.25, "pg1", True if i < 40 else None) for i in range(120)]
