@@ -22,6 +22,7 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from careflow_ha.cluster.patroni import PatroniApi
 from careflow_ha.dsn import pooler_safe
+from careflow_ha.settings import DB_NAME as DB
 from careflow_ha.settings import ROLE_NAMES, Settings
 from tests.inventory import host_vars, hosts
 
@@ -158,6 +159,28 @@ def test_the_superuser_cannot_log_in_over_tcp_from_a_lab_host_that_is_no_databas
             member, twin.rc, twin.stderr)
 
 
+def test_plain_text_and_a_wrong_name_are_refused_from_a_lab_host_that_is_no_database_node(cluster: Settings,
+                                                                                         host_of) -> None:
+    # From a balancer straight to each member, as the app role with psql -w (no secret travels): plain text is
+    # refused by pg_hba (hostssl only), verify-full under a name the certificate does not carry fails the TLS
+    # check; the twin, verify-full under the member's own address, passes both and stops at authentication.
+    balancer = host_of(hosts("balancers")[0])
+    port = cluster.routing.pg_port
+    for member in hosts("postgres_cluster"):
+        ip = host_vars()[member]["careflow_node_ip"]
+
+        def login(params: str, ip: str = ip):
+            return balancer.run(f"psql -w 'hostaddr={ip} port={port} dbname={DB} user={ROLE_NAMES['app']} "
+                                f"sslrootcert=/etc/careflow/tls/ca.crt connect_timeout=5 {params}' -tAXc 'SELECT 1'")
+
+        plain = login(f"host={ip} sslmode=disable")
+        assert plain.rc != 0 and "no encryption" in plain.stderr, (member, plain.stderr)
+        wrong = login("host=not-a-node.example sslmode=verify-full")
+        assert wrong.rc != 0 and "does not match host name" in wrong.stderr, (member, wrong.stderr)
+        twin = login(f"host={ip} sslmode=verify-full")
+        assert twin.rc != 0 and "no password supplied" in twin.stderr, (member, twin.stderr)
+
+
 @pytest.mark.parametrize("node", hosts("postgres_cluster"))
 def test_the_superuser_still_logs_in_over_each_nodes_local_socket(cluster: Settings, host_of, node: str) -> None:
     # What Patroni, pgBackRest and provisioning rely on: peer as the postgres OS user, no password.
@@ -284,6 +307,20 @@ def test_unsafe_rest_endpoints_refuse_a_request_without_credentials(cluster: Set
                                                                     path: str) -> None:
     # An empty body: had it been let in, PATCH {} changes nothing and the switchover is refused (400).
     assert _api_request(cluster, "pg1", method, path, _ca_context(cluster), "{}") == 401
+
+
+@pytest.mark.parametrize(("method", "path"), [("PATCH", "/config"), ("POST", "/switchover")])
+def test_unsafe_rest_endpoints_refuse_a_lab_host_that_is_no_database_node_without_credentials(
+        host_of, method: str, path: str) -> None:
+    # lb1 is inside the allowlist (the cluster network), so it reaches the credential check: 401. The twin, a
+    # safe GET from the same host, is served: the refusal is the credentials', not the network's.
+    balancer = host_of(hosts("balancers")[0])
+    ip = host_vars()["pg1"]["careflow_node_ip"]
+    curl = f"curl -s -o /dev/null -w '%{{http_code}}' -m 5 --cacert /etc/careflow/tls/ca.crt --resolve pg1:8008:{ip}"
+    out = balancer.run(f"{curl} -X {method} -d '{{}}' https://pg1:8008{path}")
+    assert out.stdout.strip() == "401", (out.stdout, out.stderr)
+    served = balancer.run(f"{curl} https://pg1:8008/patroni")
+    assert served.stdout.strip() == "200", (served.stdout, served.stderr)
 
 
 @pytest.mark.parametrize(("source", "status"), [("node_ip", 401), ("127.0.0.1", 403)])
