@@ -69,6 +69,8 @@ def test_dcs_wanted_is_typed_like_ansible_native(lab):
     assert (dcs["ttl"], dcs["loop_wait"], dcs["retry_timeout"]) == (30, 10, 10)
     assert dcs["synchronous_mode"] is True and dcs["synchronous_node_count"] == 1
     assert dcs["postgresql"]["parameters"] == lab.hostvars["pg1"]["careflow_postgresql_parameters"]
+    # Never Patroni's 0 (wait forever): a cut-off primary's shutdown can hang on pg_cron (roles/patroni/defaults).
+    assert dcs["primary_stop_timeout"] == 20
 
 
 @pytest.mark.parametrize(
