@@ -77,11 +77,15 @@ class NoEngine:
 
 @pytest.fixture
 def lab_like(restartable_pg, tmp_path):
-    """The local server shaped like the lab: database careflow, roles careflow_app / careflow_ro."""
+    """The local server shaped like the lab: database careflow, roles careflow_app / careflow_ro, and
+    careflow_admin, which makes the probe tables (CREATE on public, as provisioning grants it)."""
     with psycopg.connect(restartable_pg.dsn, autocommit=True) as conn:
         conn.execute("CREATE ROLE careflow_app LOGIN")
         conn.execute("CREATE ROLE careflow_ro LOGIN")
+        conn.execute("CREATE ROLE careflow_admin LOGIN")
         conn.execute("CREATE DATABASE careflow OWNER careflow_app")
+    with psycopg.connect(restartable_pg.dsn.rsplit("/", 1)[0] + "/careflow", autocommit=True) as conn:
+        conn.execute("GRANT CREATE ON SCHEMA public TO careflow_admin")
     port = restartable_pg.port
     ports = {"CAREFLOW_RW_PORT": port, "CAREFLOW_RO_PORT": port, "CAREFLOW_LOCAL_PG_PORT": port}
     secrets = {key: f"pw-{i}-never-printed" for i, key in enumerate(SECRET_KEYS)}  # trust auth ignores them

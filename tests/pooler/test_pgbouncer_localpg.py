@@ -236,7 +236,7 @@ def _loopback_settings(local_pg, tmp_path):
 
     from careflow_ha.settings import PORT_DEFAULTS, SECRET_FOR_ROLE, Settings
 
-    secrets = {SECRET_FOR_ROLE[r]: local_pg.server.passwords[r] for r in ("superuser", "app", "ro")}
+    secrets = {SECRET_FOR_ROLE[r]: local_pg.server.passwords[r] for r in ("superuser", "app", "ro", "admin")}
     return Settings(project_dir=tmp_path, ports=MappingProxyType(dict(PORT_DEFAULTS)),
                     secrets=MappingProxyType(secrets))
 
