@@ -95,7 +95,8 @@ def run_playbook(
     if rc != 0 or result.failed or result.unreachable:
         messages = [ln for ln in lines if "msg" in ln or ln.startswith("fatal")][-4:]
         raise CommandFailed(
-            f"provisioning failed (ansible-playbook exit {rc}); see {log_file}\n  " + "\n  ".join(messages)
+            f"{'provisioning' if playbook == PLAYBOOK else playbook.name} failed (ansible-playbook exit {rc}); "
+            f"see {log_file}\n  " + "\n  ".join(messages)
         )
     progress(f"provision: done in {result.seconds:.0f}s, changed={result.changed}")
     return result
