@@ -202,7 +202,8 @@ def test_ci_primary_node_loss_promotes_a_replica_and_the_old_primary_rejoins(dri
 def test_ci_primary_partition_never_leaves_two_writable_primaries(drill, cluster):
     run = drill("primary-partition")
     assert_safe(run)
-    assert_writes_back_within(run, 60)
+    # The published target x 1.5 (issue 18), in place of the 60 s bound a Patroni-default run also met.
+    assert_writes_back_within(run, WRITE_OUTAGE_TARGETS_S["primary-partition"] * 1.5)
     assert_failed_over_and_rejoined(run, cluster)
     isolated = run.targets[0]
     samples = [s for s in run.recording.node_samples if s.node == isolated and s.at > run.fault_at]
