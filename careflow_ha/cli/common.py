@@ -152,3 +152,20 @@ def table(rows: list[dict[str, Any]], columns: list[str]) -> str:
     lines += ["| " + " | ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) + " |" for row in cells[1:]]
     lines.append(sep)
     return "\n".join(lines)
+
+
+def haproxy_preset_switcher(settings: Settings) -> Callable[[str], None]:
+    """HAProxy's half of a timing preset (check inter/fastinter/fall/rise) is provisioned config:
+    re-render it on the balancers, but only when the preset actually changes within this run."""
+    applied: list[str] = []
+
+    def switch(name: str) -> None:
+        if applied and applied[-1] == name:
+            return
+        progress(f"HAProxy: applying the '{name}' check timing on the balancers")
+        from careflow_ha.provision.ansible import apply_haproxy_timing
+
+        apply_haproxy_timing(settings, name, lambda _line: None)
+        applied.append(name)
+
+    return switch

@@ -24,6 +24,7 @@ from careflow_ha.cli.common import (
     force_option,
     format_option,
     get_settings,
+    haproxy_preset_switcher,
     preset_option,
     progress,
     table,
@@ -37,7 +38,6 @@ from careflow_ha.drills.runner import DrillOptions, DrillRun, run_drill
 from careflow_ha.drills.targets import compare_verdict
 from careflow_ha.errors import CheckFailed, NotReady, UsageError
 from careflow_ha.lab.engine import detect_engine
-from careflow_ha.provision.ansible import apply_haproxy_timing
 from careflow_ha.settings import Settings
 
 drill_preset_option = preset_option(
@@ -86,21 +86,6 @@ under_load_option = click.option(
     help="Run EMR traffic (Locust, 10 users through HAProxy 5000/5001) for the whole drill; "
     "its load report goes to reports/load/.",
 )
-
-
-def haproxy_preset_switcher(settings: Settings) -> Callable[[str], None]:
-    """HAProxy's half of a timing preset (check inter/fastinter/fall/rise) is provisioned config:
-    re-render it on the balancers, but only when the preset actually changes within this run."""
-    applied: list[str] = []
-
-    def switch(name: str) -> None:
-        if applied and applied[-1] == name:
-            return
-        progress(f"HAProxy: applying the '{name}' check timing on the balancers")
-        apply_haproxy_timing(settings, name, lambda _line: None)
-        applied.append(name)
-
-    return switch
 
 
 def _runner(

@@ -194,7 +194,7 @@ def _coverage_measures(a: Analysis) -> str:
     return "role sampling / per-node writes" if a.write_split_brain is not None else "role sampling"
 
 
-def _coverage_cell(a: Analysis) -> str:
+def coverage_cell(a: Analysis) -> str:
     """``pg1 99% / 97%`` per node: role sampling, then per-node writes when the run had them."""
     by_writes = a.write_split_brain.coverage if a.write_split_brain is not None else {}
     nodes = sorted(set(a.sampling_coverage) | set(by_writes))
@@ -221,7 +221,7 @@ def _by_writes_cell(a: Analysis) -> str:
     return text + f"; leader key known for {100 * judged.leader_known:.0f}% of the run"
 
 
-def _set_check_cell(check: SetCheck | None) -> str:
+def set_check_cell(check: SetCheck | None) -> str:
     if check is None:
         return "not verifiable (the primary never answered the read-back)"
     return (
@@ -278,10 +278,10 @@ def markdown(run: DrillRun, png_name: str) -> str:
         f"| acknowledged writes lost | {lost} |",
         f"| failed transactions the client saw | {a.failed_writes} write(s), {a.failed_reads} read(s) |",
         f"| longest single write, sent to acknowledged | {_fmt(a.longest_write_wait_s)} |",
-        f"| set check of every attempt against the table after healing | {_set_check_cell(a.set_check)} |",
+        f"| set check of every attempt against the table after healing | {set_check_cell(a.set_check)} |",
         f"| moments with two writable primaries (role sampling) | {len(a.split_brain)} |",
         f"| writes acknowledged on a node while another held the leader key | {_by_writes_cell(a)} |",
-        f"| share of the run each node was observed ({_coverage_measures(a)}) | {_coverage_cell(a)} |",
+        f"| share of the run each node was observed ({_coverage_measures(a)}) | {coverage_cell(a)} |",
         f"| old primary {a.old_primary} back as a streaming replica | {_fmt(a.rejoin_seconds, 1)} after "
         f"{'healing' if run.heal_at is not None else 'the fault (nothing to heal)'} |",
         f"| leader | {a.old_primary} -> {a.new_primary or a.old_primary} |",

@@ -138,7 +138,7 @@ def exec_writable_check(engine: NodeEngine, node: str) -> Callable[[], bool | No
     return check
 
 
-def _wait(condition: Callable[[], bool], timeout: float, interval: float = 0.2) -> bool:
+def wait_for(condition: Callable[[], bool], timeout: float, interval: float = 0.2) -> bool:
     """Poll ``condition`` until true or ``timeout``; bounded in count and time. Returns whether it held."""
     deadline = time.monotonic() + timeout
     for _ in range(int(timeout / interval) + 2):
@@ -166,7 +166,7 @@ def node_writers_for(
 
 
 @contextlib.contextmanager
-def _running(*probes: BoundedLoop) -> Iterator[None]:
+def running(*probes: BoundedLoop) -> Iterator[None]:
     for p in probes:
         p.start()
     try:
@@ -174,6 +174,102 @@ def _running(*probes: BoundedLoop) -> Iterator[None]:
     finally:
         for p in probes:
             p.stop()
+
+
+@dataclass
+class ProbeSet:
+    """Every probe of one run (a drill or a soak), made but not started: ``running(*probes.all)`` runs them."""
+
+    run_id: str
+    rw_dsn: str
+    writer: ProbeWriter
+    reader: ProbeReader
+    samplers: list[NodeSampler]
+    node_writers: list[NodeWriter]
+    poller: ClusterPoller
+
+    @property
+    def all(self) -> tuple[BoundedLoop, ...]:
+        # The writer last: it starts when everything that watches the cluster already runs.
+        return (self.poller, *self.samplers, *self.node_writers, self.reader, self.writer)
+
+    def recording(self, control: ClusterControl, events: list[TimelineEvent], started: float, probes_from: float,
+                  probes_until: float, say: Progress) -> tuple[Recording, tuple[int, ...] | None]:
+        """After the probes stopped: what they saw, and the probe table as the primary holds it (None: unread)."""
+        for probe in self.all:
+            if probe.failure is not None:
+                raise CheckFailed(f"drill probe {probe.name} failed: {probe.failure!r}") from probe.failure
+        # Attempts first, table second: a write still in flight is then "ambiguous", never "unexpected".
+        write_acks, write_errors, writes_in_flight = self.writer.outcomes()
+        present = _read_back(self.rw_dsn, self.run_id, say)
+        snapshots = self.poller.snapshots
+        recording = Recording(
+            writes=write_acks,
+            write_errors=write_errors,
+            writes_in_flight=writes_in_flight,
+            reads=self.reader.acks,
+            read_errors=self.reader.errors,
+            node_samples=tuple(s for sampler in self.samplers for s in sampler.samples),
+            node_writes=tuple(w for nw in self.node_writers for w in nw.writes),
+            snapshots=snapshots,
+            history=_history(control),
+            events=tuple(events) + role_change_events(snapshots),
+            started_at=started,
+            stopped_at=time.time(),
+            write_interval_s=self.writer.interval_s,
+            read_interval_s=self.reader.interval_s,
+            probes_from=probes_from,
+            probes_until=probes_until,
+        )
+        return recording, present
+
+
+def await_recovery(control: ClusterControl, timeout: float, say: Progress) -> tuple[bool, str | None]:
+    """(healthy again, or why not) after a fault was healed: a run reports an unhealthy end, it does not raise."""
+    try:
+        control.wait_healthy(timeout)
+    except NotReady as exc:
+        say(f"NOT healthy in time: {exc}")
+        return False, str(exc)
+    say("cluster healthy again")
+    return True, None
+
+
+def fault_context(settings: Settings, engine: NodeEngine, control: ClusterControl, say: Progress) -> FaultContext:
+    """What the faults of a run may touch on the lab (a drill's or a soak's)."""
+    pooled = (
+        PooledSwitchover(lambda to: lab_switchover(settings, to, True, lab_limits(settings), say))
+        if settings.via == POOLED_WAY else None
+    )
+    return FaultContext(engine, control, vip=settings.vip.address if settings.vip else None, pooled_switchover=pooled,
+                        certificate_rotation=CertificateRotation(lambda ca: lab_rotation(settings, ca, say)))
+
+
+def start_probes(settings: Settings, engine: NodeEngine, control: ClusterControl, options: DrillOptions,
+                 healthy: ClusterSnapshot, run_id: str, say: Progress) -> ProbeSet:
+    """The probes of a run tagged ``run_id``: the writer through 5000 (its table made first), the reader through
+    5001, a role sampler per member, the per-node writers when asked, and the cluster poller."""
+    rw_dsn = settings.dsn("rw", "app")
+    ensure_probe_table(settings.dsn("rw", "admin"), grant_to=ROLE_NAMES["app"])
+    # The nodes are the cluster's members as Patroni lists them (the lab's PG_NODES).
+    nodes = tuple(m.name for m in healthy.members)
+    names = node_addresses({n: settings.node_dsn(n) for n in nodes})
+    bound = options.max_run_s
+    # A pooler holds a client instead of refusing it, so give its probes room to show the stall whole.
+    wait = {"op_timeout_s": POOLED_OP_TIMEOUT_S} if settings.via == POOLED_WAY else {}
+    writer = ProbeWriter(rw_dsn, run_id, rate_hz=options.write_rate_hz, max_seconds=bound, server_names=names, **wait)
+    reader = ProbeReader(settings.dsn("ro", "ro"), rate_hz=options.read_rate_hz, max_seconds=bound,
+                         server_names=names, **wait)
+    samplers = [
+        NodeSampler(n, settings.node_dsn(n), fallback=exec_writable_check(engine, n), max_seconds=bound) for n in nodes
+    ]
+    node_writers = (
+        node_writers_for(settings, nodes, run_id, interval_s=options.node_write_interval_s, max_seconds=bound)
+        if options.node_writers
+        else []
+    )
+    poller = ClusterPoller(control.topology, max_seconds=bound, on_change=lambda line: say(f"cluster: {line}"))
+    return ProbeSet(run_id, rw_dsn, writer, reader, samplers, node_writers, poller)
 
 
 def run_drill(
@@ -223,41 +319,17 @@ def _probe_and_break(
     say: Progress,
 ) -> DrillRun:
     run_id = f"{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime(started))}-{fault.name}-{uuid.uuid4().hex[:6]}"
-    rw_dsn = settings.dsn("rw", "app")
-    ensure_probe_table(settings.dsn("rw", "admin"), grant_to=ROLE_NAMES["app"])
-    # The nodes are the cluster's members as Patroni lists them (the lab's PG_NODES).
-    nodes = tuple(m.name for m in healthy.members)
-    names = node_addresses({n: settings.node_dsn(n) for n in nodes})
-    bound = options.max_run_s
-    # A pooler holds a client instead of refusing it, so give its probes room to show the stall whole.
-    wait = {"op_timeout_s": POOLED_OP_TIMEOUT_S} if settings.via == POOLED_WAY else {}
-    writer = ProbeWriter(rw_dsn, run_id, rate_hz=options.write_rate_hz, max_seconds=bound, server_names=names, **wait)
-    reader = ProbeReader(settings.dsn("ro", "ro"), rate_hz=options.read_rate_hz, max_seconds=bound,
-                         server_names=names, **wait)
-    samplers = [
-        NodeSampler(n, settings.node_dsn(n), fallback=exec_writable_check(engine, n), max_seconds=bound) for n in nodes
-    ]
-    node_writers = (
-        node_writers_for(settings, nodes, run_id, interval_s=options.node_write_interval_s, max_seconds=bound)
-        if options.node_writers
-        else []
-    )
-    poller = ClusterPoller(control.topology, max_seconds=bound, on_change=lambda line: say(f"cluster: {line}"))
+    probes = start_probes(settings, engine, control, options, healthy, run_id, say)
+    writer, poller = probes.writer, probes.poller
     events: list[TimelineEvent] = []
-    pooled = (
-        PooledSwitchover(lambda to: lab_switchover(settings, to, True, lab_limits(settings), say))
-        if settings.via == POOLED_WAY else None
-    )
-    ctx = FaultContext(engine, control, vip=settings.vip.address if settings.vip else None, pooled_switchover=pooled,
-                       certificate_rotation=CertificateRotation(lambda ca: lab_rotation(settings, ca, say)))
+    ctx = fault_context(settings, engine, control, say)
     observation = Observation()
     heal_at: float | None = None
     heal_note = ""
-    recovered, problem = False, None
     background = options.background() if options.background else contextlib.nullcontext()
-    with background as load, _running(poller, *samplers, *node_writers, reader, writer):
+    with background as load, running(*probes.all):
         probes_from = time.time()  # after the background load's start-up: from here on every probe runs
-        if not _wait(lambda: len(writer.acks) >= options.warmup_acks, 30.0):
+        if not wait_for(lambda: len(writer.acks) >= options.warmup_acks, 30.0):
             last = writer.errors[-1].message if writer.errors else "no error recorded"
             raise NotReady(f"the probe writer got no steady acknowledgements via {settings.via} ({last})")
         say(f"probes running: {len(writer.acks)} writes acknowledged; injecting {fault.title} on {', '.join(targets)}")
@@ -276,58 +348,27 @@ def _probe_and_break(
                 heal_note = fault.heal(ctx, targets)
                 events.append(TimelineEvent(heal_at, "heal", heal_note))
                 say(f"healed: {heal_note}")
-        try:
-            control.wait_healthy(options.recovery_timeout_s)
-            recovered = True
-            say("cluster healthy again")
-        except NotReady as exc:
-            problem = str(exc)
-            say(f"NOT healthy in time: {problem}")
+        recovered, problem = await_recovery(control, options.recovery_timeout_s, say)
         if recovered and fault.expects_failover and healthy.leader:
             # "Healthy" can be read from a node that has just been healed and still serves its stale view of
             # the DCS (the cut-off old primary, as leader), so keep observing until the old primary is seen
             # streaming, as the analysis will look for it; bounded by the rejoin target.
             since = heal_at if heal_at is not None else fault_at
-            if not _wait(lambda: rejoined_at(poller.snapshots, healthy.leader, since) is not None, REJOIN_TARGET_S):
+            if not wait_for(lambda: rejoined_at(poller.snapshots, healthy.leader, since) is not None, REJOIN_TARGET_S):
                 say(f"{healthy.leader} not seen streaming again within {REJOIN_TARGET_S:g} s")
         if fault.observe is not None:
             observation = fault.observe(ctx, targets, fault_at, heal_at, say)
             events.extend(observation.events)
         tail_from = time.time()
-        _wait(lambda: writer.last_ack_after(tail_from + options.tail_s) is not None, options.tail_s + 10.0)
+        wait_for(lambda: writer.last_ack_after(tail_from + options.tail_s) is not None, options.tail_s + 10.0)
     probes_until = time.time()
-    for probe in (writer, reader, poller, *samplers, *node_writers):
-        if probe.failure is not None:
-            raise CheckFailed(f"drill probe {probe.name} failed: {probe.failure!r}") from probe.failure
-    # Attempts first, table second: a write still in flight is then "ambiguous", never "unexpected".
-    write_acks, write_errors, writes_in_flight = writer.outcomes()
-    present = _read_back(rw_dsn, run_id, say)
-    history = _history(control)
-    snapshots = poller.snapshots
-    recording = Recording(
-        writes=write_acks,
-        write_errors=write_errors,
-        writes_in_flight=writes_in_flight,
-        reads=reader.acks,
-        read_errors=reader.errors,
-        node_samples=tuple(s for sampler in samplers for s in sampler.samples),
-        node_writes=tuple(w for nw in node_writers for w in nw.writes),
-        snapshots=snapshots,
-        history=history,
-        events=tuple(events) + role_change_events(snapshots),
-        started_at=started,
-        stopped_at=time.time(),
-        write_interval_s=writer.interval_s,
-        read_interval_s=reader.interval_s,
-        probes_from=probes_from,
-        probes_until=probes_until,
-    )
+    recording, present = probes.recording(control, events, started, probes_from, probes_until, say)
     analysis = analyse(recording, fault_at=fault_at, heal_at=heal_at, old_primary=healthy.leader, present_seqs=present)
     server = collect_lab(settings, probes_from - LEAD_S, time.time())
     say("server view: " + (server.note or ", ".join(f"{a.alertname} on {a.target} fired +{a.firing_at - fault_at:.0f}s"
                                                     for a in server.firing() if a.firing_at) or "no alert fired"))
     load_result = getattr(load, "result", None)  # the background load's report (--under-load), once written
-    load_figures = _load_figures(load_result)
+    load_totals = load_figures(load_result)
     run = DrillRun(
         name=fault.name,
         title=fault.title,
@@ -354,7 +395,7 @@ def _probe_and_break(
                           load_failures=None if load_result is None else load_result.report["summary"]["failures"])
         + observation.verdicts
         + alert_verdicts(fault.alerts, fault.planned, targets, server, fault_at),
-        figures={**observation.figures, **load_figures},
+        figures={**observation.figures, **load_totals},
         via=settings.via,
         server=server,
     )
@@ -382,7 +423,7 @@ def lab_rotation(settings: Settings, ca: bool, say: Progress) -> Any:
     return rotate(inv, install, say, ca=ca)
 
 
-def _load_figures(result: Any) -> dict[str, float | str | None]:
+def load_figures(result: Any) -> dict[str, float | str | None]:
     """The background load's totals (``--under-load``): every failed request is a failed transaction."""
     if result is None:
         return {}
