@@ -28,13 +28,13 @@ from collections.abc import Callable
 import psycopg
 import pytest
 
-from careflow_ha.cli.drills import haproxy_preset_switcher
+from careflow_ha.cli.common import haproxy_preset_switcher
 from careflow_ha.cluster.patroni import PatroniApi
 from careflow_ha.cluster.pooler import lab_poolers
 from careflow_ha.cluster.switchover import paused_poolers
 from careflow_ha.drills.balancer import BACK_IN_VRRP_TARGET_S
 from careflow_ha.drills.control import PatroniRestControl
-from careflow_ha.drills.faults import get_fault
+from careflow_ha.drills.faults import FAULTS, get_fault
 from careflow_ha.drills.report import write_report
 from careflow_ha.drills.runner import DrillOptions, DrillRun, run_drill
 from careflow_ha.drills.targets import (
@@ -287,7 +287,47 @@ def test_ci_ca_rotation_under_load_trusts_both_then_only_the_new_ca_and_fails_no
     assert_every_listener_serves_the_new_certificates(before)
 
 
+#: The CI soak (issue 18): 5 minutes, seed 2 draws eight faults of both layers (a balancer kill, a switchover,
+#: etcd quorum loss, a primary freeze, a partition, Patroni and postgres crashes, a balancer partition).
+CI_SOAK_MINUTES, CI_SOAK_SEED = 5.0, 2
+
+
+def test_ci_short_soak_loses_no_acknowledged_write_and_never_splits_the_brain(cluster, engine, control):
+    from careflow_ha.drills.nemesis import plan_soak
+    from careflow_ha.drills.soak import run_soak
+    from careflow_ha.drills.soak_report import write_soak_report
+
+    schedule = plan_soak(CI_SOAK_SEED, CI_SOAK_MINUTES, "mixed", FAULTS)
+    options = DrillOptions(preset="fast", synchronous=True, node_writers=True, healthy_timeout_s=scaled(180),
+                           recovery_timeout_s=scaled(180))
+    run = run_soak(schedule, cluster, engine, control, options, print)
+    print("report:", write_soak_report(run, cluster.reports_dir, cluster.secrets))
+    assert run.anomalies == dict.fromkeys(run.anomalies, 0), run.anomalies
+    assert {"lost", "acked_under_foreign_leader"} <= set(run.anomalies)  # both measures were taken
+    injected = [f.planned.fault for f in run.injected]
+    # A fault is skipped only when its target cannot be picked yet (the cluster still recovering); most must run.
+    assert len(injected) >= len(schedule.faults) - 2, [(f.planned.fault, f.problem) for f in run.faults]
+    assert all(f.writes_resumed for f in run.injected), [(f.planned.fault, f.write_outage_s) for f in run.injected]
+    assert run.analysis.acked_writes > 1000
+
+
 # -- longer suite ------------------------------------------------------------------------------------------------------
+
+
+def test_thirty_minute_soak_under_load_loses_nothing(cluster, engine, control):
+    """`test --long`'s soak (issue 18): 30 minutes of every kind of fault under Locust, judged like the CI one."""
+    from careflow_ha.drills.nemesis import plan_soak
+    from careflow_ha.drills.soak import run_soak
+    from careflow_ha.drills.soak_report import write_soak_report
+
+    schedule = plan_soak(int(os.environ.get("CAREFLOW_SOAK_SEED", "1")), 30.0, "mixed", FAULTS)
+    options = DrillOptions(preset="fast", synchronous=True, node_writers=True, healthy_timeout_s=scaled(180),
+                           recovery_timeout_s=scaled(180),
+                           background=drill_background(cluster, users=LOAD_USERS, max_seconds=2400, progress=print))
+    run = run_soak(schedule, cluster, engine, control, options, print)
+    print("report:", write_soak_report(run, cluster.reports_dir, cluster.secrets))
+    assert run.anomalies == dict.fromkeys(run.anomalies, 0), run.anomalies
+    assert len(run.injected) >= 0.8 * len(schedule.faults), [(f.planned.fault, f.problem) for f in run.faults]
 
 
 def test_postgres_crash_on_the_primary_recovers_writes(drill, cluster):

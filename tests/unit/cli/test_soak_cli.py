@@ -43,3 +43,27 @@ def test_bad_input_is_one_line_exit_2_without_traceback(capsys, argv, message):
     code, out, err = invoke(capsys, "soak", "plan", *argv)
     assert code == 2 and out == ""
     assert message in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--minutes", "5", "--nemesis", "chaos"], "unknown nemesis 'chaos'"),
+        (["--minutes", "0"], "--minutes must be a number above 0"),
+        (["--minutes", "5", "--via", "carrier-pigeon"], "--via 'carrier-pigeon' is unknown"),
+    ],
+)
+def test_run_refuses_bad_input_before_touching_the_lab(capsys, monkeypatch, argv, message):
+    from careflow_ha.drills import soak
+
+    monkeypatch.setattr(soak, "run_soak", lambda *a, **k: pytest.fail("the soak must not start"))
+    code, out, err = invoke(capsys, "soak", "run", *argv, "--force")
+    assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_run_asks_before_breaking_the_lab(capsys, monkeypatch):
+    from careflow_ha.drills import soak
+
+    monkeypatch.setattr(soak, "run_soak", lambda *a, **k: pytest.fail("the soak must not start"))
+    code, _, err = invoke(capsys, "soak", "run", "--minutes", "5")
+    assert code == 2 and "--force" in err
