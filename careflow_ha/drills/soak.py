@@ -17,13 +17,13 @@ from __future__ import annotations
 import contextlib
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 from careflow_ha.cluster.model import TimelineEvent
 from careflow_ha.cluster.records import Recording
-from careflow_ha.drills.analysis import Analysis, analyse, measure_outage
+from careflow_ha.drills.analysis import Analysis, analyse
 from careflow_ha.drills.control import ClusterControl
 from careflow_ha.drills.faults import FAULTS, FaultContext, NodeEngine
 from careflow_ha.drills.nemesis import PlannedFault, SoakSchedule
@@ -116,24 +116,31 @@ def soak_events(schedule: SoakSchedule) -> list[tuple[float, str, int]]:
     return sorted(events, key=lambda e: (e[0], e[1] != "heal", e[2]))
 
 
+def longest_gap(ack_times: Iterable[float], start: float, stop: float) -> float | None:
+    """The longest gap between acknowledgements that began in [``start``, ``stop``) (the first from the last ack
+    at or before ``start``), whole even when it ends after ``stop``; None when no ack came after ``start``."""
+    times = sorted(set(ack_times))
+    before = [t for t in times if t <= start]
+    points = [before[-1] if before else start, *[t for t in times if t > start]]
+    gaps = [b - a for a, b in zip(points, points[1:], strict=False) if a < stop]
+    return max(gaps) if gaps else None
+
+
 def _window_outages(faults: list[SoakFault], rec: Recording, until: float) -> list[SoakFault]:
-    """Each injected fault's longest write and read gap, from its injection to the next injection on its layer (or
-    ``until``): a balancer fault that starts during a database fault's recovery does not cut that window short
-    (where layers overlap, a gap may belong to either; the report shows both faults)."""
+    """Each injected fault's longest write and read gap that began while it was the latest fault injected (from
+    its injection to the next one, or ``until``): a fault's outage is never credited to one that came before it,
+    one that began just before the next fault is still shown whole, and a fault injected into an ongoing gap
+    shows the gap it met."""
+    starts = sorted(f.injected_at for f in faults if f.injected_at is not None)
     out = []
     for f in faults:
         if f.injected_at is None:
             out.append(f)
             continue
-        later = [g.injected_at for g in faults if g.injected_at is not None and g.injected_at > f.injected_at
-                 and g.planned.layer == f.planned.layer]
-        end = min(later, default=until)
-        writes = measure_outage((a.acked_at for a in rec.writes if a.acked_at <= end), f.injected_at,
-                                rec.write_interval_s)
-        reads = measure_outage((a.acked_at for a in rec.reads if a.acked_at <= end), f.injected_at,
-                               rec.read_interval_s)
-        out.append(replace(f, write_outage_s=writes.seconds, read_outage_s=reads.seconds,
-                           writes_resumed=writes.recovered))
+        end = next((s for s in starts if s > f.injected_at), until)
+        writes = longest_gap((a.acked_at for a in rec.writes), f.injected_at, end)
+        reads = longest_gap((a.acked_at for a in rec.reads), f.injected_at, end)
+        out.append(replace(f, write_outage_s=writes, read_outage_s=reads, writes_resumed=writes is not None))
     return out
 
 

@@ -128,18 +128,27 @@ def _recording(gap: tuple[float, float] = (20.0, 24.0), errors: tuple[ProbeError
                      started_at=T0, stopped_at=T0 + 60.0)
 
 
-def test_each_fault_gets_the_longest_gap_of_its_own_window():
+def test_each_fault_gets_the_longest_gap_that_began_while_it_was_the_latest():
     rec = _recording(gap=(20.0, 24.0))
-    faults = [SoakFault(_planned("primary-partition", 19.0, 5.0), injected_at=T0 + 19.0),
-              SoakFault(_planned("balancer-partition", 19.5, 5.0, "balancer"), injected_at=T0 + 19.5),
+    faults = [SoakFault(_planned("balancer-loss", 5.0, 10.0, "balancer"), injected_at=T0 + 5.0),
+              SoakFault(_planned("primary-partition", 19.0, 5.0), injected_at=T0 + 19.0),
+              SoakFault(_planned("balancer-partition", 20.5, 5.0, "balancer"), injected_at=T0 + 20.5),
               SoakFault(_planned("switchover", 40.0, 0.0), injected_at=T0 + 40.0),
               SoakFault(_planned("replica-loss", 50.0, 5.0), problem="skipped: no asynchronous replica streaming")]
     out = _window_outages(faults, rec, T0 + 60.0)
-    # The balancer fault 0.5 s later does not end the partition's window: only the next database fault does.
-    assert out[0].write_outage_s == pytest.approx(4.05, abs=0.06) and out[0].writes_resumed
-    assert out[1].write_outage_s == pytest.approx(4.05, abs=0.6)  # overlapping layers: the gap shows in both
-    assert out[2].write_outage_s is not None and out[2].write_outage_s < 0.2  # the 4 s gap is not its window
-    assert out[3].write_outage_s is None and out[3].problem.startswith("skipped")
+    assert out[0].write_outage_s < 0.2  # the later partition's gap is never credited to an earlier fault
+    # The gap began under the partition and ended after the next fault's injection: shown whole, and only there.
+    assert out[1].write_outage_s == pytest.approx(4.05, abs=0.06) and out[1].writes_resumed
+    # Injected into that gap: it shows the gap it met (both faults are on the report's timeline).
+    assert out[2].write_outage_s == pytest.approx(4.05, abs=0.6)
+    assert out[3].write_outage_s is not None and out[3].write_outage_s < 0.2
+    assert out[4].write_outage_s is None and out[4].problem.startswith("skipped")
+
+
+def test_a_gap_that_never_closed_is_no_resumption():
+    times = [T0 + i * 0.05 for i in range(100)]  # acks stop at +5 s
+    assert soak.longest_gap(times, T0 + 10.0, T0 + 20.0) is None
+    assert soak.longest_gap(times, T0 + 1.0, T0 + 2.0) == pytest.approx(0.05, abs=0.001)
 
 
 def _run(tmp_path, present_lost: int = 0, synchronous: bool = True) -> SoakRun:
