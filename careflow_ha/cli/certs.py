@@ -107,8 +107,10 @@ def rotate_cmd(inventory: Path, ca: bool) -> None:
 
     settings = get_settings()
     inv = check_inventory_file(inventory, settings.secrets, None, lookups_checked_later=True)
-    result = rotate(inv, lambda path: run_playbook(settings, progress, path, playbook=ROTATE_PLAYBOOK) and None,
-                    progress, ca=ca)
+    def install(inventory_path: Path) -> None:
+        run_playbook(settings, progress, inventory_path, playbook=ROTATE_PLAYBOOK)
+
+    result = rotate(inv, install, progress, ca=ca)
     for p in result.passes:
         click.echo(f"{p.step}: {p.seconds:.0f} s, {len(p.served)} listeners serve the installed certificates")
     click.echo(f"rotated ({result.kind}) in {result.seconds:.0f} s")
