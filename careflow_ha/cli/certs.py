@@ -45,10 +45,9 @@ inventory_option = click.option(
 
 
 def _served_rows(inv: ClusterInventory, served: list[Served]) -> list[dict[str, Any]]:
-    from careflow_ha.provision.certificates import host_certificate_file
-    from careflow_ha.provision.listeners import file_fingerprint
+    from careflow_ha.provision.rotation import installed_fingerprints
 
-    wanted = {host: file_fingerprint(host_certificate_file(inv, host)) for host in inv.hosts}
+    wanted = installed_fingerprints(inv)
     return [{"host": s.listener.host, "service": s.listener.service,
              "address": f"{s.listener.address}:{s.listener.port}", "serial": s.serial or "-",
              "expires": s.not_after or "-",
@@ -79,14 +78,14 @@ def status_cmd(inventory: Path, served: bool, fmt: str) -> None:
                           "`careflow-ha provision` re-issues the lab CA's (replace your own)")
     if served:
         from careflow_ha.provision.listeners import read_served, tls_listeners
-        from careflow_ha.provision.rotation import stale_listeners
+        from careflow_ha.provision.rotation import name_stale, stale_listeners
 
         answers = read_served(tls_listeners(inv), directory)
         listener_rows = _served_rows(inv, answers)
         emit(listener_rows, fmt, lambda r: table(r, ["host", "service", "address", "serial", "expires", "serves"]))
         stale = stale_listeners(inv, answers)
         if stale:
-            raise CheckFailed(f"{len(stale)} listener(s) do not serve the installed certificate: {'; '.join(stale)}; "
+            raise CheckFailed(f"{len(stale)} listener(s) do not serve the installed certificate: {name_stale(stale)}; "
                               "`careflow-ha certs rotate` installs and reloads")
 
 
@@ -101,16 +100,9 @@ def rotate_cmd(inventory: Path, ca: bool) -> None:
     is then asked which certificate it serves (exit 5 if one still serves an old one). Started again after a
     failure, a CA rotation resumes where it stopped.
     """
-    from careflow_ha.provision.ansible import run_playbook
-    from careflow_ha.provision.checks import check_inventory_file
-    from careflow_ha.provision.rotation import ROTATE_PLAYBOOK, rotate
+    from careflow_ha.provision.rotation import rotate_with_ansible
 
-    settings = get_settings()
-    inv = check_inventory_file(inventory, settings.secrets, None, lookups_checked_later=True)
-    def install(inventory_path: Path) -> None:
-        run_playbook(settings, progress, inventory_path, playbook=ROTATE_PLAYBOOK)
-
-    result = rotate(inv, install, progress, ca=ca)
+    result = rotate_with_ansible(get_settings(), inventory, progress, ca=ca)
     for p in result.passes:
         click.echo(f"{p.step}: {p.seconds:.0f} s, {len(p.served)} listeners serve the installed certificates")
     click.echo(f"rotated ({result.kind}) in {result.seconds:.0f} s")

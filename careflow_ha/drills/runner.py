@@ -21,7 +21,6 @@ import uuid
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from careflow_ha.cluster.model import ClusterSnapshot, HistoryEntry, TimelineEvent
@@ -411,16 +410,10 @@ def _probe_and_break(
 
 def lab_rotation(settings: Settings, ca: bool, say: Progress) -> Any:
     """``careflow-ha certs rotate [--ca]`` on the lab inventory (the certificate-rotation drills' fault)."""
-    from careflow_ha.provision.ansible import run_playbook
     from careflow_ha.provision.base import LAB_INVENTORY
-    from careflow_ha.provision.checks import check_inventory_file
-    from careflow_ha.provision.rotation import ROTATE_PLAYBOOK, rotate
+    from careflow_ha.provision.rotation import rotate_with_ansible
 
-    def install(inventory: Path) -> None:
-        run_playbook(settings, say, inventory, playbook=ROTATE_PLAYBOOK)
-
-    inv = check_inventory_file(LAB_INVENTORY, settings.secrets, None, lookups_checked_later=True)
-    return rotate(inv, install, say, ca=ca)
+    return rotate_with_ansible(settings, LAB_INVENTORY, say, ca=ca)
 
 
 def load_figures(result: Any) -> dict[str, float | str | None]:

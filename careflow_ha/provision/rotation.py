@@ -33,7 +33,7 @@ from careflow_ha.lab.ca import (
 from careflow_ha.provision.certificates import host_certificate_file, lab_ca_enabled, lab_leaf, tls_dir
 from careflow_ha.provision.inventory import ClusterInventory
 from careflow_ha.provision.listeners import Served, file_fingerprint, read_served, tls_listeners
-from careflow_ha.settings import PROJECT_DIR
+from careflow_ha.settings import PROJECT_DIR, Settings
 
 ROTATE_PLAYBOOK = PROJECT_DIR / "rotate-certs.yml"
 #: Patroni handles a SIGHUP in its main loop (up to loop_wait, 10 s): a listener may take that long to switch.
@@ -69,10 +69,15 @@ def _leaves(inv: ClusterInventory) -> list[LeafSpec]:
     return [lab_leaf(inv, host) for host in inv.hosts] + [control_client_spec()]
 
 
+def installed_fingerprints(inv: ClusterInventory) -> dict[str, str]:
+    """Each host's certificate as the control host holds it (what its listeners must serve), by fingerprint."""
+    return {host: file_fingerprint(host_certificate_file(inv, host)) for host in inv.hosts}
+
+
 def stale_listeners(inv: ClusterInventory, served: list[Served]) -> list[str]:
     """The listeners whose certificate is not the control host's file for their host (or that could not be read),
     one phrase each."""
-    wanted = {host: file_fingerprint(host_certificate_file(inv, host)) for host in inv.hosts}
+    wanted = installed_fingerprints(inv)
     out = []
     for s in served:
         if s.error:
@@ -80,6 +85,12 @@ def stale_listeners(inv: ClusterInventory, served: list[Served]) -> list[str]:
         elif s.fingerprint != wanted[s.listener.host]:
             out.append(f"{s.listener.where} still serves serial {s.serial}")
     return out
+
+
+def name_stale(stale: list[str], shown: int = 3) -> str:
+    """The first few stale listeners and how many more: one readable line however many hosts there are."""
+    more = len(stale) - shown
+    return "; ".join(stale[:shown]) + (f"; and {more} more (certs status --served lists them)" if more > 0 else "")
 
 
 def wait_served(inv: ClusterInventory, directory: Path, progress: Progress, timeout_s: float = SERVED_WAIT_S,
@@ -95,7 +106,7 @@ def wait_served(inv: ClusterInventory, directory: Path, progress: Progress, time
             return served
         if time.monotonic() >= deadline:
             raise CheckFailed(f"after {timeout_s:.0f} s, {len(stale)} listener(s) do not serve the installed "
-                              f"certificate: {'; '.join(stale)}; see the service's log, then run "
+                              f"certificate: {name_stale(stale)}; see the service's log, then run "
                               "`careflow-ha certs rotate` again")
         time.sleep(1.0)
 
@@ -148,3 +159,15 @@ def rotate(inv: ClusterInventory, install: InstallStep, progress: Progress, ca: 
     _install(inv, directory, "retire the old CA", install, progress, rotation, wait)
     finish_ca_rotation(directory)
     return rotation
+
+
+def rotate_with_ansible(settings: Settings, inventory: Path, progress: Progress, ca: bool = False) -> Rotation:
+    """``certs rotate [--ca]`` on ``inventory``: the checked inventory, each pass run by ``rotate-certs.yml``."""
+    from careflow_ha.provision.ansible import run_playbook
+    from careflow_ha.provision.checks import check_inventory_file
+
+    def install(inventory_path: Path) -> None:
+        run_playbook(settings, progress, inventory_path, playbook=ROTATE_PLAYBOOK)
+
+    inv = check_inventory_file(inventory, settings.secrets, None, lookups_checked_later=True)
+    return rotate(inv, install, progress, ca=ca)
