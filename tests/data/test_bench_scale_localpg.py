@@ -7,6 +7,7 @@ the same rows in each table, the server gone afterwards).
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -49,6 +50,19 @@ def test_queries_are_timed_warm_and_cold_against_the_plain_table(result):
         assert s["queries"]["c"]["part"]["scans"] == s["leaves"] // (MONTHS + 3) or name != "per-clinic"
 
 
+def test_a_clustered_month_is_measured_where_a_leaf_holds_many_clinics(result):
+    for name, s in result["schemes"].items():
+        if name == "per-clinic":  # a clinic-month is its own leaf already
+            assert "cluster_month" not in s and "part_clustered" not in s["queries"]["a"]
+            continue
+        assert s["cluster_month"]["rows"] > 0 and s["cluster_month"]["cluster_s"] > 0
+        assert s["cluster_month"]["month"].startswith(SCHEMES[name].table + "_p")
+        for q in ("a", "a_small"):
+            for key in ("part_clustered", "part_clustered_cold"):
+                assert s["queries"][q][key]["total_ms"] > 0
+            assert s["queries"][q]["part_clustered"]["scans"] == 1
+
+
 def test_operations_are_measured(result):
     for s in result["schemes"].values():
         assert s["copy_s"] > 0 and s["rows_per_s"] > 0 and s["vacuum_analyze_s"] > 0
@@ -65,7 +79,31 @@ def test_render_prints_every_scheme_and_ratios(result):
     text = render(result)
     for name in SCHEMES:
         assert f"== {name}" in text
-    assert "x " in text and "cold" in text and "pg_dump" in text
+    assert "x " in text and "cold" in text and "pg_dump" in text and "clustered cold" in text
+
+
+def test_a_query_past_the_limit_is_reported_as_such_and_never_as_a_ratio(monkeypatch):
+    """The per-clinic keyless plan at 63,000 leaves: one EXPLAIN is cut at QUERY_LIMIT_S, not waited on."""
+    from careflow_ha.data import bench_scale
+    from careflow_ha.data.localserver import start_local_server
+
+    monkeypatch.setattr(bench_scale, "QUERY_LIMIT_S", 0.2)
+    monkeypatch.setattr(bench_scale, "query_text", lambda name, lab, p: (f"SELECT pg_sleep({lab})", {}, False))
+    params = bench_scale.Params(clinic=1, small_clinic=1, month=(datetime(2026, 1, 1, tzinfo=UTC),) * 2,
+                                pet=1, pet_clinic=1, pet_first_visit=datetime(2026, 1, 1, tzinfo=UTC))
+    server = start_local_server()
+    try:
+        with bench_scale.connect(server.dsn("superuser"), autocommit=True) as conn:
+            slow = bench_scale.measure_warm(conn, "b_pet", "5", params, [], 3)
+            fast = bench_scale.measure_warm(conn, "b_pet", "0.01", params, [], 3)
+    finally:
+        server.stop()
+        server.remove()
+    assert slow["total_ms"] is None and slow["timed_out_s"] == 0.2
+    assert fast["total_ms"] >= 10, "a query under the limit is measured as before"
+    fake = {"description": "d", "queries": {"b_pet": {"flat": fast, "part": slow}}}
+    row = next(line for line in bench_scale.render_scheme("x", fake) if "pet_id only" in line)
+    assert ">0.2 s" in row and "x " not in row
 
 
 @pytest.mark.parametrize(("args", "message"), [
