@@ -31,6 +31,9 @@ class LoadSummary:
     months: int
     seconds: float
     copy_seconds: float
+    #: The primary's WAL position just after the load's commit, and when (epoch s): what replicas must reach.
+    commit_lsn: str = ""
+    committed_at: float = 0.0
 
     @property
     def rows_per_s(self) -> float:
@@ -38,6 +41,7 @@ class LoadSummary:
 
     def as_dict(self) -> dict:
         d = asdict(self)
+        del d["commit_lsn"], d["committed_at"]
         d.update(seconds=round(self.seconds, 1), copy_seconds=round(self.copy_seconds, 1),
                  rows_per_s=round(self.rows_per_s))
         return d
@@ -93,10 +97,14 @@ def load(dsn: str, spec: DataSpec, *, replace: bool = False, progress: bool = Tr
         last_day = spec.end.astimezone(KST).date()  # aggregate days are Seoul days, not UTC ones
         cur.execute("SELECT refresh_lab_results_daily(%s::date, %s::date + 1)", (spec.window_start.date(), last_day))
         conn.commit()
+        committed_at = time.time()
+        commit_lsn = cur.execute("SELECT pg_current_wal_lsn()::text").fetchone()[0]
+        conn.rollback()
     with connect(dsn, autocommit=True) as conn:
         conn.execute("ANALYZE clinics, vets, owners, pets, visits, lab_results")
     return LoadSummary(rows=spec.rows, visits=visits, pets=len(world.pets), owners=len(world.owners),
-                       clinics=spec.clinics, months=spec.months, seconds=time.monotonic() - t0, copy_seconds=copy_s)
+                       clinics=spec.clinics, months=spec.months, seconds=time.monotonic() - t0, copy_seconds=copy_s,
+                       commit_lsn=commit_lsn, committed_at=committed_at)
 
 
 def load_demo(dsn: str, *, progress: bool = False) -> LoadSummary:
