@@ -115,7 +115,7 @@ def lab(tmp_path_factory) -> Iterator[Lab]:
 
 
 def test_the_upgrade_applies_0008_and_converts_every_month(lab):
-    assert lab.done == ["0008_partition_scheme", "0009_refresh_daily_serialized",
+    assert lab.done == ["0008_partition_scheme", "0009_refresh_daily_serialized", "0010_cluster_closed_months",
                         "lab_results layout: per-clinic -> months-only"]
     assert len(lab.lines) == len(lab.months_before)
     assert all(f"lab_results: {m} is months-only" in line for m, line in zip(lab.months_before, lab.lines,
@@ -210,6 +210,64 @@ def test_maintenance_still_makes_future_months_and_they_are_months_only(lab):
             assert index_columns(conn, name) == {"(pet_id, collected_at)", "(clinic_id, collected_at)"}
         failed = [(c.name, c.detail) for c in check(conn) if c.status == "FAIL"]
     assert failed == []
+
+
+def _in_clinic_order(conn: psycopg.Connection, month: str) -> bool:
+    """The month's rows, in the order they lie on disk, by clinic: never a clinic id lower than the one before."""
+    return conn.execute(f"SELECT coalesce(bool_and(clinic_id >= prev), true) FROM (SELECT clinic_id, "  # noqa: S608
+                        f"lag(clinic_id) OVER (ORDER BY ctid) AS prev FROM {month}) t").fetchone()[0]
+
+
+def _closed(conn: psycopg.Connection) -> tuple[list[str], list[str]]:
+    """(months that ended more than 31 days ago, the others), by name, oldest first."""
+    rows = conn.execute(
+        "SELECT c.relname, (regexp_match(pg_get_expr(c.relpartbound, c.oid), 'TO \\(''([^'']+)''\\)'))[1]::timestamptz "
+        "< now() - interval '31 days' FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid "
+        "WHERE i.inhparent = 'lab_results'::regclass ORDER BY c.relname").fetchall()
+    return [n for n, closed in rows if closed], [n for n, closed in rows if not closed]
+
+
+def test_closed_months_are_put_in_clinic_order_one_lock_at_a_time_and_keep_every_row(lab):
+    from careflow_ha.load.emr import RESULT_WINDOW
+
+    assert f"interval '{RESULT_WINDOW}'" in (MIGRATIONS_DIR / "0010_cluster_closed_months.sql").read_text(), \
+        "a month is closed once RESULT_WINDOW has passed: the migration must say the same window"
+    with psycopg.connect(lab.dsn, autocommit=True) as conn:
+        closed, open_ = _closed(conn)
+        assert len(closed) >= 4 and len(open_) >= 4, (closed, open_)  # 8 loaded months + premade ones
+        pending = [m for m in closed if not conn.execute(
+            "SELECT bool_or(indisclustered) FROM pg_index WHERE indrelid = %s::regclass", (m,)).fetchone()[0]]
+        mixed = [m for m in pending if conn.execute(
+            f"SELECT count(DISTINCT clinic_id) > 1 FROM {m}").fetchone()[0]]  # noqa: S608
+        assert mixed, (closed, pending)
+        # 0008 copied each month clinic leaf by clinic leaf, in clinic order; late results arrive after that.
+        # Five of the lowest clinic's, appended (as BENCH rows, which the fingerprint leaves out).
+        conn.execute(f"INSERT INTO lab_results (clinic_id, collected_at, pet_id, visit_id, test_code, value, flag) "
+                     f"SELECT clinic_id, collected_at, pet_id, visit_id, %s, value, flag FROM {mixed[0]} "  # noqa: S608
+                     f"WHERE clinic_id = (SELECT min(clinic_id) FROM {mixed[0]}) LIMIT 5", (BENCH_TEST,))
+        assert not _in_clinic_order(conn, mixed[0]), "late rows lie after every clinic's"
+        # A reader holding the month: the rewrite gives up within its lock timeout and leaves it for later.
+        with psycopg.connect(lab.dsn) as reader:
+            reader.execute(f"SELECT count(*) FROM {pending[0]}")  # noqa: S608 - holds ACCESS SHARE until rollback
+            t0 = time.monotonic()
+            conn.execute("SET statement_timeout = '10s'")  # without the lock timeout this would wait forever
+            assert conn.execute("SELECT cluster_closed_months(1, '300ms')").fetchone()[0] == []
+            conn.execute("RESET statement_timeout")
+            assert time.monotonic() - t0 < 5
+            reader.rollback()
+        done = conn.execute("SELECT cluster_closed_months(1)").fetchone()[0]
+        assert done == [pending[0]], "one month per call, the oldest first"  # (empty months included)
+        rest = conn.execute("SELECT cluster_closed_months(100)").fetchone()[0]
+        assert done + rest == pending
+        for month in closed:
+            assert _in_clinic_order(conn, month), month
+        assert conn.execute("SELECT cluster_closed_months(100)").fetchone()[0] == [], "nothing is done twice"
+        for month in open_:  # still written to: left in arrival order
+            assert not conn.execute("SELECT bool_or(indisclustered) FROM pg_index WHERE indrelid = %s::regclass",
+                                    (month,)).fetchone()[0], month
+        failed = [(c.name, c.detail) for c in check(conn) if c.status == "FAIL"]
+    assert failed == []
+    assert fingerprint(lab.dsn) == lab.before, "every row kept, unchanged"
 
 
 def test_months_added_for_old_imports_cover_the_year_end_and_seoul_day_edges(lab):

@@ -51,7 +51,17 @@ def test_migrations_and_prepare_are_idempotent(emr, local_pg):
         applied = [r[0] for r in conn.execute("SELECT migration_id FROM _yoyo_migration ORDER BY migration_id")]
     assert applied == ["0001_emr_dimensions", "0002_lab_test_catalog", "0003_lab_results_partitioned",
                        "0004_daily_aggregate_and_quarantine", "0005_scheduled_jobs", "0006_clinic_leaf_coverage",
-                       "0007_import_batches_rerun_safe", "0008_partition_scheme", "0009_refresh_daily_serialized"]
+                       "0007_import_batches_rerun_safe", "0008_partition_scheme", "0009_refresh_daily_serialized",
+                       "0010_cluster_closed_months"]
+
+
+def test_per_clinic_months_are_never_clustered(emr):
+    """A per-clinic leaf is one clinic-month already: 0010 leaves per-clinic labs alone."""
+    with psycopg.connect(emr.app_dsn, autocommit=True) as conn:
+        assert conn.execute("SELECT cluster_closed_months(1000)").fetchone()[0] == []
+        conn.execute("CALL run_partition_maintenance()")
+        assert conn.execute("SELECT count(*) FROM pg_index i JOIN pg_partition_tree('lab_results') t "
+                            "ON t.relid = i.indrelid WHERE i.indisclustered").fetchone()[0] == 0
 
 
 def test_every_month_of_the_window_and_every_clinic_has_a_leaf(emr):
