@@ -159,6 +159,10 @@ def status(conn: psycopg.Connection) -> dict:
         "SELECT premake, retention, retention_keep_table, infinite_time_partitions FROM partman.part_config "
         "WHERE parent_table = %s", (PARENT,)).fetchone()
     sub = conn.execute("SELECT sub_premake FROM partman.part_config_sub WHERE sub_parent = %s", (PARENT,)).fetchone()
+    # Months-only months that migration 0010 rewrote in clinic order (CLUSTER marks the index it used).
+    in_clinic_order = {r[0] for r in conn.execute(
+        "SELECT i.indrelid::regclass::text FROM pg_index i JOIN pg_inherits h ON h.inhrelid = i.indrelid "
+        "WHERE h.inhparent = %s::regclass AND i.indisclustered", (PARENT,))}
     rows = []
     for m in months:
         clinics = sorted(m.clinics())
@@ -170,6 +174,7 @@ def status(conn: psycopg.Connection) -> dict:
             "default": "yes" if m.default_leaf else "no",
             "est_rows": sum(leaf.est_rows for leaf in m.leaves) if m.partitioned else m.est_rows,
             "mb": round((sum(leaf.bytes for leaf in m.leaves) if m.partitioned else m.bytes) / 2**20, 1),
+            "clinic_order": "-" if m.partitioned else ("yes" if m.table in in_clinic_order else "no"),
         })
     return {
         "parent": PARENT,

@@ -266,7 +266,9 @@ def test_closed_months_are_put_in_clinic_order_one_lock_at_a_time_and_keep_every
             assert not conn.execute("SELECT bool_or(indisclustered) FROM pg_index WHERE indrelid = %s::regclass",
                                     (month,)).fetchone()[0], month
         failed = [(c.name, c.detail) for c in check(conn) if c.status == "FAIL"]
+        shown = {row["table"].removeprefix("public."): row["clinic_order"] for row in status(conn)["partitions"]}
     assert failed == []
+    assert shown == {**{m: "yes" for m in closed}, **{m: "no" for m in open_}}, "what `partitions status` prints"
     assert fingerprint(lab.dsn) == lab.before, "every row kept, unchanged"
 
 
