@@ -283,9 +283,15 @@ def bench_partitioning_cmd(scale: str, rows: int | None, clinics: int | None, mo
             raise UsageError("--scale network runs on a throwaway local server only; drop --dsn / --keep")
         if cold_repeat < 0:
             raise UsageError(f"--cold-repeat {cold_repeat} must be 0 or more")
+        from careflow_ha.monitoring import report_folder
+        from careflow_ha.settings import PROJECT_DIR
+
         picked = bench_scale.parse_schemes(schemes)
+        folder = report_folder(PROJECT_DIR / "reports" / "bench-partitioning")
+        click.echo(f"figures after each scheme: {folder}/report.md", err=True)
         result = bench_scale.run_scale(spec, picked, repeat=repeat, cold_repeat=cold_repeat,
-                                       progress=lambda line: click.echo(line, err=True))
+                                       progress=lambda line: click.echo(line, err=True),
+                                       checkpoint=lambda out: bench_scale.write_checkpoint(folder, out))
         emit(result, fmt, bench_scale.render)
         return
     from careflow_ha.data.bench import render, run_bench

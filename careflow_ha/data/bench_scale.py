@@ -26,7 +26,7 @@ import subprocess
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
 
@@ -121,6 +121,13 @@ class Params:
     pet_clinic: int
     pet_first_visit: datetime
     today: tuple[datetime, datetime] = (datetime.min, datetime.min)  # the Seoul day, as clock.clinic_day_bounds
+    #: Another pet as frequent, of another clinic: its history primes a "data cold" run of the first pet's.
+    other: Params | None = None
+
+    def with_other_pet(self) -> Params:
+        """The same parameters with the other pet as the pet."""
+        assert self.other is not None
+        return self.other
 
 
 #: name -> (label, builder(table, params) -> (sql, prepared?)). "prepared" queries run as a prepared
@@ -238,9 +245,13 @@ def measure_warm(conn: psycopg.Connection, name: str, lab: str, params: Params, 
 
 
 def measure_cold(server: LocalPostgres, dsn: str, name: str, lab: str, params: Params, settings: list[str],
-                 rounds: int) -> dict:
+                 rounds: int, *, primed: bool = False) -> dict:
     """Restart (empty shared buffers), evict the server's files from the OS cache, warm only the catalogs
-    (a plain EXPLAIN, which also builds a prepared statement's plan), then one EXPLAIN ANALYZE; median."""
+    (a plain EXPLAIN, which also builds a prepared statement's plan), then one EXPLAIN ANALYZE; median.
+
+    ``primed`` ("data cold"): first run the same query once for another pet of another clinic. What that
+    caches is what any running server has cached (the upper levels of every month's index, the catalogs),
+    not this pet's rows: their index leaves and heap pages are still read from disk."""
     runs = []
     for _ in range(rounds):
         server.stop()
@@ -250,6 +261,9 @@ def measure_cold(server: LocalPostgres, dsn: str, name: str, lab: str, params: P
             runner = Runner(conn, name, lab, params)
             s = limited(runner.settings(settings))
             try:
+                if primed:
+                    other = Runner(conn, name, lab, params.with_other_pet())
+                    explain(conn, other.query, limited(other.settings(settings)))
                 with conn.transaction():
                     for x in s:
                         conn.execute(x)
@@ -419,8 +433,10 @@ def backend_memory_after(conn: psycopg.Connection, query: sql.Composable) -> flo
 
 # -- the run ---------------------------------------------------------------------------------------
 def run_scale(spec: DataSpec, schemes: list[Scheme], *, repeat: int = 5, cold_repeat: int = 3,
-              progress: Callable[[str], None] = print) -> dict:
-    """The whole scale benchmark on a throwaway local server (always removed, also on failure)."""
+              progress: Callable[[str], None] = print, checkpoint: Callable[[dict], None] | None = None) -> dict:
+    """The whole scale benchmark on a throwaway local server (always removed, also on failure).
+
+    ``checkpoint`` gets the figures so far after each scheme: a run of hours stopped half-way keeps them."""
     from careflow_ha.data.localserver import start_local_server
 
     spec = spec.validated()
@@ -433,7 +449,7 @@ def run_scale(spec: DataSpec, schemes: list[Scheme], *, repeat: int = 5, cold_re
         dsn = server.dsn("superuser")
         migrate(server.dsn("app"))
         with tempfile.TemporaryDirectory(prefix="careflow-bench-scale-") as tmp:
-            out = _run(server, dsn, spec, schemes, repeat, cold_repeat, Path(tmp), progress)
+            out = _run(server, dsn, spec, schemes, repeat, cold_repeat, Path(tmp), progress, checkpoint)
         out["local_server_dir"] = str(server.base_dir)
         return out
     finally:
@@ -444,7 +460,7 @@ def run_scale(spec: DataSpec, schemes: list[Scheme], *, repeat: int = 5, cold_re
 
 
 def _run(server: LocalPostgres, dsn: str, spec: DataSpec, schemes: list[Scheme], repeat: int, cold_repeat: int,
-         tmp: Path, progress: Callable[[str], None]) -> dict:
+         tmp: Path, progress: Callable[[str], None], checkpoint: Callable[[dict], None] | None) -> dict:
     from tqdm import tqdm
 
     t_world = time.perf_counter()
@@ -485,7 +501,8 @@ def _run(server: LocalPostgres, dsn: str, spec: DataSpec, schemes: list[Scheme],
                                             (FLAT,)).fetchone()[0]
         out["catalog_baseline"] = catalog_size(conn)
         params = pick_params(conn, spec)
-        out["params"] = {k: (str(v) if not isinstance(v, int) else v) for k, v in params.__dict__.items()}
+        out["params"] = {k: (str(v) if not isinstance(v, int) else v) for k, v in params.__dict__.items()
+                         if k != "other"} | {"other_pet": params.other.pet, "other_pet_clinic": params.other.pet_clinic}
         progress(f"plain table loaded: {spec.rows:,} rows in {out['plain']['copy_s']} s of COPY "
                  f"({out['plain']['rows_per_s']:,} rows/s); generation + COPY {out['generate_and_copy_plain_s']} s")
         variants: dict[str, str] = {}
@@ -535,6 +552,13 @@ def _run(server: LocalPostgres, dsn: str, spec: DataSpec, schemes: list[Scheme],
                     **measure_cold(server, dsn, name, FLAT, params, FLAT_VARIANTS[v], cold_repeat), "variant": v}
                 r["queries"][name]["part_cold"] = measure_cold(server, dsn, name, scheme.table, params, [],
                                                                cold_repeat)
+            for name in tqdm(list(DATA_COLD_QUERIES), desc=f"{scheme.name} data cold", leave=False):
+                v = variants[name]
+                r["queries"][name]["flat_data_cold"] = {
+                    **measure_cold(server, dsn, name, FLAT, params, FLAT_VARIANTS[v], cold_repeat, primed=True),
+                    "variant": v}
+                r["queries"][name]["part_data_cold"] = measure_cold(server, dsn, name, scheme.table, params, [],
+                                                                    cold_repeat, primed=True)
         if scheme.clinic_interval != 1:  # a leaf holds many clinics: does ordering a closed month by clinic pay?
             with connect(dsn, autocommit=True) as conn:
                 r["cluster_month"] = cluster_month(conn, month_of(conn, scheme.table, params))
@@ -550,7 +574,20 @@ def _run(server: LocalPostgres, dsn: str, spec: DataSpec, schemes: list[Scheme],
             r["drop_s"] = _timed(lambda s=scheme: drop_scheme(conn, s))
         progress(f"  archived {r['archive']}; dropped in {r['drop_s']} s")
         progress("\n".join([*render_scheme(scheme.name, r), OPERATIONS_HEADER, render_operations(scheme.name, r)]))
+        if checkpoint is not None:
+            checkpoint(out)
     return out
+
+
+def write_checkpoint(folder: Path, result: dict) -> None:
+    """result.json and report.md (the rendered tables) of the schemes measured so far."""
+    import json
+
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "result.json").write_text(json.dumps(result, indent=2, default=str))
+    (folder / "report.md").write_text("# bench partitioning --scale network\n\n"
+                                      f"Schemes measured so far: {', '.join(result['schemes'])}.\n\n"
+                                      f"```\n{render(result)}\n```\n")
 
 
 def month_of(conn: psycopg.Connection, table: str, params: Params) -> str:
@@ -561,6 +598,8 @@ def month_of(conn: psycopg.Connection, table: str, params: Params) -> str:
     ).fetchone()[0]
 
 
+#: The pet-history queries, also measured "data cold" (measure_cold's ``primed``).
+DATA_COLD_QUERIES = ("b_pet", "b_clinic", "hist_emr", "hist_first", "hist_visits", "hist_visits_prep")
 #: The queries that a month ordered by clinic can speed up.
 CLUSTERED_QUERIES = ("a", "a_small")
 
@@ -584,16 +623,21 @@ def pick_params(conn: psycopg.Connection, spec: DataSpec) -> Params:
     home clinic and first visit."""
     budgets = month_budgets(spec)
     lo, hi, _ = budgets[len(budgets) // 2]
-    pet, pet_clinic = conn.execute(
+    pets = conn.execute(
         f"SELECT pet_id, min(clinic_id) FROM {S}.visits GROUP BY pet_id ORDER BY count(*) DESC, pet_id "
-        f"LIMIT 1 OFFSET (SELECT count(DISTINCT pet_id) / 20 FROM {S}.visits)").fetchone()
-    first = conn.execute(f"SELECT min(visited_at) FROM {S}.visits WHERE pet_id = %s", (pet,)).fetchone()[0]
+        f"LIMIT 50 OFFSET (SELECT count(DISTINCT pet_id) / 20 FROM {S}.visits)").fetchall()
+    pet, pet_clinic = pets[0]
+    # The next pet as frequent at another clinic (any other pet if the network has one clinic).
+    other_pet, other_clinic = next((p for p in pets[1:] if p[1] != pet_clinic), pets[-1])
+    first, other_first = (conn.execute(f"SELECT min(visited_at) FROM {S}.visits WHERE pet_id = %s", (p,)).fetchone()[0]
+                          for p in (pet, other_pet))
     from careflow_ha.data.clock import KST, clinic_day_bounds
 
-    return Params(clinic=1, small_clinic=max(1, spec.clinics // 2),
+    base = Params(clinic=1, small_clinic=max(1, spec.clinics // 2),
                   month=(datetime.fromtimestamp(lo, KST), datetime.fromtimestamp(hi, KST)),
-                  pet=pet, pet_clinic=pet_clinic, pet_first_visit=first,
+                  pet=other_pet, pet_clinic=other_clinic, pet_first_visit=other_first,
                   today=clinic_day_bounds(conn.execute("SELECT now()").fetchone()[0]))
+    return replace(base, pet=pet, pet_clinic=pet_clinic, pet_first_visit=first, other=base)
 
 
 # -- report ----------------------------------------------------------------------------------------
@@ -630,6 +674,7 @@ def render_scheme(name: str, s: dict) -> list[str]:
 
 #: (label, plain key, partitioned key) of the rows a query can have.
 CACHE_ROWS = (("warm", "flat", "part"), ("cold", "flat_cold", "part_cold"),
+              ("data cold", "flat_data_cold", "part_data_cold"),
               ("clustered warm", "flat", "part_clustered"), ("clustered cold", "flat_cold", "part_clustered_cold"))
 
 

@@ -7,12 +7,21 @@ the same rows in each table, the server gone afterwards).
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 
-from careflow_ha.data.bench_scale import SCHEMES, parse_schemes, render, resolve_scale, run_scale
+from careflow_ha.data.bench_scale import (
+    DATA_COLD_QUERIES,
+    SCHEMES,
+    parse_schemes,
+    render,
+    resolve_scale,
+    run_scale,
+    write_checkpoint,
+)
 from careflow_ha.data.generator import DataSpec
 from careflow_ha.errors import UsageError
 from tests.cli import run_cli
@@ -23,10 +32,21 @@ CLINICS, MONTHS = 40, 3
 
 
 @pytest.fixture(scope="module")
-def result():
+def result(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("bench-partitioning")
+    seen: list[list[str]] = []
+
+    def checkpoint(out: dict) -> None:
+        seen.append(list(out["schemes"]))
+        write_checkpoint(folder, out)
+
     out = run_scale(DataSpec(rows=12_000, clinics=CLINICS, months=MONTHS, seed=4), list(SCHEMES.values()),
-                    repeat=1, cold_repeat=1, progress=lambda _line: None)
+                    repeat=1, cold_repeat=1, progress=lambda _line: None, checkpoint=checkpoint)
     assert not Path(out["local_server_dir"]).exists(), "the throwaway server and its data dir are removed"
+    names = list(SCHEMES)
+    assert seen == [names[:k] for k in range(1, len(names) + 1)], "the figures so far, after each scheme"
+    assert json.loads((folder / "result.json").read_text())["schemes"].keys() == out["schemes"].keys()
+    assert "== months-only" in (folder / "report.md").read_text()
     return out
 
 
@@ -48,6 +68,21 @@ def test_queries_are_timed_warm_and_cold_against_the_plain_table(result):
             for key in ("flat", "part", "flat_cold", "part_cold"):
                 assert q[key]["total_ms"] > 0 and q[key]["exec_ms"] > 0
         assert s["queries"]["c"]["part"]["scans"] == s["leaves"] // (MONTHS + 3) or name != "per-clinic"
+
+
+def test_pet_history_is_also_measured_data_cold_after_another_pets_history(result):
+    assert result["params"]["other_pet"] != result["params"]["pet"]
+    assert result["params"]["other_pet_clinic"] != result["params"]["pet_clinic"]
+    for name, s in result["schemes"].items():
+        for q, m in s["queries"].items():
+            if q not in DATA_COLD_QUERIES:
+                assert "part_data_cold" not in m
+                continue
+            for side in ("flat", "part"):
+                primed, cold = m[f"{side}_data_cold"], m[f"{side}_cold"]
+                assert primed["total_ms"] > 0, (name, q, side)
+                # What the other pet's history cached is not read again; this pet's own pages still are.
+                assert primed["pages_read"] <= cold["pages_read"], (name, q, side, primed, cold)
 
 
 def test_a_clustered_month_is_measured_where_a_leaf_holds_many_clinics(result):
@@ -80,6 +115,7 @@ def test_render_prints_every_scheme_and_ratios(result):
     for name in SCHEMES:
         assert f"== {name}" in text
     assert "x " in text and "cold" in text and "pg_dump" in text and "clustered cold" in text
+    assert "data cold" in text
 
 
 def test_a_query_past_the_limit_is_reported_as_such_and_never_as_a_ratio(monkeypatch):
