@@ -3,9 +3,7 @@ and ``bench partitioning``."""
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import click
 
@@ -22,10 +20,6 @@ from careflow_ha.cli.common import (
 )
 from careflow_ha.errors import CheckFailed, UsageError
 from careflow_ha.settings import PARTITION_SCHEMES
-
-if TYPE_CHECKING:
-    from careflow_ha.data.generator import DataSpec
-    from careflow_ha.data.loader import LoadSummary
 
 
 def _echo_target(dsn: str, extra: str = "") -> None:
@@ -114,43 +108,13 @@ def load_cmd(rows: int, clinics: int, months: int, seed: int, replace: bool, for
         return
     from careflow_ha.data import replication_lag
 
-    summary, lag = load_watching_replication(spec, replace=replace)
-    emit({**summary.as_dict(), "replication": lag["standbys"], "report": lag["report"]}, fmt,
-         lambda d: "\n".join([table([summary.as_dict()], list(summary.as_dict())),
-                              replication_lag.render_line(d["replication"]), f"report: {d['report']}"]))
-
-
-def load_watching_replication(spec: DataSpec, *, replace: bool) -> tuple[LoadSummary, dict]:
-    """``load`` into the lab cluster (port 5000) while the primary's pg_stat_replication is sampled; then wait
-    until every standby has replayed the commit, and write the lag report."""
-    from careflow_ha.data import replication_lag
-    from careflow_ha.data.loader import load
-    from careflow_ha.monitoring import report_folder
-
     settings = get_settings()
-    admin = settings.dsn(role="admin")
-    watch = replication_lag.ReplicationWatch(admin)
-    started_at = time.time()
-    watch.start()
-    try:
-        summary = load(settings.dsn(), spec, replace=replace, progress=True)
-        standbys = sorted({s.standby for s in watch.samples if s.state == "streaming"})
-        click.echo(f"committed; waiting until {', '.join(standbys) or 'no standby'} replayed it", err=True)
-        caught = replication_lag.wait_caught_up(admin, summary.commit_lsn, standbys)
-        time.sleep(watch.interval_s * 1.5)  # one more sample after the catch-up, for the plot
-    finally:
-        watch.stop()
-    if watch.failure is not None:
-        raise watch.failure
-    samples = watch.samples
-    per_standby = replication_lag.summarize(samples, started_at, summary.committed_at, caught)
-    meta = {"rows": summary.rows, "target": "HAProxy port 5000 (the primary)", "started_at": started_at,
-            "committed_at": summary.committed_at, "commit_lsn": summary.commit_lsn, "seconds": summary.seconds,
-            "rows_per_s": round(summary.rows_per_s), "polls": watch.polls, "missed_polls": watch.missed,
-            "spec": {"rows": spec.rows, "clinics": spec.clinics, "months": spec.months, "seed": spec.seed}}
-    md = replication_lag.write_report(report_folder(settings.reports_dir / "data-load"), meta, samples,
-                                      per_standby, dict(settings.secrets))
-    return summary, {"standbys": per_standby, "report": str(md)}
+    summary, standbys, report = replication_lag.load_watching(
+        settings.dsn(), settings.dsn(role="admin"), spec, replace=replace, reports_dir=settings.reports_dir,
+        secrets=dict(settings.secrets), progress=lambda line: click.echo(line, err=True))
+    emit({**summary.as_dict(), "replication": standbys, "report": str(report)}, fmt,
+         lambda d: "\n".join([table([summary.as_dict()], list(summary.as_dict())),
+                              replication_lag.render_line(standbys), f"report: {report}"]))
 
 
 @data_group.command("import")

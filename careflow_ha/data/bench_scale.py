@@ -121,13 +121,8 @@ class Params:
     pet_clinic: int
     pet_first_visit: datetime
     today: tuple[datetime, datetime] = (datetime.min, datetime.min)  # the Seoul day, as clock.clinic_day_bounds
-    #: Another pet as frequent, of another clinic: its history primes a "data cold" run of the first pet's.
+    #: The same, with another pet as frequent, of another clinic: its history primes a "data cold" run.
     other: Params | None = None
-
-    def with_other_pet(self) -> Params:
-        """The same parameters with the other pet as the pet."""
-        assert self.other is not None
-        return self.other
 
 
 #: name -> (label, builder(table, params) -> (sql, prepared?)). "prepared" queries run as a prepared
@@ -262,7 +257,8 @@ def measure_cold(server: LocalPostgres, dsn: str, name: str, lab: str, params: P
             s = limited(runner.settings(settings))
             try:
                 if primed:
-                    other = Runner(conn, name, lab, params.with_other_pet())
+                    assert params.other is not None, "pick_params sets the other pet"
+                    other = Runner(conn, name, lab, params.other)
                     explain(conn, other.query, limited(other.settings(settings)))
                 with conn.transaction():
                     for x in s:

@@ -19,11 +19,15 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import psycopg
 
 from careflow_ha.cluster.watch import BoundedLoop
+
+if TYPE_CHECKING:
+    from careflow_ha.data.generator import DataSpec
+    from careflow_ha.data.loader import LoadSummary
 
 #: One row per standby (none when there is no standby), plus the primary's WAL position in every row.
 SAMPLE_SQL = """
@@ -102,14 +106,47 @@ def wait_caught_up(dsn: str, commit_lsn: str, standbys: Sequence[str], *, timeou
     started = clock()
     done: dict[str, float | None] = {}
     deadline = time.monotonic() + timeout_s
-    with psycopg.connect(dsn, autocommit=True, connect_timeout=CONNECT_TIMEOUT_S) as conn:
-        while len(done) < len(standbys) and time.monotonic() < deadline:
-            for name, past in conn.execute(CAUGHT_UP_SQL, (commit_lsn,)).fetchall():
-                if past and name in standbys and name not in done:
-                    done[name] = round(clock() - started, 3)
-            if len(done) < len(standbys):
-                time.sleep(interval_s)
+    try:
+        with psycopg.connect(dsn, autocommit=True, connect_timeout=CONNECT_TIMEOUT_S) as conn:
+            while len(done) < len(standbys) and time.monotonic() < deadline:
+                for name, past in conn.execute(CAUGHT_UP_SQL, (commit_lsn,)).fetchall():
+                    if past and name in standbys and name not in done:
+                        done[name] = round(clock() - started, 3)
+                if len(done) < len(standbys):
+                    time.sleep(interval_s)
+    except psycopg.Error:
+        pass  # the primary went away (a failover): whoever had not caught up is reported as not caught up
     return {name: done.get(name) for name in standbys}
+
+
+def load_watching(app_dsn: str, admin_dsn: str, spec: DataSpec, *, replace: bool, reports_dir: Path,
+                  secrets: Mapping[str, str], progress: Callable[[str], None]) -> tuple[
+                      LoadSummary, dict[str, dict[str, Any]], Path]:
+    """``loader.load`` into a primary with standbys while its pg_stat_replication is sampled; then wait until
+    every standby has replayed the commit, and write the report. (summary, per standby, report.md)."""
+    from careflow_ha.data.loader import load
+
+    watch = ReplicationWatch(admin_dsn)
+    started_at = time.time()
+    watch.start()
+    try:
+        summary = load(app_dsn, spec, replace=replace, progress=True)
+        standbys = sorted({s.standby for s in watch.samples if s.state == "streaming"})
+        progress(f"committed; waiting until {', '.join(standbys) or 'no standby'} replayed it")
+        caught = wait_caught_up(admin_dsn, summary.commit_lsn, standbys)
+        time.sleep(watch.interval_s * 1.5)  # one more sample after the catch-up, for the plot
+    finally:
+        watch.stop()
+    if watch.failure is not None:
+        raise watch.failure
+    samples = watch.samples
+    per_standby = summarize(samples, started_at, summary.committed_at, caught)
+    meta = {"rows": summary.rows, "target": "HAProxy port 5000 (the primary)", "started_at": started_at,
+            "committed_at": summary.committed_at, "commit_lsn": summary.commit_lsn, "seconds": summary.seconds,
+            "rows_per_s": round(summary.rows_per_s), "polls": watch.polls, "missed_polls": watch.missed,
+            "spec": {"rows": spec.rows, "clinics": spec.clinics, "months": spec.months, "seed": spec.seed}}
+    folder = reports_dir / "data-load" / time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(started_at))
+    return summary, per_standby, write_report(folder, meta, samples, per_standby, secrets)
 
 
 def _p95(values: list[float]) -> float:

@@ -11,7 +11,7 @@ import psycopg
 import pytest
 
 from careflow_ha.data.localserver import free_port, start_local_server
-from careflow_ha.data.replication_lag import ReplicationWatch, summarize, wait_caught_up
+from careflow_ha.data.replication_lag import ReplicationWatch, load_watching, summarize, wait_caught_up
 
 pytestmark = pytest.mark.localpg
 STANDBY = "walreceiver"  # the application_name a standby made by pg_basebackup -R reports
@@ -76,3 +76,21 @@ def test_a_role_without_pg_monitor_is_told_apart_from_no_lag(pair):
     watch.start()
     watch.join(5)
     assert watch.hidden and watch.samples == (), "the app role sees the standby but none of its positions"
+
+
+def test_load_watching_reports_the_standby_and_its_catch_up(pair, tmp_path):
+    from careflow_ha.data.db import migrate
+    from careflow_ha.data.generator import DataSpec
+
+    primary, _ = pair
+    migrate(primary.dsn("app"))
+    lines: list[str] = []
+    summary, standbys, report = load_watching(
+        primary.dsn("app"), primary.dsn("admin"), DataSpec(rows=20_000, clinics=2, months=2, seed=3),
+        replace=False, reports_dir=tmp_path, secrets=dict(primary.passwords), progress=lines.append)
+    assert summary.rows == 20_000 and summary.commit_lsn
+    assert list(standbys) == [STANDBY] and standbys[STANDBY]["caught_up_s"] is not None, standbys
+    assert standbys[STANDBY]["samples"] >= 1 and standbys[STANDBY]["sync_states"] == ["async"]
+    assert lines == [f"committed; waiting until {STANDBY} replayed it"]
+    assert report.parent.parent == tmp_path / "data-load"
+    assert sorted(p.name for p in report.parent.iterdir()) == ["lag.png", "report.md", "result.json"]
