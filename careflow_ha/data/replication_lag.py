@@ -29,9 +29,9 @@ if TYPE_CHECKING:
     from careflow_ha.data.generator import DataSpec
     from careflow_ha.data.loader import LoadSummary
 
-#: One row per standby (none when there is no standby), plus the primary's WAL position in every row.
+#: One row per standby (one row of NULLs when there is no standby).
 SAMPLE_SQL = """
-SELECT extract(epoch FROM clock_timestamp())::float8, pg_current_wal_lsn()::text, r.application_name, r.state,
+SELECT extract(epoch FROM clock_timestamp())::float8, r.application_name, r.state,
        r.sync_state, pg_wal_lsn_diff(pg_current_wal_lsn(), r.flush_lsn)::bigint,
        pg_wal_lsn_diff(pg_current_wal_lsn(), r.replay_lsn)::bigint,
        extract(epoch FROM r.flush_lag)::float8, extract(epoch FROM r.replay_lag)::float8
@@ -84,7 +84,7 @@ class ReplicationWatch(BoundedLoop):
             self.close()
             return
         got = [LagSample(at, name, state, sync, flush, replay, flush_s, replay_s)
-               for at, _lsn, name, state, sync, flush, replay, flush_s, replay_s in rows if name is not None]
+               for at, name, state, sync, flush, replay, flush_s, replay_s in rows if name is not None]
         if any(s.state is None for s in got):  # rows without details: the role lacks pg_read_all_stats
             self.hidden = True
             return
