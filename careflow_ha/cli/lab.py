@@ -22,6 +22,7 @@ from careflow_ha.cli.common import (
     progress,
     table,
 )
+from careflow_ha.errors import UsageError
 from careflow_ha.lab import hosts
 from careflow_ha.lab.engine import detect_engine
 from careflow_ha.settings import PROJECT_DIR
@@ -79,19 +80,29 @@ def pytest_argv(quick: bool, pytest_args: tuple[str, ...]) -> list[str]:
     return argv + list(pytest_args)
 
 
+def pytest_environment(long: bool, environ: dict[str, str]) -> dict[str, str]:
+    """pytest's environment: ``--long`` selects the long drill suite (tests/drills/conftest.py)."""
+    return {**environ, "PYTHONUNBUFFERED": "1", **({"CAREFLOW_DRILL_SUITE": "long"} if long else {})}
+
+
 @click.command("test")
 @click.option("--quick", is_flag=True, help="Unit tests only: no containers, no database.")
+@click.option("--long", "long", is_flag=True,
+              help="Every drill instead of CI's subset, the 30-run failover series, the 30-minute soak and "
+              "the cluster-loss restore (hours, not minutes).")
 @click.argument("pytest_args", nargs=-1, type=click.UNPROCESSED)
-def test_cmd(quick: bool, pytest_args: tuple[str, ...]) -> None:
+def test_cmd(quick: bool, long: bool, pytest_args: tuple[str, ...]) -> None:
     """Run the test suite: unit, local PostgreSQL, lab, cluster, drills.
 
     Starts the lab and the cluster it needs and tears down what it started,
     even when a test fails. Extra arguments go to pytest.
     """
+    if quick and long:
+        raise UsageError("--quick runs no drill and --long runs every drill: give one of them")
     argv = pytest_argv(quick, pytest_args)
-    progress("running: pytest " + " ".join(argv[3:]))
+    progress("running: pytest " + " ".join(argv[3:]) + (" (long drill suite)" if long else ""))
     started = time.monotonic()
-    rc = subprocess.call(argv, cwd=PROJECT_DIR, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    rc = subprocess.call(argv, cwd=PROJECT_DIR, env=pytest_environment(long, dict(os.environ)))
     progress(f"tests finished in {time.monotonic() - started:.0f}s (exit {rc})")
     # pytest exit 5 = nothing collected: a test command that tests nothing has failed.
     sys.exit(1 if rc == 5 else rc)
