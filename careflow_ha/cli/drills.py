@@ -35,6 +35,7 @@ from careflow_ha.drills.control import PatroniRestControl
 from careflow_ha.drills.faults import FAULTS, get_fault
 from careflow_ha.drills.report import write_report
 from careflow_ha.drills.runner import DrillOptions, DrillRun, run_drill
+from careflow_ha.drills.series import render_lines, summarize, write_series_report
 from careflow_ha.drills.targets import compare_verdict
 from careflow_ha.errors import CheckFailed, NotReady, UsageError
 from careflow_ha.lab.engine import detect_engine
@@ -48,6 +49,12 @@ async_option = click.option(
     "asynchronous",
     is_flag=True,
     help="Run with synchronous_mode off (shows the acknowledged writes lost at failover); restored afterwards.",
+)
+failsafe_option = click.option(
+    "--failsafe/--no-failsafe",
+    "failsafe",
+    default=None,
+    help="Run with Patroni's failsafe_mode on or off (restored afterwards); by default the cluster's own setting.",
 )
 repeat_option = click.option(
     "--repeat", type=click.IntRange(1, 50), default=1, show_default=True, help="Run the drill N times in a row."
@@ -101,8 +108,9 @@ def _runner(
     engine = detect_engine(engine_name)
     control = PatroniRestControl(PatroniApi(settings), haproxy_preset=haproxy_preset_switcher(settings))
 
-    def one(name: str, preset: str, asynchronous: bool) -> tuple[DrillRun, str]:
-        options = DrillOptions(preset=preset, synchronous=not asynchronous, background=background)
+    def one(name: str, preset: str, asynchronous: bool, failsafe: bool | None = None) -> tuple[DrillRun, str]:
+        options = DrillOptions(preset=preset, synchronous=not asynchronous, background=background,
+                               failsafe_mode=failsafe)
         run = run_drill(get_fault(name), settings, engine, control, options, progress)
         folder = write_report(run, settings.reports_dir, settings.secrets)
         progress(f"report: {folder.relative_to(settings.project_dir)}/report.md")
@@ -114,6 +122,13 @@ def _runner(
 def _finish(runs: Sequence[tuple[DrillRun, str]], fmt: str) -> None:
     rows = [_summary(run, folder) for run, folder in runs]
     emit(rows, fmt, lambda r: table(r, SUMMARY_COLUMNS))
+    if len(runs) > 1:  # a series: percentiles against the targets, and every write of every run
+        settings = get_settings()
+        only_runs = [run for run, _ in runs]
+        for line in render_lines(summarize(only_runs)):
+            progress(line)
+        folder = write_series_report(only_runs, [f for _, f in runs], settings.reports_dir, settings.secrets)
+        progress(f"series report: {folder.relative_to(settings.project_dir)}/report.md")
     missed = [run for run, _ in runs if not run.passed]
     if missed:
         names = ", ".join(sorted({r.name for r in missed}))
@@ -151,17 +166,21 @@ def list_cmd(fmt: str) -> None:
 @repeat_option
 @drill_preset_option
 @async_option
+@failsafe_option
 @under_load_option
 @via_option
 @engine_option
 @force_option
 @format_option
 def run_cmd(
-    name: str, repeat: int, preset: str, asynchronous: bool, under_load: bool, via: str | None,
-    engine_name: str | None, force: bool, fmt: str,
+    name: str, repeat: int, preset: str, asynchronous: bool, failsafe: bool | None, under_load: bool,
+    via: str | None, engine_name: str | None, force: bool, fmt: str,
 ) -> None:
     """Run drill NAME (see 'drill list') and write its report."""
     if name in BACKUP_DRILLS:
+        if failsafe is not None:
+            raise UsageError(f"drill {name!r} restores the cluster from the repository; --failsafe does not apply "
+                             "to it: run it without")
         _run_backup_drill(name, repeat, preset, asynchronous, under_load, via, force, fmt)
         return
     if name not in FAULTS:  # an unknown name fails before anything is touched
@@ -176,7 +195,7 @@ def run_cmd(
     for i in range(repeat):
         if repeat > 1:
             progress(f"repetition {i + 1} of {repeat}")
-        runs.append(one(fault.name, preset, asynchronous))
+        runs.append(one(fault.name, preset, asynchronous, failsafe))
     _finish(runs, fmt)
 
 
@@ -242,15 +261,23 @@ def all_cmd(
 @click.argument("name")
 @repeat_option
 @async_option
+@click.option("--failsafe", "by_failsafe", is_flag=True,
+              help="Compare Patroni's failsafe_mode off and on (tuned preset) instead of the two presets.")
 @under_load_option
 @engine_option
 @force_option
 @format_option
 def compare_cmd(
-    name: str, repeat: int, asynchronous: bool, under_load: bool, engine_name: str | None, force: bool, fmt: str
+    name: str, repeat: int, asynchronous: bool, by_failsafe: bool, under_load: bool, engine_name: str | None,
+    force: bool, fmt: str,
 ) -> None:
-    """Run drill NAME under Patroni's defaults and under the tuned preset in one run; print both and the ratio."""
+    """Run drill NAME under Patroni's defaults and under the tuned preset in one run; print both and the ratio.
+
+    With --failsafe: under failsafe_mode off and on instead, both on the tuned preset."""
     fault = get_fault(name)
+    if by_failsafe:
+        _compare_failsafe(fault.name, repeat, asynchronous, under_load, engine_name, force, fmt)
+        return
     confirm_or_force(f"Run '{fault.name}' {2 * repeat} times (both presets)? It breaks the lab cluster.", force)
     one = _runner(engine_name, under_load)
     runs: list[tuple[DrillRun, str]] = []
@@ -259,12 +286,8 @@ def compare_cmd(
             progress(f"repetition {i + 1} of {repeat}, preset {preset}")
             runs.append(one(fault.name, preset, asynchronous))
 
-    def median(preset: str) -> float | None:
-        values = [r.analysis.write_outage.seconds for r, _ in runs if r.preset == preset]
-        known = [v for v in values if v is not None]
-        return statistics.median(known) if known and len(known) == len(values) else None
-
-    default_s, fast_s = median("default"), median("fast")
+    default_s = _median_outage([r for r, _ in runs if r.preset == "default"])
+    fast_s = _median_outage([r for r, _ in runs if r.preset == "fast"])
     verdict = compare_verdict(default_s, fast_s)
     result = {
         "drill": fault.name,
@@ -291,6 +314,55 @@ def compare_cmd(
     missed = [r for r, _ in runs if not r.passed]
     if missed or result["ratio_ok"] is False:
         raise CheckFailed(f"'{fault.name}' missed a target ({len(missed)} run(s) or the ratio); see the reports")
+
+
+def _median_outage(runs: Sequence[DrillRun]) -> float | None:
+    """The median write outage, or None unless every run's writes resumed."""
+    values = [r.analysis.write_outage.seconds for r in runs]
+    known = [v for v in values if v is not None]
+    return statistics.median(known) if known and len(known) == len(values) else None
+
+
+def _compare_failsafe(name: str, repeat: int, asynchronous: bool, under_load: bool, engine_name: str | None,
+                      force: bool, fmt: str) -> None:
+    """``drill compare NAME --failsafe``: failsafe_mode off and on, interleaved, tuned preset; restored after."""
+    confirm_or_force(f"Run '{name}' {2 * repeat} times (failsafe_mode off and on)? It breaks the lab cluster.",
+                     force)
+    one = _runner(engine_name, under_load)
+    runs: list[tuple[DrillRun, str]] = []
+    for i in range(repeat):  # interleaved, so both settings see the same machine load
+        for failsafe in (False, True):
+            progress(f"repetition {i + 1} of {repeat}, failsafe_mode {'on' if failsafe else 'off'}")
+            runs.append(one(name, "fast", asynchronous, failsafe))
+    by = {on: [r for r, _ in runs if r.failsafe_mode is on] for on in (False, True)}
+
+    def failovers(group: Sequence[DrillRun]) -> int:
+        return sum(1 for r in group if r.analysis.new_primary not in (None, r.analysis.old_primary))
+
+    result = {
+        "drill": name,
+        "repeat": repeat,
+        "failsafe_off_write_outage_s": _median_outage(by[False]),
+        "failsafe_on_write_outage_s": _median_outage(by[True]),
+        "failsafe_off_failovers": failovers(by[False]),
+        "failsafe_on_failovers": failovers(by[True]),
+        "runs": [{**_summary(r, folder), "failsafe": "on" if r.failsafe_mode else "off"} for r, folder in runs],
+    }
+
+    def pretty(res: dict[str, Any]) -> str:
+        fmt_s = lambda v: "-" if v is None else f"{v:.2f} s"  # noqa: E731 - tiny local formatter
+        return "\n".join([
+            table(res["runs"], ["failsafe", *SUMMARY_COLUMNS]), "",
+            f"write outage (median of {repeat}): failsafe_mode off {fmt_s(res['failsafe_off_write_outage_s'])}, "
+            f"on {fmt_s(res['failsafe_on_write_outage_s'])}",
+            f"failovers: off {res['failsafe_off_failovers']} of {repeat}, on {res['failsafe_on_failovers']} of "
+            f"{repeat}",
+        ])
+
+    emit(result, fmt, pretty)
+    missed = [r for r, _ in runs if not r.passed]
+    if missed:
+        raise CheckFailed(f"'{name}' missed a target in {len(missed)} run(s); see the reports")
 
 
 #: The storm's default size (issue 13: 1,000 clients against max_connections 200) and its bounds.

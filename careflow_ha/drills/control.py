@@ -56,6 +56,14 @@ class ClusterControl(Protocol):
         """Turn ``synchronous_mode`` on or off in the running cluster (no restart)."""
         ...
 
+    def failsafe_mode(self) -> bool:
+        """Whether Patroni's ``failsafe_mode`` is on in the dynamic configuration."""
+        ...
+
+    def set_failsafe_mode(self, enabled: bool) -> None:
+        """Turn ``failsafe_mode`` on or off in the running cluster; returns once the leader runs with it."""
+        ...
+
     def wait_healthy(self, timeout: float) -> ClusterSnapshot:
         """Block until the cluster is healthy, or raise NotReady naming what is missing.
 
@@ -146,6 +154,19 @@ class PatroniRestControl:
     def set_synchronous_mode(self, enabled: bool) -> None:
         if self.synchronous_mode() != enabled:  # leave the DCS alone when nothing changes
             self.api.patch_config({"synchronous_mode": enabled}, first=self.topology().leader)
+
+    def failsafe_mode(self) -> bool:
+        return bool(self.api.config().get("failsafe_mode", False))
+
+    def set_failsafe_mode(self, enabled: bool) -> None:
+        if self.failsafe_mode() == enabled:
+            return
+        leader = self.topology().leader
+        patched_at = int(time.time())
+        self.api.patch_config({"failsafe_mode": enabled}, first=leader)
+        if leader is not None:  # the leader reads it at the end of a loop; a drill started earlier would not see it
+            loop_wait = self.timing().loop_wait
+            self._wait_leader_loops(leader, patched_at, loops=2, timeout=4 * loop_wait + 30)
 
     def wait_healthy(self, timeout: float) -> ClusterSnapshot:
         synchronous = self.synchronous_mode()

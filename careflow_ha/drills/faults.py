@@ -10,6 +10,7 @@ over the network, so they also work on a partitioned node.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -79,6 +80,9 @@ class FaultContext:
     control: ClusterControl
     host_run: HostRun = host_run
     vip: str | None = None  # the client VIP (balancer faults aim at its holder)
+    #: etcd's client and peer ports (inventory careflow_etcd_client_port / careflow_etcd_peer_port): what a
+    #: DCS-only partition cuts.
+    etcd_ports: tuple[int, int] = (2379, 2380)
     pooled_switchover: PooledSwitchover | None = None
     certificate_rotation: CertificateRotation | None = None
 
@@ -125,6 +129,9 @@ class Fault:
     alerts: tuple[str, ...] = ()
     #: Planned maintenance: no critical alert may fire (it must not page anyone).
     planned: bool = False
+    #: With Patroni's failsafe_mode on, the primary keeps running (no failover, writes go on): the fault takes
+    #: the DCS away from the primary but leaves every member's REST API reachable.
+    failsafe_keeps_primary: bool = False
 
 
 # -- target selection --------------------------------------------------------------------------------------------------
@@ -286,21 +293,55 @@ def heal_unpause_node(ctx: FaultContext, t: Targets) -> str:
     return f"container unpause {t[0]}"
 
 
-def inject_partition(ctx: FaultContext, t: Targets) -> str:
-    pid = ctx.engine.pid(t[0])
-    for rule in PARTITION_RULES:
-        iptables(ctx, pid, "-I", rule)
-    return f"iptables DROP all but loopback in {t[0]}'s network namespace"
+@dataclass(frozen=True)
+class IptablesCut:
+    """A network fault made of iptables rules in the target's network namespace: inserted to inject, every
+    copy deleted to heal (idempotent, bounded). ``rules(ctx)`` may depend on the context (the etcd ports)."""
+
+    rules: Callable[[FaultContext], Sequence[Sequence[str]]]
+    what: str  # for the timeline: "DROP all but loopback"
+
+    def inject(self, ctx: FaultContext, t: Targets) -> str:
+        pid = ctx.engine.pid(t[0])
+        for rule in self.rules(ctx):
+            iptables(ctx, pid, "-I", rule)
+        return f"iptables {self.what} in {t[0]}'s network namespace"
+
+    def heal(self, ctx: FaultContext, t: Targets) -> str:
+        pid = ctx.engine.pid(t[0])
+        for rule in self.rules(ctx):
+            for _ in range(5):  # delete every copy we might have inserted; bounded
+                if iptables(ctx, pid, "-C", rule, check=False).returncode != 0:
+                    break
+                iptables(ctx, pid, "-D", rule)
+        return f"iptables rules removed in {t[0]}'s network namespace"
 
 
-def heal_partition(ctx: FaultContext, t: Targets) -> str:
-    pid = ctx.engine.pid(t[0])
-    for rule in PARTITION_RULES:
-        for _ in range(5):  # delete every copy we might have inserted; bounded
-            if iptables(ctx, pid, "-C", rule, check=False).returncode != 0:
-                break
-            iptables(ctx, pid, "-D", rule)
-    return f"iptables rules removed in {t[0]}'s network namespace"
+def _dcs_rules(ctx: FaultContext) -> tuple[tuple[str, ...], ...]:
+    # Patroni reaches this node's own etcd member at the node's own address, which Linux routes over loopback, so
+    # it keeps its local member; but that member, cut from its peers, has no quorum and answers nothing, so the
+    # node has no DCS, while replication (5432) and the REST API (8008) still flow both ways.
+    ports = ",".join(str(p) for p in ctx.etcd_ports)
+    return (
+        ("INPUT", "!", "-i", "lo", "-p", "tcp", "-m", "multiport", "--dports", ports, "-j", "DROP"),
+        ("OUTPUT", "!", "-o", "lo", "-p", "tcp", "-m", "multiport", "--dports", ports, "-j", "DROP"),
+    )
+
+
+#: A fifth of the packets each way: TCP retransmits and carries on, but every round trip may cost a
+#: retransmission timeout (200 ms and up), which is what a flaky NIC or a congested switch does.
+PACKET_LOSS = 0.2
+
+FULL_PARTITION = IptablesCut(lambda ctx: PARTITION_RULES, "DROP all but loopback")
+INBOUND_PARTITION = IptablesCut(lambda ctx: PARTITION_RULES[:1], "DROP everything inbound but loopback")
+OUTBOUND_PARTITION = IptablesCut(lambda ctx: PARTITION_RULES[1:], "DROP everything outbound but loopback")
+DCS_PARTITION = IptablesCut(_dcs_rules, "DROP etcd's client and peer ports (replication and REST still flow)")
+LOSSY_LINK = IptablesCut(
+    lambda ctx: tuple((*rule[:-2], "-m", "statistic", "--mode", "random", "--probability", f"{PACKET_LOSS:g}",
+                       *rule[-2:]) for rule in PARTITION_RULES),
+    f"DROP {PACKET_LOSS:.0%} of the packets each way at random",
+)
+inject_partition, heal_partition = FULL_PARTITION.inject, FULL_PARTITION.heal
 
 
 def inject_stop_etcd(ctx: FaultContext, t: Targets) -> str:
@@ -313,6 +354,93 @@ def heal_start_etcd(ctx: FaultContext, t: Targets) -> str:
     for node in t:
         ctx.engine.exec(node, ["systemctl", "start", "etcd.service"], timeout=60)
     return f"systemctl start etcd on {', '.join(t)}"
+
+
+ETCD_LEADER_SCRIPT = (
+    # The member list names the members; any member's status names the leader's ID. etcdctl's environment
+    # (endpoints, client certificate) comes from roles/etcd's profile script, as for a DBA's login shell.
+    "etcdctl member list -w json && etcdctl endpoint status -w json"
+)
+
+
+def etcd_leader(ctx: FaultContext, ask: Sequence[str]) -> str:
+    """The etcd member that leads now, by name, asked through the first of ``ask`` (nodes) that answers."""
+    problems = []
+    for node in ask:
+        # Not checked: `endpoint status` exits 1 when any member is down, and still prints the others' status.
+        proc = ctx.engine.exec(node, ["bash", "-lc", ETCD_LEADER_SCRIPT], timeout=30, check=False)
+        try:
+            return leader_from_etcdctl(proc.stdout, node)
+        except CommandFailed as exc:
+            last = (proc.stderr or "").strip().splitlines()[-1:]
+            problems.append(f"{exc}{': ' + last[0] if last else ''}")
+    raise NotReady(f"no etcd member named its leader ({'; '.join(problems) or 'no member asked'})")
+
+
+def leader_from_etcdctl(output: str, node: str) -> str:
+    """The leader's name from ``etcdctl member list -w json`` followed by ``endpoint status -w json``."""
+    decoder = json.JSONDecoder()
+    text, docs, at = output.strip(), [], 0
+    for _ in range(4):  # two documents expected; bounded
+        while at < len(text) and text[at].isspace():
+            at += 1
+        if at >= len(text):
+            break
+        try:
+            doc, at = decoder.raw_decode(text, at)
+        except json.JSONDecodeError:
+            break
+        docs.append(doc)
+    try:
+        names = {m["ID"]: m["name"] for m in docs[0]["members"]}
+        leaders = {st["Status"]["leader"] for st in docs[1]}
+        (leader_id,) = leaders  # members that disagree (an election under way) name no leader yet
+        return names[leader_id]
+    except (IndexError, KeyError, TypeError, ValueError) as exc:
+        raise CommandFailed(f"no etcd leader in etcdctl's answer on {node} ({type(exc).__name__})") from None
+
+
+def pick_etcd_leader(ctx: FaultContext) -> Targets:
+    """The node whose etcd member leads the Raft group now (it may or may not be the primary's)."""
+    members = [m.name for m in ctx.control.topology().members]
+    return (etcd_leader(ctx, members),)
+
+
+def observe_etcd_election(ctx: FaultContext, t: Targets, fault_at: float, heal_at: float | None,
+                          say: Callable[[str], None]) -> Observation:
+    """Who leads etcd after the old leader's member came back (it rejoins as a follower)."""
+    members = [m.name for m in ctx.control.topology().members]
+    try:
+        after = etcd_leader(ctx, members)
+    except (NotReady, CommandFailed) as exc:
+        say(f"etcd leader afterwards unknown: {exc}")
+        after = None
+    return Observation(figures={"etcd_leader_before": t[0], "etcd_leader_after": after,
+                                "primary_on_etcd_leader_node": "yes" if ctx.control.topology().leader == t[0]
+                                else "no"})
+
+
+#: Stop the postmaster first (it can then fork nothing new), then every process it started: the backends,
+#: the WAL writer, the checkpointer, the walsenders. Patroni and the rest of the node keep running.
+POSTGRES_SIGNAL_SCRIPT = (
+    'pm=$(head -n 1 {pgdata}/postmaster.pid) && [ -n "$pm" ] && kill -{sig} "$pm" && '
+    'kids=$(pgrep -d " " -P "$pm"); {{ [ -z "$kids" ] || kill -{sig} $kids; }} && echo "$pm $kids"'
+)
+
+
+def _signal_postgres(ctx: FaultContext, node: str, sig: str) -> list[str]:
+    proc = ctx.engine.exec(node, ["bash", "-c", POSTGRES_SIGNAL_SCRIPT.format(pgdata=PGDATA, sig=sig)], timeout=15)
+    return (proc.stdout or "").split()
+
+
+def inject_freeze_postgres(ctx: FaultContext, t: Targets) -> str:
+    pids = _signal_postgres(ctx, t[0], "STOP")
+    return f"SIGSTOP to the postmaster (pid {pids[0]}) and its {len(pids) - 1} processes on {t[0]}: I/O stalled"
+
+
+def heal_thaw_postgres(ctx: FaultContext, t: Targets) -> str:
+    pids = _signal_postgres(ctx, t[0], "CONT")
+    return f"SIGCONT to the postmaster and its {len(pids) - 1} processes on {t[0]}"
 
 
 def pick_every_member(snap: ClusterSnapshot) -> Targets:
@@ -376,6 +504,10 @@ def _at_vip_holder(
 
 
 _UNTIL_RECOVERED = Hold(min_s=2.0, max_s=120.0, until_writes_resume=True)
+#: Losing only the DCS stops no write at once: the primary demotes itself when it fails to renew the lease, a
+#: replica promotes when the lease expires (up to ttl + loop_wait: 40 s on Patroni's defaults). Held at least that
+#: long, then until writes resume, so the failover (or, with failsafe_mode, its absence) is what is measured.
+_DCS_LOSS_HOLD = Hold(min_s=45.0, max_s=120.0, until_writes_resume=True)
 
 _FAULTS: tuple[Fault, ...] = (
     Fault(
@@ -504,6 +636,7 @@ _FAULTS: tuple[Fault, ...] = (
         heal_start_etcd,
         Hold(min_s=30.0, max_s=30.0),
         expects_failover=None,
+        failsafe_keeps_primary=True,
         nemesis="kill",
         alerts=("CareflowEtcdMemberDown",),
     ),
@@ -536,6 +669,89 @@ _FAULTS: tuple[Fault, ...] = (
         ci=True,
         observe=observe_rotation,
         planned=True,
+    ),
+    Fault(
+        "etcd-leader-loss",
+        "loss of the etcd leader",
+        "systemctl stop etcd on the node whose member leads etcd's Raft group (asked with etcdctl when the drill "
+        "starts; it may be the primary's node or not). The two followers elect a new leader within etcd's election "
+        "timeout; Patroni retries its requests within retry_timeout and keeps the lease: no failover.",
+        _pick_nothing,
+        inject_stop_etcd,
+        heal_start_etcd,
+        Hold(min_s=10.0, max_s=60.0, until_writes_resume=True),
+        expects_failover=False,
+        nemesis="kill",
+        pick_live=pick_etcd_leader,
+        observe=observe_etcd_election,
+    ),
+    Fault(
+        "primary-inbound-partition",
+        "one-way partition of the primary: inbound cut",
+        "iptables DROP of every packet into the primary's network namespace but loopback; its own packets still "
+        "leave. It hears neither etcd nor its replicas' acknowledgements, so it can neither renew the lease nor "
+        "commit, and must demote itself; a replica promotes once the lease expires.",
+        pick_primary,
+        INBOUND_PARTITION.inject,
+        INBOUND_PARTITION.heal,
+        _UNTIL_RECOVERED,
+        expects_failover=True,
+        nemesis="partition",
+    ),
+    Fault(
+        "primary-outbound-partition",
+        "one-way partition of the primary: outbound cut",
+        "iptables DROP of every packet out of the primary's network namespace but loopback; packets still arrive. "
+        "Its lease renewals and WAL never leave, so as with the inbound cut it must demote itself and a replica "
+        "promotes once the lease expires.",
+        pick_primary,
+        OUTBOUND_PARTITION.inject,
+        OUTBOUND_PARTITION.heal,
+        _UNTIL_RECOVERED,
+        expects_failover=True,
+        nemesis="partition",
+    ),
+    Fault(
+        "dcs-partition",
+        "DCS-only partition of the primary",
+        "iptables DROP of etcd's client and peer ports in the primary's network namespace: it still reaches its "
+        "replicas (replication, REST API) but not etcd. It demotes itself when it cannot renew the lease, and a "
+        "replica, which still sees etcd's quorum, promotes. With failsafe_mode on, the primary reaches every member "
+        "over REST (POST /failsafe), so it keeps running and the replicas, told so, do not race for the lease.",
+        pick_primary,
+        DCS_PARTITION.inject,
+        DCS_PARTITION.heal,
+        _DCS_LOSS_HOLD,
+        expects_failover=True,
+        failsafe_keeps_primary=True,
+        nemesis="partition",
+    ),
+    Fault(
+        "primary-packet-loss",
+        "packet loss on the primary",
+        f"iptables DROP of {PACKET_LOSS:.0%} of the packets in and out of the primary's network namespace, at "
+        "random, for 30 s. TCP retransmits, so commits and Patroni's etcd requests slow down but succeed; the "
+        "lease is renewed within retry_timeout: no failover, and no write lost.",
+        pick_primary,
+        LOSSY_LINK.inject,
+        LOSSY_LINK.heal,
+        Hold(min_s=30.0, max_s=30.0),
+        expects_failover=False,
+        nemesis="partition",
+    ),
+    Fault(
+        "primary-io-stall",
+        "I/O stall on the primary (PostgreSQL frozen)",
+        "SIGSTOP to the primary's postmaster and every process it started (backends, WAL writer, checkpointer, "
+        "walsenders), as a hung disk does to them; Patroni and etcd on the node keep running. Patroni's loop "
+        "blocks on its own query, so the lease expires and a replica promotes. When thawed, the old primary "
+        "must demote itself, and its stalled commits must never be acknowledged.",
+        pick_primary,
+        inject_freeze_postgres,
+        heal_thaw_postgres,
+        _UNTIL_RECOVERED,
+        expects_failover=True,
+        nemesis="pause",
     ),
     _at_vip_holder(
         "balancer-loss",

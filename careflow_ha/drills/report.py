@@ -98,6 +98,7 @@ def result_json(run: DrillRun) -> dict[str, Any]:
         "via": run.via,
         "timing": {"ttl": run.timing.ttl, "loop_wait": run.timing.loop_wait, "retry_timeout": run.timing.retry_timeout},
         "synchronous_mode": run.synchronous,
+        "failsafe_mode": run.failsafe_mode,
         "under_load": run.under_load,
         "targets": list(run.targets),
         "old_primary": a.old_primary,
@@ -257,6 +258,7 @@ def markdown(run: DrillRun, png_name: str) -> str:
         "",
         f"{when} · preset `{run.preset}` (ttl {run.timing.ttl}, loop_wait {run.timing.loop_wait}, "
         f"retry_timeout {run.timing.retry_timeout}) · synchronous_mode **{'on' if run.synchronous else 'off'}**"
+        f"{'' if run.failsafe_mode is None else ' · failsafe_mode **' + ('on' if run.failsafe_mode else 'off') + '**'}"
         f"{' · under load' if run.under_load else ''} · via `{run.via}`"
         f" · result **{'PASS' if run.passed else 'MISS'}**",
         "",

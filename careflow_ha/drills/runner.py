@@ -43,9 +43,17 @@ from careflow_ha.drills.analysis import Analysis, analyse, rejoined_at
 from careflow_ha.drills.checker import describe_set_check
 from careflow_ha.drills.control import ClusterControl
 from careflow_ha.drills.faults import PGDATA, CertificateRotation, Fault, FaultContext, NodeEngine, PooledSwitchover
-from careflow_ha.drills.targets import POOLED_WAY, REJOIN_TARGET_S, Observation, Verdict, alert_verdicts, verdicts
+from careflow_ha.drills.targets import (
+    POOLED_WAY,
+    REJOIN_TARGET_S,
+    Observation,
+    Verdict,
+    alert_verdicts,
+    failover_verdict,
+    verdicts,
+)
 from careflow_ha.errors import CareflowError, CheckFailed, NotReady
-from careflow_ha.settings import DB_NAME, ROLE_NAMES, Settings
+from careflow_ha.settings import DB_NAME, ROLE_NAMES, Settings, inventory_vars
 
 Progress = Callable[[str], None]
 #: A background load to run around the fault (the load-test work plugs Locust in here for ``--under-load``).
@@ -74,6 +82,8 @@ class DrillOptions:
     #: been verified on the lab: it adds one connection per node and a table to the drill.
     node_writers: bool = False
     node_write_interval_s: float = 0.2
+    #: Patroni's failsafe_mode for the run (restored afterwards); None leaves the cluster's setting alone.
+    failsafe_mode: bool | None = None
 
 
 @dataclass(frozen=True)
@@ -107,6 +117,7 @@ class DrillRun:
     via: str = "haproxy-vip"
     #: What Prometheus saw over the run (panels, alerts); None when it was not asked.
     server: ServerView | None = None
+    failsafe_mode: bool | None = None  # as the run set it; None: the cluster's own setting, untouched
 
     @property
     def passed(self) -> bool:
@@ -240,8 +251,11 @@ def fault_context(settings: Settings, engine: NodeEngine, control: ClusterContro
         PooledSwitchover(lambda to: lab_switchover(settings, to, True, lab_limits(settings), say))
         if settings.via == POOLED_WAY else None
     )
+    values = inventory_vars(settings.lab_inventory)
+    etcd_ports = (int(values.get("careflow_etcd_client_port", 2379)), int(values.get("careflow_etcd_peer_port", 2380)))
     return FaultContext(engine, control, vip=settings.vip.address if settings.vip else None, pooled_switchover=pooled,
-                        certificate_rotation=CertificateRotation(lambda ca: lab_rotation(settings, ca, say)))
+                        certificate_rotation=CertificateRotation(lambda ca: lab_rotation(settings, ca, say)),
+                        etcd_ports=etcd_ports)
 
 
 def start_probes(settings: Settings, engine: NodeEngine, control: ClusterControl, options: DrillOptions,
@@ -289,10 +303,14 @@ def run_drill(
         progress(f"[{fault.name} +{time.time() - started:5.1f}s] {line}")
 
     previous_sync = control.synchronous_mode()
+    previous_failsafe = None if options.failsafe_mode is None else control.failsafe_mode()
     try:
-        say(f"preparing: preset {options.preset} {timing}, synchronous_mode {'on' if options.synchronous else 'off'}")
+        say(f"preparing: preset {options.preset} {timing}, synchronous_mode {'on' if options.synchronous else 'off'}"
+            + ("" if options.failsafe_mode is None else f", failsafe_mode {'on' if options.failsafe_mode else 'off'}"))
         control.set_timing_preset(options.preset)
         control.set_synchronous_mode(options.synchronous)
+        if options.failsafe_mode is not None:
+            control.set_failsafe_mode(options.failsafe_mode)
         healthy = control.wait_healthy(options.healthy_timeout_s)
         live = FaultContext(engine, control, vip=settings.vip.address if settings.vip else None)
         targets = fault.pick_live(live) if fault.pick_live else fault.pick(healthy)
@@ -303,6 +321,15 @@ def run_drill(
         if options.restore_synchronous and previous_sync != options.synchronous:
             control.set_synchronous_mode(previous_sync)
             say(f"synchronous_mode restored to {'on' if previous_sync else 'off'}")
+        if previous_failsafe is not None and previous_failsafe != options.failsafe_mode:
+            control.set_failsafe_mode(previous_failsafe)
+            say(f"failsafe_mode restored to {'on' if previous_failsafe else 'off'}")
+
+
+def expected_failover(fault: Fault, failsafe_mode: bool | None) -> bool | None:
+    """What the fault should do: with failsafe_mode on, a fault that only takes the DCS away from the primary
+    must leave it the primary (it reaches every member over REST)."""
+    return False if failsafe_mode and fault.failsafe_keeps_primary else fault.expects_failover
 
 
 def _probe_and_break(
@@ -387,11 +414,13 @@ def _probe_and_break(
         finished_at=time.time(),
         recovered=recovered,
         recovery_problem=problem,
-        expects_failover=fault.expects_failover,
+        expects_failover=expected_failover(fault, options.failsafe_mode),
+        failsafe_mode=options.failsafe_mode,
         recording=recording,
         analysis=analysis,
         verdicts=verdicts(fault.name, options.preset, options.synchronous, analysis, recovered, settings.via,
                           load_failures=None if load_result is None else load_result.report["summary"]["failures"])
+        + failover_verdict(expected_failover(fault, options.failsafe_mode), analysis)
         + observation.verdicts
         + alert_verdicts(fault.alerts, fault.planned, targets, server, fault_at),
         figures={**observation.figures, **load_totals},

@@ -15,9 +15,11 @@ straight on its own port. This module turns those into:
   silently taken as "fine".
 
 The leader key is read from ``GET /cluster`` of whichever member answers.
-A member cut off from etcd but reachable from the host (a DCS-only
-partition, not in the catalogue yet) could answer from a stale view; a drill
-that makes one must take its snapshots from etcd itself.
+A member cut off from etcd but reachable from the host (the ``dcs-partition``
+drill) answers from its last view of the DCS: while the poller happens to ask
+it, a new leader's tenure starts late, so this measure may miss a write
+acknowledged there. Role sampling and the probe writer are unaffected; reading
+the key from etcd itself would close that gap, and is not done yet.
 
 Pure: synthetic timelines in, immutable results out.
 """

@@ -21,9 +21,17 @@ WRITE_OUTAGE_TARGETS_S: Mapping[str, float] = MappingProxyType(
     # balancer-loss: VRRP's master-down interval (3 x advert_int + skew) plus the clients' reconnect.
     # primary-partition: the same lease wait as a node loss (the cut-off primary demotes itself before the
     # lease ends, a replica promotes once it has): 21.1 s measured with TLS on (2026-12-03).
+    # The one-way and DCS-only partitions and the I/O stall end like a partition: the primary cannot renew its lease
+    # and a replica promotes when it expires (measured 2026-12-07: 25.2 and 22.1 s one-way, 13.4 s DCS-only, the
+    # primary demoting itself first; 22.2 s stalled). primary-packet-loss: 20% loss each way is no failover; the
+    # target is the longest stall a client may see (8.0 s measured), under retry_timeout.
     {"switchover": 2.0, "primary-node-loss": 22.0, "primary-partition": 22.0, "postgres-crash": 10.0,
-     "balancer-loss": 3.0}
+     "balancer-loss": 3.0, "primary-inbound-partition": 22.0, "primary-outbound-partition": 22.0,
+     "dcs-partition": 22.0, "primary-io-stall": 22.0, "primary-packet-loss": 10.0}
 )
+#: With failsafe_mode on, a primary that lost only the DCS keeps serving: the longest write stall allowed
+#: (1.4 s measured in a DCS-only partition, 0.05 s in an etcd quorum loss, 2026-12-07).
+FAILSAFE_WRITE_STALL_S = 2.0
 #: A planned switchover through PgBouncer (``--via pgbouncer``: PAUSE, switch, RESUME): the longest a
 #: client may wait, and it must see no failed transaction at all (issue 13).
 POOLED_SWITCHOVER_STALL_S = 3.0
@@ -150,6 +158,16 @@ def verdicts(
         )
     out.append(Verdict("cluster back to full health", recovered, "healthy" if recovered else "not healthy in time"))
     return tuple(out)
+
+
+def failover_verdict(expects_failover: bool | None, a: Analysis) -> tuple[Verdict, ...]:
+    """The fault's expected behaviour (faults.Fault.expects_failover): a replica promoted, or the primary kept
+    the leader key; nothing when either outcome is correct."""
+    if expects_failover is None:
+        return ()
+    failed_over = a.new_primary is not None and a.new_primary != a.old_primary
+    return (Verdict("a replica promoted (expected)" if expects_failover else "no failover (expected)",
+                    failed_over == expects_failover, f"leader {a.old_primary} -> {a.new_primary or a.old_primary}"),)
 
 
 def compare_verdict(default_s: float | None, fast_s: float | None) -> Verdict:

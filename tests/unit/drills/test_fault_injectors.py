@@ -110,6 +110,12 @@ def test_catalogue_covers_the_failure_model():
         "etcd-quorum-loss",
         "cert-rotation",
         "ca-rotation",
+        "etcd-leader-loss",
+        "primary-inbound-partition",
+        "primary-outbound-partition",
+        "dcs-partition",
+        "primary-packet-loss",
+        "primary-io-stall",
         "balancer-loss",
         "balancer-partition",
     ]

@@ -47,7 +47,9 @@ def test_every_catalogue_fault_has_a_nemesis_kind_and_a_layer():
 
 def test_the_issue_nemeses_exist_and_draw_the_right_faults():
     assert {"mixed", "kill", "partition"} <= set(nemesis_names(FAULTS))
-    assert {f.name for f in nemesis_faults("partition", FAULTS)} == {"primary-partition", "balancer-partition"}
+    assert {f.name for f in nemesis_faults("partition", FAULTS)} == {
+        "primary-partition", "balancer-partition", "primary-inbound-partition", "primary-outbound-partition",
+        "dcs-partition", "primary-packet-loss"}
     assert "switchover" not in {f.name for f in nemesis_faults("kill", FAULTS)}
     assert {f.name for f in nemesis_faults("mixed", FAULTS)} == set(FAULTS) - {"cert-rotation", "ca-rotation"}
 
@@ -107,14 +109,15 @@ def test_a_known_seed_keeps_its_schedule():
     """Replaying a soak by its seed is the point: a change here breaks every recorded seed, so make it on purpose."""
     plan = plan_soak(1, 10, "mixed", FAULTS)
     assert [(f.start_s, f.fault, f.duration_s, f.settle_s) for f in plan.faults[:3]] == [
+        # Changed on purpose (2026-12-07): six faults joined the catalogue, so every seed draws anew.
         (21.4, "etcd-member-loss", 50.1, 31.9),
-        (31.4, "balancer-partition", 29.7, 49.5),
-        (105.3, "etcd-quorum-loss", 30.0, 55.1),
+        (113.4, "etcd-leader-loss", 32.5, 49.5),
+        (197.3, "patroni-crash", 6.6, 55.1),
     ]
 
 
 def test_a_database_and_a_balancer_fault_may_overlap():
-    plan = plan_soak(1, 10, "mixed", FAULTS)
+    plan = plan_soak(8, 10, "mixed", FAULTS)
     db, lb = plan.faults[0], plan.faults[1]
     assert (db.layer, lb.layer) == ("database", "balancer")
     assert lb.start_s < db.heal_s, "the balancer fault starts while the database fault is held"
