@@ -337,7 +337,7 @@ def _compare_failsafe(name: str, repeat: int, asynchronous: bool, under_load: bo
     by = {on: [r for r, _ in runs if r.failsafe_mode is on] for on in (False, True)}
 
     def failovers(group: Sequence[DrillRun]) -> int:
-        return sum(1 for r in group if r.analysis.new_primary not in (None, r.analysis.old_primary))
+        return sum(1 for r in group if r.analysis.failed_over)
 
     result = {
         "drill": name,

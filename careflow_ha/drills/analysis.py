@@ -114,6 +114,11 @@ class Analysis:
     longest_write_wait_s: float | None = None
 
     @property
+    def failed_over(self) -> bool:
+        """Another node became the primary."""
+        return self.new_primary is not None and self.new_primary != self.old_primary
+
+    @property
     def failed_writes(self) -> int:
         """Writes the client did not see acknowledged: refused, timed out or of unknown outcome."""
         return self.attempted_writes - self.acked_writes

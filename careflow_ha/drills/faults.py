@@ -409,15 +409,14 @@ def pick_etcd_leader(ctx: FaultContext) -> Targets:
 def observe_etcd_election(ctx: FaultContext, t: Targets, fault_at: float, heal_at: float | None,
                           say: Callable[[str], None]) -> Observation:
     """Who leads etcd after the old leader's member came back (it rejoins as a follower)."""
-    members = [m.name for m in ctx.control.topology().members]
+    snap = ctx.control.topology()
     try:
-        after = etcd_leader(ctx, members)
+        after = etcd_leader(ctx, [m.name for m in snap.members])
     except (NotReady, CommandFailed) as exc:
         say(f"etcd leader afterwards unknown: {exc}")
         after = None
     return Observation(figures={"etcd_leader_before": t[0], "etcd_leader_after": after,
-                                "primary_on_etcd_leader_node": "yes" if ctx.control.topology().leader == t[0]
-                                else "no"})
+                                "primary_on_etcd_leader_node": "yes" if snap.leader == t[0] else "no"})
 
 
 #: Stop the postmaster first (it can then fork nothing new), then every process it started: the backends,

@@ -393,6 +393,7 @@ def _probe_and_break(
     server = collect_lab(settings, probes_from - LEAD_S, time.time())
     say("server view: " + (server.note or ", ".join(f"{a.alertname} on {a.target} fired +{a.firing_at - fault_at:.0f}s"
                                                     for a in server.firing() if a.firing_at) or "no alert fired"))
+    expected = expected_failover(fault, options.failsafe_mode)
     load_result = getattr(load, "result", None)  # the background load's report (--under-load), once written
     load_totals = load_figures(load_result)
     run = DrillRun(
@@ -414,13 +415,13 @@ def _probe_and_break(
         finished_at=time.time(),
         recovered=recovered,
         recovery_problem=problem,
-        expects_failover=expected_failover(fault, options.failsafe_mode),
+        expects_failover=expected,
         failsafe_mode=options.failsafe_mode,
         recording=recording,
         analysis=analysis,
         verdicts=verdicts(fault.name, options.preset, options.synchronous, analysis, recovered, settings.via,
                           load_failures=None if load_result is None else load_result.report["summary"]["failures"])
-        + failover_verdict(expected_failover(fault, options.failsafe_mode), analysis)
+        + failover_verdict(expected, analysis)
         + observation.verdicts
         + alert_verdicts(fault.alerts, fault.planned, targets, server, fault_at),
         figures={**observation.figures, **load_totals},

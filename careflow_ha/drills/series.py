@@ -111,15 +111,10 @@ def summarize(runs: Sequence[DrillRun]) -> SeriesSummary:
             totals[cls] = totals.get(cls, 0) + n
         if run.synchronous:
             totals["lost_sync"] += len(check.lost)
-
-    def failed_over(r: DrillRun) -> bool:
-        a = r.analysis
-        return a.new_primary is not None and a.new_primary != a.old_primary
-
     return SeriesSummary(
         drills=tuple(drills), runs=len(runs),
-        failovers=sum(1 for r in runs if failed_over(r)),
-        synchronous_failovers=sum(1 for r in runs if failed_over(r) and r.synchronous),
+        failovers=sum(1 for r in runs if r.analysis.failed_over),
+        synchronous_failovers=sum(1 for r in runs if r.analysis.failed_over and r.synchronous),
         set_check=totals, unmeasured=unmeasured,
         split_brain=sum(len(r.analysis.split_brain) for r in runs),
     )

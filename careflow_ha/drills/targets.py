@@ -165,9 +165,8 @@ def failover_verdict(expects_failover: bool | None, a: Analysis) -> tuple[Verdic
     the leader key; nothing when either outcome is correct."""
     if expects_failover is None:
         return ()
-    failed_over = a.new_primary is not None and a.new_primary != a.old_primary
     return (Verdict("a replica promoted (expected)" if expects_failover else "no failover (expected)",
-                    failed_over == expects_failover, f"leader {a.old_primary} -> {a.new_primary or a.old_primary}"),)
+                    a.failed_over == expects_failover, f"leader {a.old_primary} -> {a.new_primary or a.old_primary}"),)
 
 
 def compare_verdict(default_s: float | None, fast_s: float | None) -> Verdict:

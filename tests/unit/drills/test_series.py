@@ -17,7 +17,8 @@ def run(name: str, outage: float | None, new: str | None = "pg2", sync: bool = T
     set_check = SetCheck(ok=tuple(range(100)), lost=tuple(range(1000, 1000 + lost)),
                          ambiguous_present=tuple(range(2000, 2000 + ambiguous))) if check else None
     analysis = SimpleNamespace(write_outage=SimpleNamespace(seconds=outage), set_check=set_check,
-                               old_primary="pg1", new_primary=new, split_brain=())
+                               old_primary="pg1", new_primary=new, split_brain=(),
+                               failed_over=new not in (None, "pg1"))
     return SimpleNamespace(name=name, preset=preset, synchronous=sync, passed=outage is not None,
                            analysis=analysis)
 

@@ -10,6 +10,7 @@ import subprocess
 import pytest
 
 import careflow_ha.lab.engine as engine_mod
+from careflow_ha.drills.analysis import Analysis
 from careflow_ha.drills.faults import FAULTS, FaultContext, leader_from_etcdctl
 from careflow_ha.drills.targets import failover_verdict
 from careflow_ha.errors import CommandFailed, NotReady
@@ -170,6 +171,8 @@ def test_new_faults_join_the_soaks_nemeses_but_not_ci():
 class A:
     def __init__(self, old: str, new: str | None) -> None:
         self.old_primary, self.new_primary = old, new
+
+    failed_over = Analysis.failed_over  # the real property, over these two fields
 
 
 @pytest.mark.parametrize(("expected", "new", "ok"), [
