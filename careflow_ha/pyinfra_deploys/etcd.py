@@ -8,6 +8,21 @@ from pyinfra.operations import apt, files, systemd
 from careflow_ha.pyinfra_deploys._data import role_template, var
 from careflow_ha.pyinfra_deploys.ops import changed_unless, put_role_file, wait_until_ok
 
+#: The etcd leader-away check (roles/etcd/tasks/service.yml): (role task name, template).
+LEADER_AWAY_FILES = (
+    ("Ensure the etcd leader-away script is in place", "careflow-etcd-leader-away.py.j2"),
+    ("Ensure the etcd leader-away service is in place", "careflow-etcd-leader-away.service.j2"),
+    ("Ensure the etcd leader-away timer is in place", "careflow-etcd-leader-away.timer.j2"),
+)
+
+
+def _leader_away() -> None:
+    written = [put_role_file(name, role_template("etcd", "service.yml", src)) for name, src in LEADER_AWAY_FILES]
+    systemd.daemon_reload(name="Apply pending systemd reloads", _if=lambda: any(f.did_change() for f in written))
+    wanted = bool(var("etcd_leader_away_from_primary"))
+    systemd.service(name="Ensure the etcd leader-away timer runs as configured",
+                    service="careflow-etcd-leader-away.timer", running=wanted, enabled=wanted)
+
 
 @deploy("etcd")
 def etcd() -> None:
@@ -39,3 +54,4 @@ def etcd() -> None:
         retries=var("etcd_health_retries"), delay=var("etcd_health_delay"),
         _run_once=True,
     )
+    _leader_away()

@@ -16,6 +16,7 @@ import pytest
 from cryptography import x509
 
 from careflow_ha.cluster.patroni import PatroniApi
+from careflow_ha.drills.faults import ETCD_LEADER_SCRIPT, leader_from_etcdctl
 from careflow_ha.lab.ca import issued_by, subject_alt_names
 from careflow_ha.provision import LAB_INVENTORY
 from careflow_ha.provision.inventory import load_inventory
@@ -34,6 +35,38 @@ def test_db_services_active_and_enabled(host_of, name, service):
     svc = host_of(name).service(service)
     assert svc.is_running, f"{service} is not running on {name}"
     assert svc.is_enabled, f"{service} is not enabled on {name}"
+
+
+@pytest.mark.parametrize("name", hosts("etcd_cluster"))
+def test_etcd_leader_away_timer_active_and_enabled(host_of, name):
+    timer = host_of(name).service("careflow-etcd-leader-away.timer")
+    assert timer.is_running and timer.is_enabled, f"careflow-etcd-leader-away.timer is off on {name}"
+
+
+def _etcd_leader(host_of, name: str) -> str:
+    proc = host_of(name).run(f"bash -lc {json.dumps(ETCD_LEADER_SCRIPT)}")
+    return leader_from_etcdctl(proc.stdout, name)
+
+
+def test_etcd_leadership_leaves_the_primarys_node(host_of, cluster):
+    """Hand etcd's leadership to the primary's member, as an etcd election may, and watch the timer move it
+    off within one interval (roles/etcd: etcd_leader_away_interval 10s) and the margin."""
+    primary = PatroniApi(cluster).cluster().leader
+    assert primary in hosts("etcd_cluster"), "the lab runs etcd beside every Patroni member"
+    current = _etcd_leader(host_of, primary)
+    if current != primary:
+        members = json.loads(host_of(primary).check_output("bash -lc 'etcdctl member list -w json'"))["members"]
+        primary_id = next(m["ID"] for m in members if m["name"] == primary)
+        moved = host_of(current).check_output(f"bash -lc 'etcdctl move-leader {primary_id:x}'")
+        assert "transferred" in moved, moved
+
+    def leader_elsewhere() -> str | None:
+        now = _etcd_leader(host_of, primary)
+        return now if now != primary else None
+
+    away = wait_until(leader_elsewhere, 15, what=f"etcd's leader to leave {primary}, the primary's node")
+    assert away in hosts("etcd_cluster")
+    assert PatroniApi(cluster).cluster().leader == primary, "moving etcd's leader must not move Patroni's"
 
 
 @pytest.mark.parametrize("name", hosts("balancers"))
